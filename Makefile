@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Every pip call goes through constraints.txt so torch stays the local CPU build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e ".[all]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m edgequant.demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/observers.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

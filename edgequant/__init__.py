@@ -1,0 +1,16 @@
+"""edgequant: float PyTorch model -> fake-quant simulation -> bit-exact integer model.
+
+This module only re-exports the public API; each name lives in the module that shows its
+stage of the pipeline (see README.md).
+"""
+from .dtype import QuantDType, qint4, qint8, qint16, qint32, quint8
+from .march import March, get_march, set_march
+from .qmath import dequantize, fake_quantize, quantize, quantize_multiplier, requantize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QuantDType", "qint4", "qint8", "quint8", "qint16", "qint32",
+    "March", "set_march", "get_march",
+    "quantize", "dequantize", "fake_quantize", "quantize_multiplier", "requantize",
+]

@@ -1,0 +1,238 @@
+"""All quantization arithmetic, in one place.
+
+Takes float or integer tensors and quantization parameters; returns integer tensors, float
+tensors, or integer multiplier/shift pairs. Every rounding in edgequant happens here and follows
+one rule, round half to even (``torch.round``, ``numpy.round``, C++ ``std::nearbyint`` in the
+default floating-point environment). The derivations, with numbered equations, are in
+``docs/arithmetic.md``; the equation numbers are cited below as (A1), (A2), ...
+
+- (A1) quantize:   ``q = clamp(round(x / s) + z, qmin, qmax)``, ``x / s`` computed in float32.
+- (A2) dequantize: ``x = (q - z) * s`` in float32.
+- (A3) fake quantize: (A2)(A1), gradient passed straight through where (A1) did not clamp.
+- (A4) scale from range: symmetric ``s = max(|min|, |max|) / qmax``, ``z = 0``;
+  asymmetric ``s = (max - min) / (qmax - qmin)``, ``z = clamp(qmin - round(min / s))``.
+- (A5) ``quantize_multiplier(M) -> (m0, n)`` with ``M ~ m0 * 2^-n``, ``2^(b-1) <= m0 < 2^b``.
+- (A6) ``rounding_shift_right(v, n) = round(v / 2^n)``, halves to even, exact on int64.
+- (A7) ``requantize(acc, m0, n) = clamp(A6(acc * m0, n) + z, qmin, qmax)``.
+
+No function here has a hidden rounding default: quantize/fake-quantize use (A1) and every
+integer shift uses (A6).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .dtype import QuantDType, get_dtype
+
+ROUNDING = "half_to_even"
+SCALE_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def _as_param(v, x: torch.Tensor, ch_axis: int | None, dtype=torch.float32) -> torch.Tensor:
+    """``v`` as a tensor that broadcasts against ``x``: per-tensor, or along ``ch_axis``."""
+    t = torch.as_tensor(v, dtype=dtype, device=x.device)
+    if ch_axis is None or t.dim() == 0:
+        if t.numel() != 1:
+            raise ValueError(f"per-tensor quantization takes one scale/zero_point, got {t.numel()}")
+        return t.reshape(())
+    axis = ch_axis % x.dim()
+    if t.numel() != x.shape[axis]:
+        raise ValueError(
+            f"per-channel parameters have {t.numel()} values but axis {ch_axis} of the tensor has {x.shape[axis]}"
+        )
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, ch_axis: int | None = None) -> torch.Tensor:
+    """(A1) Quantize ``x`` to ``dtype``; returns an integer tensor of ``dtype.storage``.
+
+    >>> quantize(torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]), 1.0, 0, "qint8").tolist()
+    [-2, -2, 0, 0, 2, 2]
+    """
+    dt = get_dtype(dtype)
+    xf = x.to(torch.float32)
+    s = _as_param(scale, xf, ch_axis)
+    z = _as_param(zero_point, xf, ch_axis)
+    q = torch.round(xf / s) + z
+    return q.clamp_(dt.qmin, dt.qmax).to(dt.storage)
+
+
+def dequantize(q: torch.Tensor, scale, zero_point=0, ch_axis: int | None = None) -> torch.Tensor:
+    """(A2) ``(q - zero_point) * scale`` as float32; the subtraction is exact (int64)."""
+    s = _as_param(scale, q, ch_axis)
+    z = _as_param(zero_point, q, ch_axis, dtype=torch.int64)
+    return (q.to(torch.int64) - z).to(torch.float32) * s
+
+
+def _fq_forward(x, s, z, qmin, qmax):
+    q = torch.round(x / s) + z
+    inside = (q >= qmin) & (q <= qmax)
+    return (q.clamp(qmin, qmax) - z) * s, inside
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s, z, qmin, qmax):
+        y, inside = _fq_forward(x, s, z, qmin, qmax)
+        ctx.save_for_backward(inside)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, ch_axis: int | None = None) -> torch.Tensor:
+    """(A3) ``dequantize(quantize(x))`` in float32 with a straight-through gradient.
+
+    The gradient with respect to ``x`` is passed unchanged where (A1) did not clamp and is zero
+    where it did. Equal bit for bit to ``dequantize(quantize(x, ...), ...)``.
+    """
+    dt = get_dtype(dtype)
+    xf = x.to(torch.float32)
+    s = _as_param(scale, xf, ch_axis)
+    z = _as_param(zero_point, xf, ch_axis)
+    return _FakeQuantizeSTE.apply(xf, s, z, dt.qmin, dt.qmax)
+
+
+class _FakeQuantizeLSQ(torch.autograd.Function):
+    """LSQ (Esser et al., 2020): the scale is learned; its gradient is the rounding error."""
+
+    @staticmethod
+    def forward(ctx, x, s, z, qmin, qmax, grad_factor, reduce_dims):
+        v = x / s
+        q = torch.round(v) + z
+        below, above = q < qmin, q > qmax
+        y = (q.clamp(qmin, qmax) - z) * s
+        ctx.save_for_backward(v, q, below, above)
+        ctx.consts = (qmin, qmax, grad_factor, reduce_dims, s.shape, z)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, q, below, above = ctx.saved_tensors
+        qmin, qmax, grad_factor, reduce_dims, s_shape, z = ctx.consts
+        inside = ~(below | above)
+        ds = torch.where(inside, (q - z) - v, torch.where(below, qmin - z, qmax - z))
+        ds = grad * ds * grad_factor
+        ds = ds.sum(dim=reduce_dims, keepdim=True) if reduce_dims else ds.sum()
+        return grad * inside, ds.reshape(s_shape), None, None, None, None, None
+
+
+def fake_quantize_learnable(
+    x: torch.Tensor, scale: torch.Tensor, zero_point, dtype: QuantDType | str, ch_axis: int | None = None,
+    grad_factor: float | None = None,
+) -> torch.Tensor:
+    """(A3) with a learnable ``scale`` (LSQ). The forward value equals ``fake_quantize``.
+
+    ``grad_factor`` defaults to LSQ's ``1 / sqrt(numel_per_scale * qmax)``.
+    """
+    dt = get_dtype(dtype)
+    xf = x.to(torch.float32)
+    s = _as_param(scale, xf, ch_axis) if scale.dim() else scale.reshape(())
+    z = _as_param(zero_point, xf, ch_axis)
+    if ch_axis is None:
+        reduce_dims = ()
+        per_scale = xf.numel()
+    else:
+        axis = ch_axis % xf.dim()
+        reduce_dims = tuple(d for d in range(xf.dim()) if d != axis)
+        per_scale = xf.numel() // max(1, xf.shape[axis])
+    if grad_factor is None:
+        grad_factor = 1.0 / math.sqrt(max(1, per_scale) * max(1, dt.qmax))
+    return _FakeQuantizeLSQ.apply(xf, s, z, dt.qmin, dt.qmax, grad_factor, reduce_dims)
+
+
+def scale_from_range(min_val, max_val, dtype: QuantDType | str, symmetric: bool = True, eps: float = SCALE_EPS):
+    """(A4) Scale and zero point covering ``[min_val, max_val]`` (tensors: per channel).
+
+    The range is first widened to contain 0, so zero is always exactly representable.
+    Returns ``(scale float32 tensor, zero_point int64 tensor)``.
+    """
+    dt = get_dtype(dtype)
+    lo = torch.as_tensor(min_val, dtype=torch.float32).clamp(max=0.0)
+    hi = torch.as_tensor(max_val, dtype=torch.float32).clamp(min=0.0)
+    if symmetric and dt.signed:
+        scale = (torch.maximum(-lo, hi) / dt.qmax).clamp(min=eps)
+        return scale, torch.zeros_like(scale, dtype=torch.int64)
+    if symmetric:  # unsigned symmetric: a non-negative range starting at 0
+        scale = (hi / dt.qmax).clamp(min=eps)
+        return scale, torch.full_like(scale, dt.qmin, dtype=torch.int64)
+    scale = ((hi - lo) / (dt.qmax - dt.qmin)).clamp(min=eps)
+    zp = (dt.qmin - torch.round(lo / scale)).clamp(dt.qmin, dt.qmax).to(torch.int64)
+    return scale, zp
+
+
+def quantize_multiplier(real, bits: int = 31):
+    """(A5) Represent a positive real multiplier as ``m0 * 2^-shift``.
+
+    ``m0`` has exactly ``bits`` significant bits (``2^(bits-1) <= m0 < 2^bits``) and is
+    ``round(mantissa * 2^bits)`` with halves to even; ``shift`` may be negative for
+    multipliers of ``2^bits`` or more. ``real == 0`` gives ``(0, 0)``. Accepts a Python
+    number (returns ints) or a tensor/array (returns int64 tensors, elementwise).
+    """
+    if isinstance(real, (int, float)):
+        if real < 0 or not math.isfinite(real):
+            raise ValueError(f"quantize_multiplier needs a finite non-negative multiplier, got {real}")
+        if real == 0:
+            return 0, 0
+        mant, exp = math.frexp(real)  # real = mant * 2^exp, 0.5 <= mant < 1
+        m0 = round(mant * (1 << bits))  # Python round: halves to even
+        if m0 == 1 << bits:
+            m0 >>= 1
+            exp += 1
+        return int(m0), int(bits - exp)
+    t = torch.as_tensor(real, dtype=torch.float64).flatten()
+    pairs = [quantize_multiplier(float(r), bits) for r in t.tolist()]
+    m0 = torch.tensor([p[0] for p in pairs], dtype=torch.int64).reshape(torch.as_tensor(real).shape)
+    sh = torch.tensor([p[1] for p in pairs], dtype=torch.int64).reshape(torch.as_tensor(real).shape)
+    return m0, sh
+
+
+def rounding_shift_right(v: torch.Tensor, shift) -> torch.Tensor:
+    """(A6) ``round(v / 2^shift)`` on int64 with halves to even; ``shift <= 0`` shifts left.
+
+    Exact for every int64 ``v`` (the floor shift and the remainder are computed separately).
+    """
+    v = v.to(torch.int64)
+    n = torch.as_tensor(shift, dtype=torch.int64, device=v.device)
+    pos = n.clamp(min=0)
+    floor = v >> pos
+    rem = v - (floor << pos)
+    half = torch.where(pos > 0, torch.ones_like(pos) << (pos - 1).clamp(min=0), torch.zeros_like(pos))
+    up = (rem > half) | ((rem == half) & (pos > 0) & ((floor & 1) == 1))
+    out = floor + up.to(torch.int64)
+    if bool((n < 0).any()):
+        out = torch.where(n < 0, v << (-n).clamp(min=0), out)
+    return out
+
+
+def multiply_by_quantized_multiplier(acc: torch.Tensor, m0, shift) -> torch.Tensor:
+    """``round(acc * m0 / 2^shift)`` by (A6) on int64 (gemmlowp's name).
+
+    Precondition (checked by ``convert`` from its accumulator bounds, not here):
+    ``|acc| * m0 < 2^63``.
+    """
+    m = torch.as_tensor(m0, dtype=torch.int64, device=acc.device)
+    return rounding_shift_right(acc.to(torch.int64) * m, shift)
+
+
+def saturate(v: torch.Tensor, dtype: QuantDType | str) -> torch.Tensor:
+    """Clamp to the range of ``dtype`` and cast to its storage type."""
+    dt = get_dtype(dtype)
+    return v.clamp(dt.qmin, dt.qmax).to(dt.storage)
+
+
+def requantize(acc: torch.Tensor, m0, shift, dtype: QuantDType | str, zero_point=0) -> torch.Tensor:
+    """(A7) Scale an integer accumulator by ``m0 * 2^-shift``, add ``zero_point``, saturate.
+
+    ``m0``, ``shift`` and ``zero_point`` are ints or tensors broadcastable against ``acc``
+    (per-channel parameters must already be shaped for broadcasting).
+    """
+    y = multiply_by_quantized_multiplier(acc, m0, shift)
+    return saturate(y + torch.as_tensor(zero_point, dtype=torch.int64, device=acc.device), dtype)
