@@ -198,15 +198,19 @@ def rounding_shift_right(v: torch.Tensor, shift) -> torch.Tensor:
     """(A6) ``round(v / 2^shift)`` on int64 with halves to even; ``shift <= 0`` shifts left.
 
     Exact for every int64 ``v`` (the floor shift and the remainder are computed separately).
+    Shifts of 64 or more give 0: ``|v / 2^n| <= 1/2`` there, and the one tie (``-2^63 / 2^64``)
+    goes to the even 0. (int64 shifts by 64 or more are not meaningful, so they never happen.)
     """
     v = v.to(torch.int64)
     n = torch.as_tensor(shift, dtype=torch.int64, device=v.device)
-    pos = n.clamp(min=0)
+    pos = n.clamp(0, 63)
     floor = v >> pos
     rem = v - (floor << pos)
     half = torch.where(pos > 0, torch.ones_like(pos) << (pos - 1).clamp(min=0), torch.zeros_like(pos))
     up = (rem > half) | ((rem == half) & (pos > 0) & ((floor & 1) == 1))
     out = floor + up.to(torch.int64)
+    if bool((n > 63).any()):
+        out = torch.where(n > 63, torch.zeros_like(out), out)
     if bool((n < 0).any()):
         out = torch.where(n < 0, v << (-n).clamp(min=0), out)
     return out
