@@ -47,8 +47,21 @@ def _as_param(v, x: torch.Tensor, ch_axis: int | None, dtype=torch.float32) -> t
     return t.reshape(shape)
 
 
+def _carrier(dt: QuantDType) -> torch.dtype:
+    """The float type in which ``round(x / s) + z``, its clamp and ``q - z`` are exact.
+
+    float32 for types of 16 bits or fewer: integers below 2^24 are exact, and a rounded value
+    of 2^24 or more is still outside ``[qmin, qmax]`` after adding any zero point below 2^23, so
+    it saturates the same way. qint32 needs float64 (its bounds and zero points are not float32
+    numbers: float32(2^31 - 1) is 2^31, which overflowed the int32 cast).
+    """
+    return torch.float32 if dt.bits <= 16 else torch.float64
+
+
 def quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, ch_axis: int | None = None) -> torch.Tensor:
     """(A1) Quantize ``x`` to ``dtype``; returns an integer tensor of ``dtype.storage``.
+
+    ``x / s`` and its rounding are float32; adding ``z`` and clamping are exact.
 
     >>> quantize(torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]), 1.0, 0, "qint8").tolist()
     [-2, -2, 0, 0, 2, 2]
@@ -56,8 +69,8 @@ def quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, ch_axi
     dt = get_dtype(dtype)
     xf = x.to(torch.float32)
     s = _as_param(scale, xf, ch_axis)
-    z = _as_param(zero_point, xf, ch_axis)
-    q = torch.round(xf / s) + z
+    z = _as_param(zero_point, xf, ch_axis, dtype=_carrier(dt))
+    q = torch.round(xf / s).to(z.dtype) + z
     return q.clamp_(dt.qmin, dt.qmax).to(dt.storage)
 
 
@@ -69,16 +82,17 @@ def dequantize(q: torch.Tensor, scale, zero_point=0, ch_axis: int | None = None)
 
 
 def _fq_forward(x, s, z, qmin, qmax):
-    q = torch.round(x / s) + z
-    inside = (q >= qmin) & (q <= qmax)
-    return (q.clamp(qmin, qmax) - z) * s, inside
+    """(A2)(A1) with the integer part in ``z``'s carrier type; returns ``y, x / s, q``."""
+    v = x / s
+    q = torch.round(v).to(z.dtype) + z
+    return (q.clamp(qmin, qmax) - z).to(x.dtype) * s, v, q
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, s, z, qmin, qmax):
-        y, inside = _fq_forward(x, s, z, qmin, qmax)
-        ctx.save_for_backward(inside)
+        y, _, q = _fq_forward(x, s, z, qmin, qmax)
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
         return y
 
     @staticmethod
@@ -96,7 +110,7 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, c
     dt = get_dtype(dtype)
     xf = x.to(torch.float32)
     s = _as_param(scale, xf, ch_axis)
-    z = _as_param(zero_point, xf, ch_axis)
+    z = _as_param(zero_point, xf, ch_axis, dtype=_carrier(dt))
     return _FakeQuantizeSTE.apply(xf, s, z, dt.qmin, dt.qmax)
 
 
@@ -105,10 +119,8 @@ class _FakeQuantizeLSQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, s, z, qmin, qmax, grad_factor, reduce_dims):
-        v = x / s
-        q = torch.round(v) + z
+        y, v, q = _fq_forward(x, s, z, qmin, qmax)
         below, above = q < qmin, q > qmax
-        y = (q.clamp(qmin, qmax) - z) * s
         ctx.save_for_backward(v, q, below, above)
         ctx.consts = (qmin, qmax, grad_factor, reduce_dims, s.shape, z)
         return y
@@ -119,7 +131,7 @@ class _FakeQuantizeLSQ(torch.autograd.Function):
         qmin, qmax, grad_factor, reduce_dims, s_shape, z = ctx.consts
         inside = ~(below | above)
         ds = torch.where(inside, (q - z) - v, torch.where(below, qmin - z, qmax - z))
-        ds = grad * ds * grad_factor
+        ds = grad * ds.to(grad.dtype) * grad_factor
         ds = ds.sum(dim=reduce_dims, keepdim=True) if reduce_dims else ds.sum()
         return grad * inside, ds.reshape(s_shape), None, None, None, None, None
 
@@ -135,7 +147,7 @@ def fake_quantize_learnable(
     dt = get_dtype(dtype)
     xf = x.to(torch.float32)
     s = _as_param(scale, xf, ch_axis) if scale.dim() else scale.reshape(())
-    z = _as_param(zero_point, xf, ch_axis)
+    z = _as_param(zero_point, xf, ch_axis, dtype=_carrier(dt))
     if ch_axis is None:
         reduce_dims = ()
         per_scale = xf.numel()
