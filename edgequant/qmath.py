@@ -176,7 +176,8 @@ def scale_from_range(min_val, max_val, dtype: QuantDType | str, symmetric: bool 
         scale = (hi / dt.qmax).clamp(min=eps)
         return scale, torch.full_like(scale, dt.qmin, dtype=torch.int64)
     scale = ((hi - lo) / (dt.qmax - dt.qmin)).clamp(min=eps)
-    zp = (dt.qmin - torch.round(lo / scale)).clamp(dt.qmin, dt.qmax).to(torch.int64)
+    # the integer part in float64, exact: qint32's qmax is not a float32 number
+    zp = (dt.qmin - torch.round(lo / scale).to(torch.float64)).clamp(dt.qmin, dt.qmax).to(torch.int64)
     return scale, zp
 
 
