@@ -132,7 +132,10 @@ class _FakeQuantizeLSQ(torch.autograd.Function):
         inside = ~(below | above)
         ds = torch.where(inside, (q - z) - v, torch.where(below, qmin - z, qmax - z))
         ds = grad * ds.to(grad.dtype) * grad_factor
-        ds = ds.sum(dim=reduce_dims, keepdim=True) if reduce_dims else ds.sum()
+        if reduce_dims is None:  # one scale: sum over everything
+            ds = ds.sum()
+        elif reduce_dims:  # per channel: sum over the other dims (none for a 1-D tensor)
+            ds = ds.sum(dim=reduce_dims, keepdim=True)
         return grad * inside, ds.reshape(s_shape), None, None, None, None, None
 
 
@@ -148,8 +151,8 @@ def fake_quantize_learnable(
     xf = x.to(torch.float32)
     s = _as_param(scale, xf, ch_axis) if scale.dim() else scale.reshape(())
     z = _as_param(zero_point, xf, ch_axis, dtype=_carrier(dt))
-    if ch_axis is None:
-        reduce_dims = ()
+    if ch_axis is None or s.dim() == 0:  # one scale, even if ch_axis is given
+        reduce_dims = None
         per_scale = xf.numel()
     else:
         axis = ch_axis % xf.dim()
