@@ -62,7 +62,8 @@ def _elementwise(fn, *arrays):
 
 def quantize_scalar(x: float, s: float, z: int, qmin: int, qmax: int) -> int:
     """(A1) ``clamp(round(x / s) + z)``: one float32 division, an exact round, exact integers."""
-    v = F32(x) / F32(s)  # numpy float32 / float32: one IEEE float32 division
+    with np.errstate(over="ignore"):  # overflow to +-inf is meant: it saturates
+        v = F32(x) / F32(s)  # numpy float32 / float32: one IEEE float32 division
     if np.isnan(v):
         raise ValueError("NaN has no quantized value")
     if np.isinf(v):
@@ -83,7 +84,8 @@ def quantize(x, scale, zero_point, dtype, ch_axis=None) -> np.ndarray:
 def dequantize_scalar(q: int, s: float, z: int) -> np.float32:
     """(A2) ``(q - z) * s``: the difference is an exact int, rounded once to float32, then one
     float32 multiplication."""
-    return F32(int(q) - int(z)) * F32(s)
+    with np.errstate(over="ignore"):  # huge scales overflow to +-inf, as in float32 hardware
+        return F32(int(q) - int(z)) * F32(s)
 
 
 def dequantize(q, scale, zero_point=0, ch_axis=None) -> np.ndarray:
@@ -106,7 +108,8 @@ def fake_quantize_mask(x, scale, zero_point, dtype, ch_axis=None) -> np.ndarray:
     z = _params(zero_point, x.shape, ch_axis)
 
     def inside(a, b, c):
-        v = F32(a) / F32(b)
+        with np.errstate(over="ignore"):
+            v = F32(a) / F32(b)
         return bool(np.isfinite(v)) and qmin <= round(float(v)) + int(c) <= qmax
 
     return _elementwise(inside, x, s, z).astype(bool)
@@ -151,7 +154,8 @@ def scale_from_range(min_val, max_val, dtype, symmetric=True, eps=F32_EPS):
             s = F32(hi - lo) / F32(qmax - qmin)
         s = max(s, F32(eps))
         if not symmetric:
-            r = F32(lo) / F32(s)  # <= 0; -inf only for absurd ranges, which saturate
+            with np.errstate(over="ignore"):
+                r = F32(lo) / F32(s)  # <= 0; -inf only for absurd ranges, which saturate
             z = qmax if np.isinf(r) else _clamp(qmin - round(float(r)), qmin, qmax)
         scales.append(F32(s))
         zps.append(z)

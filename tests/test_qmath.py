@@ -263,6 +263,15 @@ def quant_cases(draw, dtypes=tuple(ALL_DTYPES)):
     zps = [0 if symmetric and qmin < 0 else draw(st.integers(qmin, qmax)) for _ in range(nch)]
     n = int(np.prod(shape))
     sc = np.asarray(R._params(scales, shape, ch_axis), dtype=np.float64).reshape(-1)
+    with np.errstate(over="ignore"):  # x may overflow to +-inf for huge scales: meant
+        xs = _draw_xs(draw, n, sc, qmin, qmax)
+    x = np.array(xs, dtype=np.float32).reshape(shape)
+    if ch_axis is None:
+        return x, scales[0], zps[0], dtype, None
+    return x, np.array(scales, np.float32), np.array(zps, np.int64), dtype, ch_axis
+
+
+def _draw_xs(draw, n, sc, qmin, qmax):
     xs = []
     for i in range(n):
         kind = draw(st.sampled_from(["half", "int", "any", "wide"]))
@@ -276,10 +285,7 @@ def quant_cases(draw, dtypes=tuple(ALL_DTYPES)):
             xs.append(float(np.float32(draw(st.floats(-1.2, 1.2)) * (qmax - qmin) * s)))
         else:
             xs.append(draw(st.floats(allow_nan=False, width=32)))
-    x = np.array(xs, dtype=np.float32).reshape(shape)
-    if ch_axis is None:
-        return x, scales[0], zps[0], dtype, None
-    return x, np.array(scales, np.float32), np.array(zps, np.int64), dtype, ch_axis
+    return xs
 
 
 def _t(v):
