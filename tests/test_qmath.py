@@ -448,6 +448,17 @@ def test_rounding_shift_right_per_element_shift():
     n = torch.tensor([1, 1, 2, -1])
     assert Q.rounding_shift_right(v, n).tolist() == R.rounding_shift_right(v.tolist(), n.tolist()).tolist()
     assert Q.rounding_shift_right(v, n).tolist() == [[2, -2, 2, -12], [6, -6, 2, -20]]
+    # shifts of 63 or more mixed with ordinary ones, per element
+    v = torch.tensor([INT64_MIN, INT64_MIN, INT64_MAX, 2**62, 2**62 + 1, -7])
+    n = torch.tensor([63, 64, 63, 63, 63, 200])
+    assert Q.rounding_shift_right(v, n).tolist() == [-1, 0, 1, 0, 1, 0]
+    assert R.rounding_shift_right(v.tolist(), n.tolist()).tolist() == [-1, 0, 1, 0, 1, 0]
+
+
+def test_quantize_takes_float64_input_as_float32():
+    x64 = torch.tensor([0.1, 2.5000000001, -1e-9, 3.4999999999], dtype=torch.float64)
+    assert Q.quantize(x64, 1.0, 0, "qint8").equal(Q.quantize(x64.float(), 1.0, 0, "qint8"))
+    assert Q.quantize(x64, 1.0, 0, "qint8").tolist() == [0, 2, 0, 4]  # 2.5000000001 -> 2.5f -> 2
 
 
 int64s = st.integers(INT64_MIN, INT64_MAX)
