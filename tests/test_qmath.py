@@ -130,6 +130,34 @@ def test_fake_quantize_saturates(dtype):
     assert y[0].item() == np.float32(qmin) * 0.5 and y[2].item() == np.float32(qmax) * np.float32(0.5)
 
 
+@pytest.mark.parametrize("dtype", ["qint4", "qint8", "quint8", "qint16"])
+def test_ste_mask_includes_the_bounds(dtype):
+    qmin, qmax = R.qrange(dtype)
+    z = 3 if qmin == 0 else 0
+    # codes qmin-1, qmin, qmax, qmax+1, and ties that round onto / off the bounds
+    codes = [qmin - 1, qmin, qmax, qmax + 1]
+    x = torch.tensor([(c - z) * 0.25 for c in codes] + [(qmin - z - 0.5) * 0.25, (qmax - z + 0.5) * 0.25],
+                     requires_grad=True)
+    Q.fake_quantize(x, 0.25, z, dtype).sum().backward()
+    assert x.grad.tolist()[:4] == [0.0, 1.0, 1.0, 0.0]
+    # the ties go to the even neighbour of x / s, then z is added: inside or not by that rule
+    ties = [round(qmin - z - 0.5) + z, round(qmax - z + 0.5) + z]
+    assert x.grad.tolist()[4:] == [float(qmin <= t <= qmax) for t in ties]
+
+
+def test_qint32_zero_point_and_bounds_are_exact():
+    # float32 cannot hold 2^24 + 1 or 2^31 - 1; the integer part of (A1) must still be exact
+    assert Q.quantize(f32([0.5, 2.0**24]), 1.0, 1, "qint32").tolist() == [1, 2**24 + 1]
+    qmax = 2**31 - 1
+    x = f32([0.0, 1e12, -1e12, 64.0])
+    for z in (qmax - 5, -(2**31) + 7, 12345):
+        q = Q.quantize(x, 1.0, z, "qint32")
+        assert q.tolist() == R.quantize(x.numpy(), 1.0, z, "qint32").tolist()
+        assert q[0].item() == z
+        y = Q.fake_quantize(x, 1.0, z, "qint32")
+        assert same_bits(y, Q.dequantize(q, 1.0, z).numpy())
+
+
 # ------------------------------------------------------------------ per-channel, errors
 
 @pytest.mark.parametrize("ch_axis", [0, 1, 2, -1, -3])
@@ -279,8 +307,9 @@ def _draw_xs(draw, n, sc, qmin, qmax):
         if kind == "half":  # x = (k + 0.5) * s, often an exact tie after the float32 division
             k = draw(st.integers(qmin - 2, qmax + 1))
             xs.append(float(np.float32((k + 0.5) * s)))
-        elif kind == "int":
-            xs.append(float(np.float32(draw(st.integers(qmin - 2, qmax + 2)) * s)))
+        elif kind == "int":  # often right at the bounds, where the clamp and the STE mask switch
+            k = draw(st.one_of(st.sampled_from([qmin - 1, qmin, qmax, qmax + 1]), st.integers(qmin - 2, qmax + 2)))
+            xs.append(float(np.float32(k * s)))
         elif kind == "any":
             xs.append(float(np.float32(draw(st.floats(-1.2, 1.2)) * (qmax - qmin) * s)))
         else:
