@@ -3,8 +3,13 @@
 This module only re-exports the public API; each name lives in the module that shows its
 stage of the pipeline (see README.md).
 """
+from .capture import CaptureError, wrap
 from .dtype import QuantDType, qint4, qint8, qint16, qint32, quint8
+from .fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
 from .march import March, get_march, set_march
+from .nn import DeQuantStub, FloatFunctional, QuantStub, SegmentLUT
+from .prepare import prepare
+from .qconfig import QConfig, get_qconfig
 from .qmath import dequantize, fake_quantize, quantize, quantize_multiplier, requantize
 
 __version__ = "0.1.0"
@@ -13,4 +18,7 @@ __all__ = [
     "QuantDType", "qint4", "qint8", "quint8", "qint16", "qint32",
     "March", "set_march", "get_march",
     "quantize", "dequantize", "fake_quantize", "quantize_multiplier", "requantize",
+    "FakeQuantize", "FakeQuantState", "set_fake_quantize", "QConfig", "get_qconfig",
+    "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
+    "prepare",
 ]

@@ -1,0 +1,6 @@
+"""User-facing modules: stubs that bound the quantized region, FloatFunctional, SegmentLUT."""
+from .functional_modules import FloatFunctional
+from .segment_lut import SegmentLUT
+from .stubs import DeQuantStub, QuantStub
+
+__all__ = ["QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT"]

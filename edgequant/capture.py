@@ -1,0 +1,368 @@
+"""Capture: a float ``nn.Module`` and example inputs -> a torch.fx ``GraphModule`` of canonical ops.
+
+Takes the user's model (never modified: a deep copy is traced) and example inputs (a tensor or a
+tuple of tensors); returns a ``GraphModule`` whose every ``call_function`` node is annotated in
+``node.meta``:
+
+- ``eq_spec``: the ``OpSpec`` of the op (``None`` for non-float plumbing such as index math),
+- ``eq_path``: the module path the op was called from, ``eq_name``: a unique readable name,
+- ``eq_source``: the user's source line (``file:line: code``) for error messages,
+- ``val``: a fake tensor with the traced shape and dtype.
+
+Capture uses ``torch.export`` in non-strict mode, which runs the model's Python (so Hugging Face
+models trace unedited) and records aten ops with symbolic shapes; every dimension is
+dynamic for integer inputs and the batch dim of float inputs, unless the model fixes them, so later calls may use other batch sizes. QuantStub and
+DeQuantStub calls become marker nodes (``quant_point``/``dequant_point``); SegmentLUT, the
+``leaf_modules`` and functions decorated with ``wrap`` become opaque ``call_module`` nodes that
+run the original Python. ``scaled_dot_product_attention`` is decomposed into matmul, softmax
+and mask ops so attention quantizes op by op.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import operator
+import traceback
+from typing import Callable, Sequence
+
+import torch
+from torch import fx, nn
+
+from .nn.segment_lut import SegmentLUT
+from .nn.stubs import DeQuantStub, QuantStub, dequant_point, quant_point
+from .ops import OPS, spec_for_target
+
+try:  # torch.ao's stubs are accepted like ours (seed 002 imports them from torch.quantization)
+    from torch.ao.quantization import DeQuantStub as _AoDeQuantStub, QuantStub as _AoQuantStub
+except ImportError:  # pragma: no cover
+    _AoQuantStub = _AoDeQuantStub = ()
+
+QUANT_STUBS = (QuantStub, _AoQuantStub)
+DEQUANT_STUBS = (DeQuantStub, _AoDeQuantStub)
+
+
+class CaptureError(RuntimeError):
+    """The model could not be captured; the message names the op or source line and what to do."""
+
+
+# -- marker ops: how stubs and opaque calls survive torch.export --------------------------------
+_LEAVES: list[Callable] = []  # callables of the capture in progress, indexed by the marker's key
+
+
+@torch.library.custom_op("edgequant::stub", mutates_args=())
+def _stub_op(x: torch.Tensor, key: int) -> torch.Tensor:
+    return x.clone()
+
+
+@_stub_op.register_fake
+def _(x, key):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("edgequant::leaf", mutates_args=())
+def _leaf_op(xs: list[torch.Tensor], key: int) -> torch.Tensor:
+    return _LEAVES[key](*xs)
+
+
+@_leaf_op.register_fake
+def _(xs, key):
+    # Run the real callable once on zeros of the traced shapes to learn the output shape;
+    # dimensions that equal an input's dimension keep that dimension's symbol.
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    def hint(d):
+        return d.node.hint if isinstance(d, torch.SymInt) else int(d)
+
+    with unset_fake_temporarily():
+        real = [torch.zeros([hint(d) for d in x.shape], dtype=x.dtype) for x in xs]
+        out = _LEAVES[key](*real)
+    if not isinstance(out, torch.Tensor):
+        raise CaptureError("a wrapped function or leaf module must return one tensor")
+    ref = xs[0]
+    shape = [ref.shape[i] if i < ref.dim() and hint(ref.shape[i]) == n else n for i, n in enumerate(out.shape)]
+    return ref.new_empty(shape, dtype=out.dtype)
+
+
+_STUB_KEYS: dict[int, str] = {}
+
+
+@contextlib.contextmanager
+def _markers(model: nn.Module, leaf_types: tuple):
+    """Make stubs and leaf modules of ``model`` call marker ops while it is exported."""
+    patched = []
+    _LEAVES.clear()
+    _STUB_KEYS.clear()
+    for path, mod in model.named_modules():
+        if isinstance(mod, QUANT_STUBS) or isinstance(mod, DEQUANT_STUBS):
+            key = len(_STUB_KEYS)
+            _STUB_KEYS[key] = path
+            mod.forward = functools.partial(torch.ops.edgequant.stub, key=key)
+            patched.append(mod)
+        elif isinstance(mod, (SegmentLUT, *leaf_types)) and path:
+            key = len(_LEAVES)
+            _LEAVES.append(_unpatched(mod))
+            mod.forward = lambda *xs, _k=key: torch.ops.edgequant.leaf(list(xs), _k)
+            patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            del mod.forward
+
+
+def _unpatched(mod: nn.Module) -> nn.Module:
+    """A shallow copy of ``mod`` whose ``forward`` is the class's, for running the leaf itself."""
+    clone = copy.copy(mod)
+    clone.__dict__.pop("forward", None)
+    return clone
+
+
+class _Wrapped:
+    """A function kept opaque by ``wrap``: traced as one float node."""
+
+    def __init__(self, fn: Callable):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+
+    def __call__(self, *args):
+        if not _EXPORTING[0]:
+            return self.fn(*args)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        others = [(i, a) for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
+
+        def call(*ts, _fn=self.fn, _others=others, _n=len(args)):
+            it = iter(ts)
+            fixed = dict(_others)
+            return _fn(*[fixed[i] if i in fixed else next(it) for i in range(_n)])
+
+        call.__name__ = getattr(self.fn, "__name__", "wrapped")
+        key = len(_LEAVES)
+        _LEAVES.append(call)
+        return torch.ops.edgequant.leaf(tensors, key)
+
+
+_EXPORTING = [False]
+
+
+def wrap(fn: Callable) -> Callable:
+    """Decorator: keep ``fn`` out of the graph; it runs as Python, in float, at every stage.
+
+    Use it for code that cannot or should not be traced (NumPy, data-dependent control flow,
+    pre/post-processing). ``fn`` takes tensors (and constants) and returns one tensor.
+    """
+    return _Wrapped(fn)
+
+
+# -- attention decomposition ---------------------------------------------------------------------
+def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q, k.transpose(-2, -1)) * s
+    if is_causal:
+        n, m = q.shape[-2], k.shape[-2]
+        causal = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+# -- source lines and names ------------------------------------------------------------------------
+def _user_frame(stack_trace: str | None) -> str:
+    """The innermost frame of ``stack_trace`` outside torch, as ``file:line: code``."""
+    if not stack_trace:
+        return "<unknown source>"
+    lines = stack_trace.strip().splitlines()
+    frames = []
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith("File "):
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            frames.append((line, code))
+    for line, code in reversed(frames):
+        if "/torch/" not in line and "/edgequant/" not in line:
+            parts = line.split('"')
+            file = parts[1] if len(parts) > 1 else line
+            lineno = line.split("line ")[-1].split(",")[0]
+            return f"{file}:{lineno}: {code}"
+    return frames[-1][0] if frames else "<unknown source>"
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else ""
+
+
+def _frames_from_exception(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(tb):
+        if "/torch/" not in fr.filename and "/edgequant/" not in fr.filename:
+            return f"{fr.filename}:{fr.lineno}: {fr.line}"
+    return "<unknown source>"
+
+
+# -- capture ---------------------------------------------------------------------------------------
+def _as_tuple(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def _dynamic_dims(a):
+    """Which dims of an input may change after capture: the batch dim of float inputs, every dim
+    of integer inputs (token ids and masks change length); torch.export keeps a dim static where
+    the model fixes it."""
+    if not isinstance(a, torch.Tensor) or a.dim() == 0:
+        return None
+    auto = torch.export.Dim.AUTO
+    dims = range(a.dim()) if not a.is_floating_point() else range(1)
+    return {d: auto for d in dims}
+
+
+def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
+            dynamic: bool = True) -> fx.GraphModule:
+    """Trace ``model`` on ``example_inputs`` into an annotated GraphModule (see module doc)."""
+    args = _as_tuple(example_inputs)
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and not torch.isfinite(a).all():
+            raise ValueError(f"example input {i} contains NaN or Inf; capture needs finite example data")
+    # torch.export treats size-1 dims as static: trace a batch of one as two copies so the batch
+    # dim stays dynamic (the model must treat batch elements independently, as models do)
+    args = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1 else a
+                 for a in args)
+    work = copy.deepcopy(model).eval()
+    shapes = tuple(_dynamic_dims(a) if dynamic else None for a in args)
+    _EXPORTING[0] = True
+    try:
+        with _markers(work, tuple(leaf_modules)):
+            ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
+            sdpa = torch.ops.aten.scaled_dot_product_attention.default
+            if any(n.target is sdpa for n in ep.graph.nodes):  # retracing costs seconds: only when needed
+                ep = ep.run_decompositions({sdpa: _sdpa_math})
+        leaves = list(_LEAVES)
+        stub_paths = dict(_STUB_KEYS)
+    except CaptureError:
+        raise
+    except Exception as exc:  # torch.export's many error types: report where in user code
+        raise CaptureError(
+            f"could not trace the model at {_frames_from_exception(exc)}\n  {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
+            "Move code that cannot be traced (NumPy, data-dependent Python control flow, pre/post-"
+            "processing) into a function decorated with edgequant.wrap, or pass its module class "
+            "in leaf_modules=(...)."
+        ) from exc
+    finally:
+        _EXPORTING[0] = False
+    gm = ep.module()
+    gm.meta["eq_leaf_paths"] = {p for p, m in work.named_modules() if not any(True for _ in m.children())}
+    for attr in ("train", "eval"):  # torch.export forbids mode switches; our graphs honour them
+        gm.__dict__.pop(attr, None)
+    _rewrite_markers(gm, leaves, stub_paths, work)
+    _annotate(gm)
+    return gm
+
+
+def _rewrite_markers(gm: fx.GraphModule, leaves: list, stub_paths: dict, work: nn.Module) -> None:
+    """Turn marker ops into ``quant_point``/``dequant_point`` calls and leaf ``call_module`` nodes."""
+    modules = dict(work.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.edgequant.stub.default:
+            path = stub_paths[node.args[1]]
+            stub = modules[path]
+            node.target = quant_point if isinstance(stub, QUANT_STUBS) else dequant_point
+            node.args = (node.args[0],)
+            node.meta["eq_path"] = path
+            node.meta["eq_stub"] = stub
+        elif node.target is torch.ops.edgequant.leaf.default:
+            fn = leaves[node.args[1]]
+            owner = fn if isinstance(fn, nn.Module) else None
+            name = f"eq_leaf_{node.args[1]}"
+            gm.add_submodule(name, owner if isinstance(owner, nn.Module) else _LeafCall(fn))
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, tuple(node.args[0]))
+            new.meta.update(node.meta)
+            new.meta["eq_leaf"] = owner if isinstance(owner, nn.Module) else fn
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+class _LeafCall(nn.Module):
+    """Holds a wrapped function as a submodule so the graph can call it."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+def _is_float(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return val.is_floating_point()
+    if isinstance(val, (tuple, list)):
+        return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in val)
+    return False
+
+
+def _annotate(gm: fx.GraphModule) -> None:
+    """Attach ``eq_spec``, ``eq_path``, ``eq_name`` and ``eq_source`` to every op node."""
+    used: dict[str, int] = {}
+    leaf_paths = gm.meta.get("eq_leaf_paths", set())
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_module"):
+            continue
+        node.meta.setdefault("eq_path", _module_path(node))
+        node.meta["eq_source"] = _user_frame(node.meta.get("stack_trace"))
+        if node.op == "call_module":
+            leaf = node.meta.get("eq_leaf")
+            if leaf is None:  # torch.export's own helpers (shape guards)
+                node.meta["eq_spec"] = None
+                continue
+            spec = OPS["segment_lut"] if isinstance(leaf, SegmentLUT) else None
+            node.meta["eq_spec"] = spec
+            base = node.meta["eq_path"] or getattr(leaf, "__name__", node.target)
+        elif node.target in (quant_point, dequant_point):
+            node.meta["eq_spec"] = None
+            base = node.meta["eq_path"]
+        else:
+            spec = spec_for_target(node.target)
+            node.meta["eq_spec"] = spec
+            path = node.meta["eq_path"]
+            op = spec.name if spec else str(getattr(node.target, "__name__", node.target)).split(".")[0]
+            # the first quantized op of a leaf module (nn.Conv2d, nn.Linear, ...) takes its path
+            primary = spec is not None and spec.rule in ("compute", "source") and path in leaf_paths \
+                and path not in used
+            base = path if primary else (f"{path}.{op}" if path else op)
+        n = used.get(base, 0)
+        used[base] = n + 1
+        node.meta["eq_name"] = base if n == 0 else f"{base}_{n}"
+
+
+def unsupported_ops(gm: fx.GraphModule) -> list[fx.Node]:
+    """Nodes that compute on float data with an op edgequant has no entry for."""
+    bad = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.meta.get("eq_spec") is None \
+                and node.target not in (quant_point, dequant_point, operator.getitem) and _is_float(node):
+            bad.append(node)
+    return bad
+
+
+def is_float_value(node: fx.Node) -> bool:
+    """Whether the traced value of ``node`` is (or contains) a floating-point tensor."""
+    return _is_float(node)

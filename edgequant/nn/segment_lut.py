@@ -1,0 +1,71 @@
+"""SegmentLUT: any elementwise function, computed by the integer model as a lookup table.
+
+Takes a float tensor and returns ``simulated_func`` of it. In float mode and in calibration it
+evaluates the exact function; ``prepare`` quantizes its input and output like any other op.
+The table construction (int8: 256 entries; int16: segments with linear interpolation) is the
+SegmentLUT issue's work; this module already accepts and validates every argument of the
+final signature so user code written against it runs unchanged.
+"""
+from __future__ import annotations
+
+import warnings
+from numbers import Real
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+_MODES = ("ASYM", "YSYM", "CSYM")
+_STRATEGIES = ("evenly", "curvature")
+
+
+class SegmentLUT(nn.Module):
+    """Simulate ``simulated_func`` elementwise; a table on the integer target.
+
+    Args:
+        simulated_func: the elementwise function (tensor -> tensor of the same shape).
+        is_centrosymmetric: deprecated spelling of ``symmetric_mode="CSYM"``.
+        dividing_points: upper input bound of each segment, set by hand.
+        input_range: the valid input range ``(low, high)``.
+        auto_divide_strategy: ``"evenly"`` or ``"curvature"`` when dividing_points is None.
+        inverse_func: inverse of a monotonically decreasing function, used to find the input
+            range at integer inference.
+        gradients: slopes of the linear extrapolation below and above the range.
+        symmetric_mode: ``"ASYM"``, ``"YSYM"`` (f(x) = f(-x)) or ``"CSYM"`` (f(x) = -f(-x)).
+    """
+
+    def __init__(self, simulated_func: Callable, is_centrosymmetric: bool = False,
+                 dividing_points: Sequence[Real] | None = None, input_range: Sequence[Real] | None = None,
+                 auto_divide_strategy: str = "evenly", inverse_func: Callable | None = None,
+                 gradients: Sequence[Real] | None = None, symmetric_mode: str = "ASYM"):
+        super().__init__()
+        if not callable(simulated_func):
+            raise TypeError("SegmentLUT: simulated_func must be callable")
+        if is_centrosymmetric:
+            warnings.warn("SegmentLUT(is_centrosymmetric=True) is deprecated; use symmetric_mode='CSYM'",
+                          DeprecationWarning, stacklevel=2)
+            symmetric_mode = "CSYM"
+        if symmetric_mode not in _MODES:
+            raise ValueError(f"SegmentLUT: symmetric_mode must be one of {_MODES}, got {symmetric_mode!r}")
+        if auto_divide_strategy not in _STRATEGIES:
+            raise ValueError(f"SegmentLUT: auto_divide_strategy must be one of {_STRATEGIES}, got {auto_divide_strategy!r}")
+        if dividing_points is not None and list(dividing_points) != sorted(dividing_points):
+            raise ValueError("SegmentLUT: dividing_points must be increasing")
+        if input_range is not None and (len(input_range) != 2 or input_range[0] >= input_range[1]):
+            raise ValueError("SegmentLUT: input_range must be (low, high) with low < high")
+        if gradients is not None and len(gradients) != 2:
+            raise ValueError("SegmentLUT: gradients must be (slope below the range, slope above it)")
+        self.simulated_func = simulated_func
+        self.dividing_points = None if dividing_points is None else [float(p) for p in dividing_points]
+        self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
+        self.auto_divide_strategy = auto_divide_strategy
+        self.inverse_func = inverse_func
+        self.gradients = None if gradients is None else (float(gradients[0]), float(gradients[1]))
+        self.symmetric_mode = symmetric_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.simulated_func(x)
+
+    def extra_repr(self) -> str:
+        name = getattr(self.simulated_func, "__name__", type(self.simulated_func).__name__)
+        return f"{name}, symmetric_mode={self.symmetric_mode}, strategy={self.auto_divide_strategy}"

@@ -1,0 +1,149 @@
+"""A bounded histogram whose range widens by powers of two, with exact re-binning and merging.
+
+Takes finite float tensors batch by batch (``add_``), or another histogram (``merge_``), and holds
+a fixed number of bins (default 2048) of float64 counts plus the exact minimum and maximum seen:
+``bins * 8 + 16`` bytes whatever the number of batches. The bins have width ``w = 2**log2_width``
+and lie on the grid of multiples of ``w``: bin ``j`` covers ``[(k0 + j) w, (k0 + j + 1) w)`` with
+``k0 = floor(min_val / w)``. ``log2_width`` is the smallest exponent at which ``[min_val, max_val]``
+fits in the bins (and at least what it was), so the data always span more than half of them.
+When new data do not fit, ``w`` doubles as often as needed: every new bin is the union of
+``2**d`` old bins, so counts move whole and never split. The grid is therefore a function of
+(the largest ``log2_width`` seen, ``min_val``, ``max_val``) only, which makes merging two
+histograms produce the grid that observing both streams produces, with the same counts except
+for values within ``2**-12`` of a bin edge, which float32 binning may put in the neighbouring bin.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+EMPTY_LOG2 = -(1 << 30)  # log2_width of a histogram that has seen nothing (neutral for "max")
+MIN_LOG2 = -120          # keeps w a normal float32 number
+_CHUNK = 1 << 24         # values binned per step: bounds the int32 and float temporaries
+
+
+def fit_log2_width(lo: float, hi: float, bins: int, at_least: int) -> int:
+    """Smallest ``e >= at_least`` such that ``bins`` bins of width ``2**e`` on the grid hold ``[lo, hi]``.
+
+    ``e`` is also at least ``frexp(max|lo|, |hi|) - 23``, so ``|v / w| < 2**23`` for every value:
+    ``k0`` and the scaled values are exact float32 numbers and int64 indices never overflow.
+    """
+    e = max(at_least, MIN_LOG2, math.frexp(max(abs(lo), abs(hi)))[1] - 23)
+    if hi > lo:
+        e = max(e, math.floor(math.log2((hi - lo) / bins)))  # a lower bound; the loop below finishes
+    while math.floor(math.ldexp(hi, -e)) - math.floor(math.ldexp(lo, -e)) > bins - 1:
+        e += 1
+    return e
+
+
+def regrid(counts: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Move ``counts`` from the window ``(log2_width, k0) = old`` to ``new`` (``new`` no finer).
+
+    Old bin ``k0 + j`` (absolute index on its grid) becomes bin ``(k0 + j) >> d`` on a grid
+    ``2**d`` times coarser. Bins that fall outside the new window are empty by construction
+    (they lie outside the data); they are clamped to its edges rather than dropped.
+    """
+    (e0, k0), (e1, k1) = old, new
+    if (e0, k0) == (e1, k1):
+        return counts.clone()
+    absolute = k0 + torch.arange(counts.numel(), dtype=torch.int64, device=counts.device)
+    index = ((absolute >> min(e1 - e0, 62)) - k1).clamp_(0, counts.numel() - 1)
+    return torch.zeros_like(counts).index_add_(0, index, counts)
+
+
+class Histogram(nn.Module):
+    """Counts of a stream of values on a power-of-two grid (see the module docstring)."""
+
+    REDUCTIONS = {"min_val": "min", "max_val": "max", "log2_width": "max", "counts": "sum"}
+
+    def __init__(self, bins: int = 2048):
+        super().__init__()
+        if bins < 16:
+            raise ValueError(f"a histogram needs at least 16 bins, got {bins}")
+        self.bins = int(bins)
+        self.register_buffer("counts", torch.zeros(self.bins, dtype=torch.float64))
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(-float("inf")))
+        self.register_buffer("log2_width", torch.tensor(EMPTY_LOG2, dtype=torch.int64))
+
+    # ---- the window -----------------------------------------------------------------------------
+    def is_empty(self) -> bool:
+        return not bool(self.min_val <= self.max_val)
+
+    @property
+    def width(self) -> float:
+        return math.ldexp(1.0, int(self.log2_width))
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """``(log2_width, k0)``: bin ``j`` covers ``[(k0 + j) * w, (k0 + j + 1) * w)``."""
+        e = int(self.log2_width)
+        return e, math.floor(math.ldexp(float(self.min_val), -e))
+
+    def centers(self) -> torch.Tensor:
+        """Bin centers, float64."""
+        e, k0 = self.window
+        j = torch.arange(self.bins, dtype=torch.float64, device=self.counts.device)
+        return (k0 + j + 0.5) * math.ldexp(1.0, e)
+
+    def folded(self) -> torch.Tensor:
+        """Counts of ``|x|`` on bins ``[i w, (i + 1) w)``, ``i = 0 .. L-1``, trailing empty bins cut.
+
+        Exact: a negative bin ``[-(i+1) w, -i w)`` of the grid is the mirror of bin ``i``.
+        """
+        e, k0 = self.window
+        a = k0 + torch.arange(self.bins, dtype=torch.int64, device=self.counts.device)
+        i = torch.where(a >= 0, a, -a - 1)
+        out = torch.zeros(int(i.max()) + 1, dtype=torch.float64, device=self.counts.device)
+        out.index_add_(0, i, self.counts)
+        nonzero = torch.nonzero(out).flatten()
+        return out[: int(nonzero[-1]) + 1] if nonzero.numel() else out[:1]
+
+    def align_(self, min_val: float, max_val: float, log2_width: int) -> None:
+        """Widen to the grid that also holds ``[min_val, max_val]`` and is no finer than ``log2_width``.
+
+        Histograms aligned with the same (reduced) arguments share one grid; their counts then add.
+        """
+        old = None if self.is_empty() else self.window
+        lo, hi = min(float(self.min_val), float(min_val)), max(float(self.max_val), float(max_val))
+        e = fit_log2_width(lo, hi, self.bins, max(int(self.log2_width), int(log2_width)))
+        self.min_val.fill_(lo)
+        self.max_val.fill_(hi)
+        self.log2_width.fill_(e)
+        if old is not None:
+            self.counts.copy_(regrid(self.counts, old, self.window))
+
+    # ---- recording ------------------------------------------------------------------------------
+    def add_(self, x: torch.Tensor, lo: float, hi: float) -> None:
+        """Count the values of ``x`` (finite, float32/float64, with min ``lo`` and max ``hi``).
+
+        The bin of ``v`` is ``floor(v / w) - k0``, computed as ``trunc(-k0 + v * 2**-e)`` in the
+        precision of ``x``: the product is exact, the sum is rounded once and is never negative
+        (``v >= k0 * w``), so only a value within ``2**-12`` bin of an edge can land one bin off,
+        and the top edge itself (reached by rounding) folds into the last bin.
+        """
+        self.align_(lo, hi, EMPTY_LOG2)
+        e, k0 = self.window
+        shift = torch.tensor(float(-k0), dtype=x.dtype, device=x.device)
+        for chunk in x.reshape(-1).split(_CHUNK):  # bounds the temporaries for huge tensors
+            index = torch.add(shift, chunk, alpha=math.ldexp(1.0, -e)).to(torch.int32)
+            found = torch.bincount(index, minlength=self.bins + 1).to(self.counts.dtype)
+            self.counts += found[: self.bins]
+            self.counts[-1] += found[self.bins:].sum()
+
+    def merge_(self, other: Histogram) -> None:
+        """Add ``other``'s counts (re-binned exactly onto the common grid)."""
+        if other.bins != self.bins:
+            raise ValueError(f"cannot merge histograms of {self.bins} and {other.bins} bins")
+        if other.is_empty():
+            return
+        self.align_(float(other.min_val), float(other.max_val), int(other.log2_width))
+        self.counts += regrid(other.counts, other.window, self.window)
+
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(-float("inf"))
+        self.log2_width.fill_(EMPTY_LOG2)

@@ -1,0 +1,159 @@
+"""Observers that keep only a range: min-max, moving-average min-max, fixed scale.
+
+Each takes tensors batch by batch (per tensor, or per channel along ``ch_axis``) and keeps one or
+two numbers per channel, so memory is ``O(C)`` whatever the number of batches. They return the
+range as qparams through ``scale_from_range``; ``FixedScaleObserver`` returns the scale it was given.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Observer
+
+
+def _unbounded(ch_axis, sign: float) -> torch.Tensor:
+    """``+inf`` / ``-inf`` per tensor; an empty vector per channel (the channel count comes with data)."""
+    return torch.tensor(sign * float("inf")) if ch_axis is None else torch.empty(0)
+
+
+class MinMaxObserver(Observer):
+    """Records the running minimum and maximum; the range is exactly ``[min, max]``.
+
+    Merge: elementwise min of ``min_val`` and max of ``max_val`` (exact).
+    """
+
+    REDUCTIONS = {"min_val": "min", "max_val": "max"}
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.register_buffer("min_val", _unbounded(self.ch_axis, 1.0))
+        self.register_buffer("max_val", _unbounded(self.ch_axis, -1.0))
+
+    def _observe(self, x: torch.Tensor) -> None:
+        got = self._batch_range(x)
+        if got is None:
+            return
+        _, lo, hi = got
+        lo, hi = lo.to(self.min_val), hi.to(self.max_val)
+        if self.min_val.numel() == 0:  # first batch of a per-channel observer
+            self.min_val, self.max_val = lo, hi
+            return
+        self.min_val = torch.minimum(self.min_val, lo)
+        self.max_val = torch.maximum(self.max_val, hi)
+
+    def has_data(self) -> bool:
+        return self.min_val.numel() > 0 and bool((self.min_val <= self.max_val).all())
+
+    def _clip_range(self):
+        return self.min_val.clone(), self.max_val.clone()
+
+    def reset(self) -> None:
+        self.min_val = _unbounded(self.ch_axis, 1.0).to(self.min_val.device)
+        self.max_val = _unbounded(self.ch_axis, -1.0).to(self.max_val.device)
+
+
+class MovingAverageMinMaxObserver(Observer):
+    """Exponential moving average of each batch's min and max (for QAT).
+
+    The first batch sets the range; every later one moves it by
+    ``averaging_constant * (batch_min - min_val)`` (and likewise for the max).
+    Merge: the average of the two ranges weighted by their number of batches, i.e. the
+    statistics ``min_val * num_batches``, ``max_val * num_batches`` and ``num_batches`` are
+    summed. Under DDP, where every rank starts from the same synchronised range and sees one
+    batch, that equals one update with the mean of the ranks' batch minima and maxima.
+    """
+
+    REDUCTIONS = {"weighted_min": "sum", "weighted_max": "sum", "num_batches": "sum"}
+
+    def __init__(self, averaging_constant: float = 0.01, **config):
+        super().__init__(**config)
+        if not 0.0 < averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
+        self.averaging_constant = float(averaging_constant)
+        self.register_buffer("min_val", _unbounded(self.ch_axis, 1.0))
+        self.register_buffer("max_val", _unbounded(self.ch_axis, -1.0))
+        self.register_buffer("num_batches", torch.tensor(0, dtype=torch.int64))
+
+    def config(self) -> dict:
+        return dict(super().config(), averaging_constant=self.averaging_constant)
+
+    def _average(self, old: torch.Tensor, new: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        moved = torch.where(torch.isinf(old), new, old + self.averaging_constant * (new - old))
+        return torch.where(seen, moved, old)
+
+    def _observe(self, x: torch.Tensor) -> None:
+        got = self._batch_range(x)
+        if got is None:
+            return
+        _, lo, hi = got
+        lo, hi = lo.to(self.min_val), hi.to(self.max_val)
+        if self.min_val.numel() == 0:
+            self.min_val, self.max_val = torch.full_like(lo, float("inf")), torch.full_like(hi, -float("inf"))
+        seen = lo <= hi  # False for a channel whose values were all non-finite (and ignored)
+        self.min_val = self._average(self.min_val, lo, seen)
+        self.max_val = self._average(self.max_val, hi, seen)
+        self.num_batches += 1
+
+    def has_data(self) -> bool:
+        return self.min_val.numel() > 0 and bool((self.min_val <= self.max_val).all())
+
+    def _clip_range(self):
+        return self.min_val.clone(), self.max_val.clone()
+
+    def statistics(self) -> dict[str, torch.Tensor]:
+        n = self.num_batches.clone()
+        weigh = lambda v: torch.where(n > 0, v.double() * n, torch.zeros_like(v, dtype=torch.float64))  # noqa: E731
+        return {"weighted_min": weigh(self.min_val), "weighted_max": weigh(self.max_val), "num_batches": n}
+
+    def load_statistics(self, stats: dict[str, torch.Tensor]) -> None:
+        n = stats["num_batches"].to(self.num_batches)
+        unweigh = lambda v, empty: torch.where(n > 0, v / n, empty).to(self.min_val)  # noqa: E731
+        self.min_val = unweigh(stats["weighted_min"], float("inf"))
+        self.max_val = unweigh(stats["weighted_max"], -float("inf"))
+        self.num_batches = n.clone()
+
+    def reset(self) -> None:
+        self.min_val = _unbounded(self.ch_axis, 1.0).to(self.min_val.device)
+        self.max_val = _unbounded(self.ch_axis, -1.0).to(self.max_val.device)
+        self.num_batches.zero_()
+
+
+class FixedScaleObserver(Observer):
+    """Returns the ``scale`` and ``zero_point`` it was given (``QuantStub(scale=...)``).
+
+    It records nothing but still refuses NaN/Inf, so bad data are caught on this edge too.
+    ``scale`` may be a vector for per-channel use (with ``ch_axis``). ``clip_range()`` is the
+    range the fixed qparams represent. Merge: only observers with the same qparams merge (no-op).
+    """
+
+    def __init__(self, scale, zero_point=0, **config):
+        super().__init__(**config)
+        s = torch.as_tensor(scale, dtype=torch.float32).clone()
+        if not bool(torch.isfinite(s).all() & (s > 0).all()):
+            raise ValueError(f"{self.name}: scale must be finite and positive, got {scale}")
+        if s.dim() > 1 or (s.dim() == 1 and self.ch_axis is None):
+            raise ValueError(f"{self.name}: a vector of scales needs ch_axis (per-channel); got shape {tuple(s.shape)}")
+        z = torch.as_tensor(zero_point, dtype=torch.int64).expand_as(s).clone()
+        if bool(((z < self.dtype.qmin) | (z > self.dtype.qmax)).any()):
+            raise ValueError(f"{self.name}: zero_point {zero_point} is outside [{self.dtype.qmin}, {self.dtype.qmax}]")
+        self.register_buffer("scale", s)
+        self.register_buffer("zero_point", z)
+
+    def config(self) -> dict:
+        return dict(super().config(), scale=self.scale.tolist(), zero_point=self.zero_point.tolist())
+
+    def _observe(self, x: torch.Tensor) -> None:
+        self._all_finite(x, *torch.aminmax(x))
+
+    def has_data(self) -> bool:
+        return True  # the qparams are given, not measured
+
+    def _clip_range(self):
+        z = self.zero_point.to(torch.float32)
+        return (self.dtype.qmin - z) * self.scale, (self.dtype.qmax - z) * self.scale
+
+    def calculate_qparams(self):
+        return self.scale.clone(), self.zero_point.clone()
+
+    def reset(self) -> None:
+        pass

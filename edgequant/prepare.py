@@ -1,0 +1,317 @@
+"""Prepare: a float model -> a new model with fake quantization on every quantized tensor.
+
+Takes the user's ``nn.Module`` (left untouched), example inputs and qconfig setters; returns a
+``torch.fx.GraphModule`` that computes the same function in float until
+``set_fake_quantize`` switches it to calibration, validation or QAT. The stages:
+
+    gm = capture(model, example_inputs)      # canonical ops, shapes, source lines
+    assign_domains(gm)                       # which values are quantized, float or integer
+    fold_batch_norms(gm); mark_fusions(gm)   # BN folded; conv+relu, conv+add(+relu) grouped
+    mark_high_precision(gm)                  # conv/linear feeding only a DeQuantStub: int32 out
+    qconfigs = apply_setters(setters, sites) # template -> QConfig per op site
+    insert_fake_quant(gm, qconfigs)          # FakeQuantize on outputs, weights, float inputs
+
+The quantized region starts at QuantStubs and ends at DeQuantStubs. A model without any stub
+(e.g. a Hugging Face transformer) is quantized whole: float inputs are quantized where the
+graph starts, integer inputs (token ids, masks) stay integer, embeddings become quantized
+tables, and outputs are dequantized.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+from torch import fx, nn
+
+from .capture import CaptureError, capture, is_float_value, unsupported_ops
+from .fake_quant import FakeQuantize, FakeQuantState
+from .fuse import fold_batch_norms, mark_fusions
+from .march import get_march, March
+from .nn.stubs import QuantStub, dequant_point, quant_point
+from .qconfig import FakeQuantSpec, QConfig
+from .qconfig_template import OpSite, apply_setters
+
+FQ_CONTAINER = "eq_fq"
+
+
+def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: Sequence[type] = (),
+            march: March | str | None = None) -> fx.GraphModule:
+    """Return a new, fake-quantizable copy of ``model`` (see the module docstring).
+
+    Args:
+        model: the float model; it is not modified.
+        example_inputs: a tensor or a tuple of tensors the model is traced with.
+        qconfig_setter: a setter or a tuple of setters from ``edgequant.qconfig_template``
+            (later ones override earlier ones).
+        leaf_modules: module classes kept opaque and float (like ``wrap`` for functions).
+        march: the target (default: ``set_march``'s).
+    """
+    if not qconfig_setter:
+        raise ValueError("prepare needs qconfig_setter=(a template from edgequant.qconfig_template, ...)")
+    march = March(march) if march is not None else get_march()
+    gm = capture(model, example_inputs, leaf_modules)
+    _add_implicit_stubs(gm)
+    assign_domains(gm)
+    _check_supported(gm)
+    fold_batch_norms(gm)
+    mark_fusions(gm)
+    mark_high_precision(gm)
+    sites = op_sites(gm)
+    qconfigs = apply_setters(qconfig_setter, sites)
+    insert_fake_quant(gm, qconfigs)
+    gm.meta["edgequant"] = {"march": march.value, "sites": [s.name for s in sites],
+                            "input_meta": _input_meta(example_inputs)}
+    gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)
+    return gm
+
+
+def _input_meta(example_inputs):
+    xs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    return [(tuple(x.shape), str(x.dtype)) if isinstance(x, torch.Tensor) else None for x in xs]
+
+
+# -- domains -----------------------------------------------------------------------------------------
+def _has_stubs(gm: fx.GraphModule) -> bool:
+    return any(n.target in (quant_point, dequant_point) for n in gm.graph.nodes)
+
+
+def _add_implicit_stubs(gm: fx.GraphModule) -> None:
+    """Without any stub, quantize every float graph input where it enters the graph."""
+    if _has_stubs(gm):
+        gm.meta["eq_auto_stubs"] = False
+        return
+    gm.meta["eq_auto_stubs"] = True
+    for node in list(gm.graph.nodes):
+        if node.op == "placeholder" and is_float_value(node) and node.users:
+            with gm.graph.inserting_after(node):
+                q = gm.graph.call_function(quant_point, (node,))
+            node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
+            q.meta.update({"val": node.meta.get("val"), "eq_path": "", "eq_name": f"input_{node.name}",
+                           "eq_spec": None, "eq_source": f"graph input {node.name}"})
+    gm.graph.lint()
+
+
+def _inputs(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes]
+
+
+def assign_domains(gm: fx.GraphModule) -> None:
+    """Set ``meta["eq_domain"]`` to ``quant``, ``float`` or ``int`` for every node."""
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            dom = "float" if is_float_value(node) or node.op == "get_attr" else "int"
+        elif node.op == "output":
+            continue
+        elif node.target is quant_point:
+            dom = "quant"
+        elif node.target is dequant_point:
+            dom = "float"
+        elif node.op == "call_module":
+            spec = node.meta.get("eq_spec")
+            quant_in = any(a.meta.get("eq_domain") == "quant" for a in _inputs(node))
+            dom = "quant" if spec is not None and quant_in else "float"
+        else:
+            spec = node.meta.get("eq_spec")
+            quant_in = any(a.meta.get("eq_domain") == "quant" for a in _inputs(node))
+            if not is_float_value(node):
+                dom = "int"
+            elif spec is not None and spec.rule == "source":
+                dom = "quant"
+            elif quant_in:
+                dom = "quant"
+            else:
+                dom = "float"
+        node.meta["eq_domain"] = dom
+
+
+def _check_supported(gm: fx.GraphModule) -> None:
+    bad = [n for n in unsupported_ops(gm) if any(a.meta.get("eq_domain") == "quant" for a in _inputs(n))]
+    if bad:
+        lines = [f"  {n.meta.get('eq_name', n.name)} ({n.target}) at {n.meta.get('eq_source')}" for n in bad[:10]]
+        raise CaptureError(
+            "edgequant cannot quantize these ops:\n" + "\n".join(lines)
+            + "\nWrap the code that calls them with @edgequant.wrap (it then stays float), or put a "
+              "DeQuantStub before and a QuantStub after it."
+        )
+
+
+def mark_high_precision(gm: fx.GraphModule) -> None:
+    """A conv/linear/matmul whose users are all DeQuantStubs (or, without stubs, graph outputs)
+    keeps an int32 output: ``meta["eq_high_precision"] = True`` and no output fake-quant."""
+    auto = gm.meta.get("eq_auto_stubs", False)
+    for node in gm.graph.nodes:
+        spec = node.meta.get("eq_spec")
+        if spec is None or not spec.high_precision_output or node.meta.get("eq_domain") != "quant":
+            continue
+        if "eq_fused_into" in node.meta or not node.users:
+            continue
+        ends = all(u.target is dequant_point or (auto and u.op == "output") for u in node.users)
+        if ends:
+            node.meta["eq_high_precision"] = True
+
+
+# -- sites and qconfigs ---------------------------------------------------------------------------------
+def _is_site(node: fx.Node) -> bool:
+    if node.meta.get("eq_domain") != "quant":
+        return False
+    if node.target is quant_point:
+        return True
+    spec = node.meta.get("eq_spec")
+    if spec is None:
+        return False
+    if spec.rule == "source" or spec.weight_arg is not None:
+        return True
+    return spec.rule == "compute" and not _absorbed(node)
+
+
+def _absorbed(node: fx.Node) -> bool:
+    """An activation fused into its producer is not a site of its own."""
+    return any(a.meta.get("eq_fused_into") is node and a.meta["eq_spec"].fuse_activation
+               and node.meta["eq_spec"].activation for a in _inputs(node))
+
+
+def op_sites(gm: fx.GraphModule) -> list[OpSite]:
+    sites = []
+    for node in gm.graph.nodes:
+        if not _is_site(node):
+            continue
+        spec = node.meta.get("eq_spec")
+        stub = node.meta.get("eq_stub")
+        sites.append(OpSite(
+            name=node.meta["eq_name"],
+            op="quantize" if node.target is quant_point else spec.name,
+            module_type=type(stub).__name__ if stub is not None else "",
+            consumers=tuple(sorted({(u.meta.get("eq_spec").name if u.meta.get("eq_spec") else str(u.target))
+                                    for u in node.users})),
+            has_weight=spec is not None and spec.weight_arg is not None,
+        ))
+        node.meta["eq_site"] = True
+    return sites
+
+
+# -- fake-quant insertion ------------------------------------------------------------------------------
+def _container(gm: fx.GraphModule) -> nn.ModuleDict:
+    if not hasattr(gm, FQ_CONTAINER):
+        gm.add_module(FQ_CONTAINER, nn.ModuleDict())
+    return getattr(gm, FQ_CONTAINER)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def _add_fq(gm: fx.GraphModule, name: str, fq: FakeQuantize, after: fx.Node, replace_uses=True,
+            only_user: fx.Node | None = None) -> fx.Node:
+    key = _key(name)
+    _container(gm)[key] = fq
+    with gm.graph.inserting_after(after):
+        new = gm.graph.call_module(f"{FQ_CONTAINER}.{key}", (after,))
+    new.meta.update({"val": after.meta.get("val"), "eq_domain": "quant", "eq_fq": name,
+                     "eq_name": name, "eq_spec": None})
+    if only_user is not None:
+        only_user.replace_input_with(after, new)
+    elif replace_uses:
+        after.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+    return new
+
+
+def _stub_spec(node: fx.Node, spec: FakeQuantSpec) -> FakeQuantSpec:
+    stub = node.meta.get("eq_stub")
+    scale = getattr(stub, "scale", None) if isinstance(stub, QuantStub) else None
+    if scale is None:
+        return spec
+    from .observers import FixedScaleObserver
+
+    return FakeQuantSpec(spec.dtype, FixedScaleObserver,
+                         {"scale": float(scale), "zero_point": int(getattr(stub, "zero_point", 0))})
+
+
+def _output_node(node: fx.Node) -> fx.Node:
+    """The node whose output carries ``node``'s group result (the fused activation, if any)."""
+    while "eq_fused_into" in node.meta and node.meta["eq_spec"].fuse_activation \
+            and node.meta["eq_fused_into"].meta["eq_spec"].activation:
+        node = node.meta["eq_fused_into"]
+    return node
+
+
+def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict) -> None:
+    """Insert FakeQuantize modules as the qconfigs say (see the module docstring)."""
+    for node in list(gm.graph.nodes):
+        if not node.meta.get("eq_site"):
+            continue
+        name = node.meta["eq_name"]
+        qc: QConfig | None = qconfigs.get(name)
+        if qc is None:
+            _make_float(node)
+            continue
+        spec = node.meta.get("eq_spec")
+        if spec is not None and spec.weight_arg is not None and qc.weight is not None:
+            _insert_weight_fq(gm, node, spec, qc, name)
+        if qc.activation is None:
+            _make_float(node)
+            continue
+        out = _output_node(node) if node.meta.get("eq_fused_into") is not None else node
+        if node.meta.get("eq_high_precision") or "eq_fused_into" in out.meta:
+            pass
+        elif spec is not None and spec.rule == "source":
+            pass  # the output lies on the table's grid (weight fake-quant above)
+        else:
+            act = _stub_spec(node, qc.activation) if node.target is quant_point else qc.activation
+            _add_fq(gm, name, act.build(name), out)
+        _insert_input_fqs(gm, node, qc, name)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _make_float(node: fx.Node) -> None:
+    node.meta["eq_domain"] = "float"
+    node.meta["eq_site"] = False
+
+
+def _insert_weight_fq(gm, node, spec, qc: QConfig, name: str) -> None:
+    w = node.args[spec.weight_arg]
+    if not isinstance(w, fx.Node) or w.op != "get_attr":
+        return
+    if spec.rule == "source":  # embedding: the table is quantized per tensor with the activation dtype
+        from .observers import MinMaxObserver
+
+        wspec = FakeQuantSpec(qc.activation.dtype if qc.activation else qc.weight.dtype, MinMaxObserver)
+        fq = wspec.build(f"{name}.weight")
+    else:
+        fq = qc.weight.build(f"{name}.weight", ch_axis=spec.weight_ch_axis)
+    fq.is_weight = True
+    _add_fq(gm, f"{name}.weight", fq, w, only_user=node)
+
+
+def _insert_input_fqs(gm, node, qc: QConfig, name: str) -> None:
+    """Quantize float inputs of a quantized op (e.g. an additive mask computed from integers)."""
+    spec = node.meta.get("eq_spec")
+    if spec is None or spec.rule == "source" or node.target is quant_point:
+        return
+    positions = [p for p in (spec.weight_arg, spec.bias_arg, *spec.param_args) if p is not None]
+    skip = {node.args[p] for p in positions if p < len(node.args)}
+    for i, a in enumerate(_inputs(node)):
+        if a in skip or a.meta.get("eq_domain") != "float" or not is_float_value(a):
+            continue
+        iname = f"{name}.input{i}"
+        _add_fq(gm, iname, qc.activation.build(iname), a, only_user=node)
+
+
+# -- state dicts across templates ----------------------------------------------------------------------
+def _tolerate_observer_changes(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                               unexpected_keys, error_msgs):
+    """Loading a calibrated state dict into a model prepared with another template (e.g. the
+    fixed-scale QAT one) keeps the scales and drops observer statistics of other observer types."""
+    fqs = getattr(module, FQ_CONTAINER, None)
+    if fqs is None:
+        return
+    for key, fq in fqs.items():
+        base = f"{prefix}{FQ_CONTAINER}.{key}.observer."
+        theirs = {k for k in state_dict if k.startswith(base)}
+        ours = {base + k for k in fq.observer.state_dict()}
+        if theirs and theirs != ours:
+            for k in theirs:
+                del state_dict[k]
+            for k in ours:
+                state_dict[k] = fq.observer.state_dict()[k[len(base):]]

@@ -1,0 +1,150 @@
+"""Qconfig templates ("setters"): which dtype and observer every op of a graph gets.
+
+Takes the list of quantizable op sites of a captured graph (``OpSite`` records) and the
+qconfigs assigned so far; returns the updated assignment ``{site name: QConfig}``. ``prepare``
+applies the setters it is given in order, so a later setter overrides an earlier one:
+
+    prepare(model, x, qconfig_setter=(calibration_8bit_weight_16bit_act_qconfig_setter,
+                                      ModuleNameQconfigSetter({"head": int8_qconfig})))
+
+Site names are module paths for module calls (``"layer1.0.conv1"``) and the owning module's
+path plus the op for functions and operators (``"layer1.0.add"``, ``"layer1.0.add_1"``).
+
+| template | activations | weights | observer |
+|---|---|---|---|
+| ``default_calibration_qconfig_setter`` | qint8 | qint8 per channel | MSE (acts), min-max (weights) |
+| ``calibration_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | min-max |
+| ``default_qat_qconfig_setter`` | qint8 | qint8 per channel | moving-average min-max |
+| ``qat_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | moving-average min-max |
+| ``qat_8bit_weight_16bit_fixed_act_qconfig_setter`` | qint16, scales fixed | qint8 per channel | scales from calibration |
+| ``ModuleNameQconfigSetter({name: qconfig})`` | per name (exact or prefix) | | |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from .dtype import qint8, qint16
+from .qconfig import QConfig, get_qconfig
+
+
+@dataclass(frozen=True)
+class OpSite:
+    """One quantizable op of a captured graph, as templates see it."""
+
+    name: str                     # module path, or owner path + "." + op for functions
+    op: str                       # canonical op name ("conv2d", "add", "softmax", ...)
+    module_type: str              # class name of the module called ("" for functions)
+    consumers: tuple[str, ...]    # canonical op names that read this op's output
+    has_weight: bool
+
+
+QconfigSetter = Callable[[Sequence[OpSite], dict], dict]
+
+
+class TemplateSetter:
+    """A setter that gives every site the qconfig ``make(site)`` returns."""
+
+    def __init__(self, name: str, make: Callable[[OpSite], QConfig], doc: str):
+        self.__name__ = name
+        self.__doc__ = doc
+        self._make = make
+
+    def __call__(self, sites: Sequence[OpSite], current: dict) -> dict:
+        out = dict(current)
+        for site in sites:
+            out[site.name] = self._make(site)
+        return out
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+def _calibration(act_dtype):
+    def make(site: OpSite) -> QConfig:
+        from .observers import MinMaxObserver, MSEObserver
+
+        observer = MSEObserver if act_dtype == qint8 else MinMaxObserver
+        return get_qconfig(observer=observer, out_dtype=act_dtype, weight_dtype=qint8)
+    return make
+
+
+def _qat(act_dtype, fix_scale=False):
+    def make(site: OpSite) -> QConfig:
+        return get_qconfig(out_dtype=act_dtype, weight_dtype=qint8, qat=True, fix_scale=fix_scale)
+    return make
+
+
+default_calibration_qconfig_setter = TemplateSetter(
+    "default_calibration_qconfig_setter", _calibration(qint8),
+    "Post-training calibration: int8 activations (MSE observer), int8 per-channel weights.")
+calibration_8bit_weight_16bit_act_qconfig_setter = TemplateSetter(
+    "calibration_8bit_weight_16bit_act_qconfig_setter", _calibration(qint16),
+    "Post-training calibration: int16 activations (min-max), int8 per-channel weights.")
+default_qat_qconfig_setter = TemplateSetter(
+    "default_qat_qconfig_setter", _qat(qint8),
+    "QAT: int8 activations (moving-average min-max), int8 per-channel weights.")
+qat_8bit_weight_16bit_act_qconfig_setter = TemplateSetter(
+    "qat_8bit_weight_16bit_act_qconfig_setter", _qat(qint16),
+    "QAT: int16 activations (moving-average min-max), int8 per-channel weights.")
+qat_8bit_weight_16bit_fixed_act_qconfig_setter = TemplateSetter(
+    "qat_8bit_weight_16bit_fixed_act_qconfig_setter", _qat(qint16, fix_scale=True),
+    "QAT: int16 activations whose scales stay as calibrated (load the calibrated state dict, "
+    "or calibrate first); only the weights train.")
+
+
+class ModuleNameQconfigSetter:
+    """Override the qconfig of named sites: ``{name: QConfig}``.
+
+    A key matches the site of that exact name and every site below it (``"layer1"`` matches
+    ``"layer1.0.conv1"``). ``prepare`` raises if a key matches no site. A value of ``None``
+    leaves the matched sites float.
+    """
+
+    def __init__(self, qconfigs: Mapping[str, QConfig | None]):
+        self.qconfigs = dict(qconfigs)
+
+    def matches(self, key: str, site: OpSite) -> bool:
+        return site.name == key or site.name.startswith(key + ".")
+
+    def __call__(self, sites: Sequence[OpSite], current: dict) -> dict:
+        out = dict(current)
+        for key, qconfig in self.qconfigs.items():
+            hit = [s for s in sites if self.matches(key, s)]
+            if not hit:
+                near = sorted(s.name for s in sites if key.split(".")[-1] in s.name)[:5]
+                raise ValueError(
+                    f"ModuleNameQconfigSetter: {key!r} matches no quantizable op of the model"
+                    + (f"; similar names: {near}" if near else "")
+                )
+            for s in hit:
+                out[s.name] = qconfig
+        return out
+
+    def __repr__(self) -> str:
+        return f"ModuleNameQconfigSetter({sorted(self.qconfigs)})"
+
+
+def apply_setters(setters, sites: Sequence[OpSite]) -> dict:
+    """Run ``setters`` in order over ``sites``; returns ``{site name: QConfig or None}``."""
+    if callable(setters):
+        setters = (setters,)
+    current: dict = {}
+    for setter in setters:
+        if not callable(setter):
+            raise TypeError(
+                f"qconfig_setter entries must be setters from edgequant.qconfig_template or "
+                f"ModuleNameQconfigSetter, got {setter!r} ({type(setter).__name__})"
+            )
+        current = setter(sites, current)
+        if not isinstance(current, dict):
+            raise TypeError(f"qconfig setter {setter!r} returned {type(current).__name__}, expected a dict")
+    return current
+
+
+__all__ = [
+    "OpSite", "ModuleNameQconfigSetter", "apply_setters",
+    "default_calibration_qconfig_setter", "calibration_8bit_weight_16bit_act_qconfig_setter",
+    "default_qat_qconfig_setter", "qat_8bit_weight_16bit_act_qconfig_setter",
+    "qat_8bit_weight_16bit_fixed_act_qconfig_setter", "qint8", "qint16",
+]
