@@ -59,25 +59,33 @@ def squared_error(centers: torch.Tensor, counts: torch.Tensor, lo: torch.Tensor,
 
 def squared_error_by_level(first: float, width: float, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                            dtype: QuantDType, symmetric: bool) -> torch.Tensor:
-    """``squared_error`` for bins centered at ``first + j * width``, summed level by level.
+    """``squared_error`` for bins centered at ``first + j * width``, in O(levels) per candidate.
 
-    The bins a level rounds to are consecutive, found from the level's edges; with prefix sums
-    of ``n``, ``n j`` and ``n j^2`` each level's error ``sum n (c_j - g)^2`` is three differences,
-    so a candidate costs O(levels), not O(bins). Equal to ``squared_error`` except for centers
-    lying exactly on a rounding edge (and float rounding).
+    In units of bins, level ``q`` has the value ``g_q = (q - z) * step - origin`` and takes the
+    bins from ``ceil(beta_q)`` up, ``beta_q = g_q - step / 2`` being its lower edge. Summing
+    ``n_j (j - g)^2`` level by level and then by parts over the edges gives
+
+        sum_j n_j (j - g_top)^2  +  2 * step * sum_q (P1[b_q] - beta_q * P0[b_q]),
+
+    with ``b_q = clamp(ceil(beta_q), 0, bins)`` and ``P0``, ``P1`` the prefix sums of ``n_j`` and
+    ``n_j j``: every bin first pays the error of the top level, and each edge below it refunds
+    the difference for the bins under it. Equal to ``squared_error`` except for centers lying
+    exactly on a rounding edge (and float rounding).
     """
     s, z = scale_from_range(lo, hi, dtype, symmetric)
     step, z = s.double()[:, None] / width, z.double()[:, None]    # the quantization step in bins
     origin = first / width                                         # bin j is centered at origin + j (in bins)
     n = counts.to(torch.float64)
-    j = torch.arange(n.numel(), dtype=torch.float64)
-    prefix = [torch.cat([n.new_zeros(1), torch.cumsum(n * j**k, 0)]) for k in range(3)]
-    q = torch.arange(dtype.qmin, dtype.qmax + 1, dtype=torch.float64)
-    starts = torch.ceil((q[1:] - 0.5 - z) * step - origin).clamp_(0, n.numel())  # first bin of levels qmin+1..qmax
-    bounds = torch.cat([torch.zeros_like(z), starts, torch.full_like(z, n.numel())], 1).long()
-    m0, m1, m2 = ((p[bounds[:, 1:]] - p[bounds[:, :-1]]) for p in prefix)  # per level: sum n, n j, n j^2
-    g = (q - z) * step - origin                                    # each level's value, as a bin position
-    return ((m2 - g * (2 * m1 - g * m0)).sum(1) * width**2).clamp_(min=0.0)
+    nj = n * torch.arange(n.numel(), dtype=torch.float64)
+    zero = n.new_zeros(1)
+    P0, P1 = torch.cat([zero, torch.cumsum(n, 0)]), torch.cat([zero, torch.cumsum(nj, 0)])
+    M0, M1, M2 = P0[-1], P1[-1], (nj * torch.arange(n.numel(), dtype=torch.float64)).sum()
+    edges = torch.arange(dtype.qmin + 1, dtype.qmax + 1, dtype=torch.float64) - 0.5
+    beta = (edges - z) * step - origin                             # [N, levels - 1]
+    b = torch.ceil(beta).clamp_(0, n.numel()).long()
+    top = (dtype.qmax - z[:, 0]) * step[:, 0] - origin
+    refund = (P1[b] - beta * P0[b]).sum(1)
+    return ((M2 - 2 * top * M1 + top * top * M0 + 2 * step[:, 0] * refund) * width**2).clamp_(min=0.0)
 
 
 def _candidate_ranges(hist: Histogram, dtype: QuantDType, symmetric: bool):
@@ -157,13 +165,15 @@ def kl_divergences(counts: torch.Tensor, levels: int, ends: torch.Tensor) -> tor
     i = ends.to(torch.int64)
     total, tail = C[-1], C[-1] - C[i]
     last = n[i - 1] + tail                                               # P's last bin
-    bounds = torch.arange(levels + 1) * i[:, None] // levels             # [N, levels + 1]
-    Cb, Zb = C[bounds], Z[bounds]
+    # floor(c * i / levels), exact in float32: c * i < 2**24, and a non-integer quotient is at
+    # least 1 / levels away from the next integer.
+    bounds = torch.floor(torch.arange(levels + 1, dtype=torch.float32) * i[:, None] / levels).long()
+    Cb, Zb = C[bounds], Z[bounds]                                        # [N, levels + 1]
     S, nz = Cb[:, 1:] - Cb[:, :-1], Zb[:, 1:] - Zb[:, :-1]
     nz[:, -1] += ((n[i - 1] == 0) & (tail > 0)).double()                 # the tail makes P's last bin non-zero
+    per_bin = S / nz.clamp_(min=1)                                       # q in each non-zero bin of a chunk
     plogp = NL[i - 1] + torch.special.xlogy(last, last)
-    plogq = (torch.special.xlogy(S, S) - torch.special.xlogy(S, nz)).sum(1)
-    plogq = plogq + torch.special.xlogy(tail, S[:, -1] / nz[:, -1].clamp(min=1))
+    plogq = torch.special.xlogy(S, per_bin).sum(1) + torch.special.xlogy(tail, per_bin[:, -1])
     kl = (plogp - plogq) / total - torch.log(total) + torch.log(C[i])
     return torch.nan_to_num(kl, nan=float("inf"))
 

@@ -44,10 +44,10 @@ def _percentile_range(x: torch.Tensor, tail: float, fast_mode: bool, generator) 
     mn, mx = x.min(), x.max()
     if mn == 0 and mx == 0:
         return mn, mx
-    if mn == mx:  # the seed computes 0 * inf = NaN here and bincount raises; the range is the value
-        return mn, mx
     # Written as the seed writes it: torch evaluates `number / tensor` as `tensor.reciprocal() * number`.
     mult = NUM_BINS / torch.abs(mx - mn)
+    if not torch.isfinite(mult):  # constant tensor (or a subnormal range): the seed fails in bincount
+        return mn, mx
     index = torch.round((x.reshape(-1) - mn) * mult).int()
     counts = torch.bincount(index)  # length = largest index + 1
     percent = counts.float() * 100.0 / counts.sum().float()
@@ -88,8 +88,9 @@ def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
       is still below ``percentile``; new max likewise from the right. The bin value is the
       bin's center, i.e. at most one bin inside the true quantile. Both are clamped into the
       original ``[min, max]``.
-    - An all-zero tensor returns ``(0, 0)`` at once. A constant non-zero tensor makes the seed
-      fail inside ``bincount`` (``0 * inf`` is NaN); here it returns ``(c, c)``.
+    - An all-zero tensor returns ``(0, 0)`` at once. A constant non-zero tensor (or a range so
+      small that ``255 / range`` overflows) makes the seed fail inside ``bincount`` (``0 * inf``
+      is NaN); here it returns the plain ``(min, max)``.
     - ``fast_mode`` (4-D tensors with H and W > 4 only) keeps every second row and column
       starting at a random offset in {0, 1} per axis. The seed draws the offsets from Python's
       global ``random`` (not reproducible unless seeded); here from ``generator`` (a
