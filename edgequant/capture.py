@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import math
 import operator
 import traceback
@@ -241,6 +242,9 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
                  for a in args)
     work = copy.deepcopy(model).eval()
     shapes = tuple(_dynamic_dims(a) if dynamic else None for a in args)
+    params = list(inspect.signature(work.forward).parameters.values())
+    if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:  # forward(self, *xs)
+        shapes = (shapes,)
     _EXPORTING[0] = True
     try:
         with _markers(work, tuple(leaf_modules)):
