@@ -6,8 +6,9 @@ returns ``x`` itself. ``calculate_qparams()`` returns ``(scale, zero_point)``: a
 int64 tensor of shape ``[]`` (per tensor) or ``[C]`` (per channel), always made by
 ``qmath.scale_from_range`` from the clipping range the observer chose (``clip_range()``).
 ``statistics()`` / ``load_statistics()`` expose the state as a dict of tensors, and
-``REDUCTIONS`` names the reduction ("min", "max", "sum") that combines each entry across
-observers; ``merge_(other)`` applies those reductions, so merging equals observing both streams.
+``REDUCTIONS`` names the reduction ("min", "max", "sum", "mean") that combines each entry
+across observers; ``merge_(other)`` applies them to two observers, so that merging min/max
+statistics equals observing both streams.
 """
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from torch import nn
 from ..dtype import QuantDType, get_dtype, qint8
 from ..qmath import scale_from_range
 
-_REDUCE = {"min": torch.minimum, "max": torch.maximum, "sum": torch.add}
+def _mean_of_seen(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The mean of two ranges, where an infinite entry (never seen) yields to the other."""
+    return torch.where(torch.isinf(a), b, torch.where(torch.isinf(b), a, (a + b) / 2))
+
+
+_REDUCE = {"min": torch.minimum, "max": torch.maximum, "sum": torch.add, "mean": _mean_of_seen}
 
 
 def reduce_statistic(a: torch.Tensor, b: torch.Tensor, how: str) -> torch.Tensor:

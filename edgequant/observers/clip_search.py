@@ -7,6 +7,8 @@ a few small tensor operations on at most ``bins`` (x a few hundred candidates) n
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..dtype import QuantDType
@@ -20,14 +22,16 @@ from .shrink import walk_inward
 def percentile_clip(hist: Histogram, percentile: float) -> tuple[float, float]:
     """Keep ``percentile`` % of the mass: seed 003's walk inward, cutting ``100 - percentile`` per end.
 
-    Counts become percentages (float64), the seed's index rule picks a low and a high bin, and
-    each maps to its bin center, clamped into ``[min_val, max_val]``.
+    Counts become percentages (float64) and the seed's index rule picks a low and a high bin.
+    Each maps to its outer edge (the low bin's lower edge, the high bin's upper edge), clamped
+    into ``[min_val, max_val]``: the seed's bins are centered on its min and max, these are not,
+    and the outer edge keeps ``percentile=100`` exactly the observed range.
     """
     percent = hist.counts * 100.0 / hist.counts.sum()
     low, high = walk_inward(percent, 100.0 - percentile)
-    centers = hist.centers()
+    e, k0 = hist.window
     lo, hi = float(hist.min_val), float(hist.max_val)
-    return min(max(float(centers[low]), lo), hi), max(min(float(centers[high]), hi), lo)
+    return min(max(math.ldexp(k0 + low, e), lo), hi), max(min(math.ldexp(k0 + high + 1, e), hi), lo)
 
 
 # ---- MSE ----------------------------------------------------------------------------------------
@@ -145,37 +149,41 @@ def mse_clip(hist: Histogram, dtype: QuantDType, symmetric: bool) -> tuple[float
 
 
 def kl_divergences(counts: torch.Tensor, levels: int, ends: torch.Tensor) -> torch.Tensor:
-    """TensorRT-style KL(P || Q) for each candidate clip ``ends[i]`` (a number of bins, ``>= levels``).
+    """TensorRT-style KL(P || Q) for each candidate clip ``ends[k]`` (a number of bins, ``>= levels``).
 
-    For a clip at bin ``i``: P is ``counts[:i]`` with every count beyond added to its last bin;
-    Q splits ``counts[:i]`` (without that tail) into ``levels`` chunks (chunk ``c`` holds bins
-    ``floor(c i / levels) .. floor((c+1) i / levels) - 1``) and spreads each chunk's total evenly
-    over the bins where P is non-zero. Both are normalised; ``sum p log(p / q)`` over ``p > 0`` is
-    inf where some ``p > 0`` gets ``q = 0``.
+    For a clip at bin ``i``: P is ``counts[:i]`` with every count beyond added to its last bin.
+    Q merges ``counts[:i]`` (without that tail) into ``levels`` chunks of ``m = i // levels``
+    bins, the last chunk also taking the remainder, and spreads each chunk's total evenly over
+    the bins where P is non-zero. Both are normalised; ``sum p log(p / q)`` over ``p > 0`` is inf
+    where some ``p > 0`` gets ``q = 0``.
 
-    From prefix sums, O(levels) per candidate: with ``T`` the total, ``S_c`` the chunk totals,
-    ``nz_c`` their non-zero bins in P and ``t`` the tail, ``sum(P) = T`` and ``sum(Q) = sum(S)``,
-    ``KL = (sum p log p - sum_c S_c log(S_c / nz_c) - t log(S_last / nz_last)) / T - log T + log sum(S)``.
+    With ``T`` the total, ``t`` the tail, ``S_c`` the chunk totals and ``nz_c`` their non-zero
+    bins in P: ``KL = (sum p log p - sum_c P_c log(S_c / nz_c)) / T - log T + log sum(S)``, where
+    ``P_c = S_c`` except ``P_last = S_last + t``. All chunks but the last depend on ``m`` alone,
+    of which there are about ``bins / levels`` values, so every candidate costs O(1).
     """
     n = counts.to(torch.float64)
     zero = n.new_zeros(1)
     C = torch.cat([zero, torch.cumsum(n, 0)])                            # sum of n[:k]
     Z = torch.cat([zero, torch.cumsum((n > 0).double(), 0)])             # non-zero bins among n[:k]
     NL = torch.cat([zero, torch.cumsum(torch.special.xlogy(n, n), 0)])   # sum of n log n over n[:k]
+    total = C[-1]
     i = ends.to(torch.int64)
-    total, tail = C[-1], C[-1] - C[i]
+    m = i // levels
+    ms = torch.arange(int(m.min()), int(m.max()) + 1)
+    starts = torch.arange(levels) * ms[:, None]                          # chunk starts, per value of m
+    S = C[starts[:, 1:]] - C[starts[:, :-1]]                             # the first levels - 1 chunks
+    nz = Z[starts[:, 1:]] - Z[starts[:, :-1]]
+    head = torch.special.xlogy(S, S / nz.clamp(min=1)).sum(1)[m - ms[0]]
+    tail = total - C[i]
+    start = (levels - 1) * m
+    S_last = C[i] - C[start]
+    nz_last = Z[i] - Z[start] + ((n[i - 1] == 0) & (tail > 0)).double()  # the tail makes P's last bin non-zero
+    plogq = head + torch.special.xlogy(S_last + tail, S_last / nz_last.clamp(min=1))
     last = n[i - 1] + tail                                               # P's last bin
-    # floor(c * i / levels), exact in float32: c * i < 2**24, and a non-integer quotient is at
-    # least 1 / levels away from the next integer.
-    bounds = torch.floor(torch.arange(levels + 1, dtype=torch.float32) * i[:, None] / levels).long()
-    Cb, Zb = C[bounds], Z[bounds]                                        # [N, levels + 1]
-    S, nz = Cb[:, 1:] - Cb[:, :-1], Zb[:, 1:] - Zb[:, :-1]
-    nz[:, -1] += ((n[i - 1] == 0) & (tail > 0)).double()                 # the tail makes P's last bin non-zero
-    per_bin = S / nz.clamp_(min=1)                                       # q in each non-zero bin of a chunk
     plogp = NL[i - 1] + torch.special.xlogy(last, last)
-    plogq = torch.special.xlogy(S, per_bin).sum(1) + torch.special.xlogy(tail, per_bin[:, -1])
     kl = (plogp - plogq) / total - torch.log(total) + torch.log(C[i])
-    return torch.nan_to_num(kl, nan=float("inf"))
+    return torch.where(torch.isnan(kl), float("inf"), kl)  # inf - inf: no q for some p > 0
 
 
 def kl_levels(hist: Histogram, dtype: QuantDType, symmetric: bool) -> int:
@@ -190,30 +198,16 @@ def kl_levels(hist: Histogram, dtype: QuantDType, symmetric: bool) -> int:
 def kl_clip(hist: Histogram, dtype: QuantDType, symmetric: bool) -> tuple[float, float]:
     """Entropy calibration on the histogram of ``|x|``: the threshold ``T`` of least KL divergence.
 
-    The candidates are the bin edges from ``levels`` bins up to the last non-empty bin: every
-    ``stride``-th of them (at most ``32768 / (levels + 1)``, about 250 for int8), then every edge
-    within one stride of the best. The range is ``[-T, T]`` intersected with the observed one.
-    When the dtype has so many levels that fewer than two bins per level remain (int16 and
-    wider), the divergence no longer measures anything, and the MSE search is used instead.
+    Every bin edge from ``levels`` bins up to the last non-empty bin is a candidate (all of
+    them are evaluated). The range is ``[-T, T]`` intersected with the observed one. When the
+    dtype has so many levels that fewer than two bins per level remain (int16 and wider), the
+    divergence no longer measures anything, and the MSE search is used instead.
     """
     counts = hist.folded()
     levels = kl_levels(hist, dtype, symmetric)
     if 2 * levels > counts.numel():
         return mse_clip(hist, dtype, symmetric)
-    best = _kl_argmin(counts, levels)
-    t = best * hist.width
+    ends = torch.arange(levels, counts.numel() + 1)
+    t = int(ends[int(torch.argmin(kl_divergences(counts, levels, ends)))]) * hist.width
     lo, hi = float(hist.min_val), float(hist.max_val)
     return max(lo, -t), min(hi, t)
-
-
-def _kl_argmin(counts: torch.Tensor, levels: int) -> int:
-    """The candidate end of least divergence: every ``stride``-th end, then every end near the best."""
-    last = counts.numel()
-    per_pass = max(8, _GRAIN // (levels + 1))
-    stride = -(-(last - levels + 1) // per_pass)
-    ends = torch.arange(levels, last + 1, stride)
-    best = int(ends[int(torch.argmin(kl_divergences(counts, levels, ends)))])
-    if stride > 1:
-        ends = torch.arange(max(levels, best - stride + 1), min(last, best + stride - 1) + 1)
-        best = int(ends[int(torch.argmin(kl_divergences(counts, levels, ends)))])
-    return best

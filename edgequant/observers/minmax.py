@@ -52,27 +52,24 @@ class MinMaxObserver(Observer):
         self.max_val = _unbounded(self.ch_axis, -1.0).to(self.max_val.device)
 
 
-class MovingAverageMinMaxObserver(Observer):
+class MovingAverageMinMaxObserver(MinMaxObserver):
     """Exponential moving average of each batch's min and max (for QAT).
 
     The first batch sets the range; every later one moves it by
     ``averaging_constant * (batch_min - min_val)`` (and likewise for the max).
-    Merge: the average of the two ranges weighted by their number of batches, i.e. the
-    statistics ``min_val * num_batches``, ``max_val * num_batches`` and ``num_batches`` are
-    summed. Under DDP, where every rank starts from the same synchronised range and sees one
-    batch, that equals one update with the mean of the ranks' batch minima and maxima.
+    Merge: the mean of the two ranges (an unseen side yields to the other). An average has no
+    "both streams" to equal; the mean is what DDP needs: ranks that start from the same
+    synchronised range and each see a batch end, after an all-reduce mean (``ReduceOp.AVG``),
+    where one update with the mean of their batch minima and maxima would have taken them.
     """
 
-    REDUCTIONS = {"weighted_min": "sum", "weighted_max": "sum", "num_batches": "sum"}
+    REDUCTIONS = {"min_val": "mean", "max_val": "mean"}
 
     def __init__(self, averaging_constant: float = 0.01, **config):
         super().__init__(**config)
         if not 0.0 < averaging_constant <= 1.0:
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.averaging_constant = float(averaging_constant)
-        self.register_buffer("min_val", _unbounded(self.ch_axis, 1.0))
-        self.register_buffer("max_val", _unbounded(self.ch_axis, -1.0))
-        self.register_buffer("num_batches", torch.tensor(0, dtype=torch.int64))
 
     def config(self) -> dict:
         return dict(super().config(), averaging_constant=self.averaging_constant)
@@ -92,30 +89,6 @@ class MovingAverageMinMaxObserver(Observer):
         seen = lo <= hi  # False for a channel whose values were all non-finite (and ignored)
         self.min_val = self._average(self.min_val, lo, seen)
         self.max_val = self._average(self.max_val, hi, seen)
-        self.num_batches += 1
-
-    def has_data(self) -> bool:
-        return self.min_val.numel() > 0 and bool((self.min_val <= self.max_val).all())
-
-    def _clip_range(self):
-        return self.min_val.clone(), self.max_val.clone()
-
-    def statistics(self) -> dict[str, torch.Tensor]:
-        n = self.num_batches.clone()
-        weigh = lambda v: torch.where(n > 0, v.double() * n, torch.zeros_like(v, dtype=torch.float64))  # noqa: E731
-        return {"weighted_min": weigh(self.min_val), "weighted_max": weigh(self.max_val), "num_batches": n}
-
-    def load_statistics(self, stats: dict[str, torch.Tensor]) -> None:
-        n = stats["num_batches"].to(self.num_batches)
-        unweigh = lambda v, empty: torch.where(n > 0, v / n, empty).to(self.min_val)  # noqa: E731
-        self.min_val = unweigh(stats["weighted_min"], float("inf"))
-        self.max_val = unweigh(stats["weighted_max"], -float("inf"))
-        self.num_batches = n.clone()
-
-    def reset(self) -> None:
-        self.min_val = _unbounded(self.ch_axis, 1.0).to(self.min_val.device)
-        self.max_val = _unbounded(self.ch_axis, -1.0).to(self.max_val.device)
-        self.num_batches.zero_()
 
 
 class FixedScaleObserver(Observer):
