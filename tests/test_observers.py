@@ -323,6 +323,12 @@ def test_histogram_memory_does_not_grow(cls):
     assert not [v for v in vars(obs).values() if isinstance(v, torch.Tensor)]
 
 
+def test_histogram_counts_stay_exact_beyond_float32_integers():
+    obs = PercentileObserver()
+    obs(torch.zeros((1 << 24) + 5))  # one bin gets more than 2**24 counts
+    assert obs.histogram.counts.sum() == (1 << 24) + 5
+
+
 def test_histogram_handles_extreme_ranges():
     obs = MSEObserver()
     obs(torch.tensor([0.0, 0.0]))
