@@ -12,12 +12,24 @@ resulting ``scale``/``zero_point`` buffers, and behaves according to its ``FakeQ
 
 ``set_fake_quantize(model, state)`` switches every FakeQuantize of a model at once; leaving
 CALIBRATION (or QAT) freezes the observers' current ranges into ``scale``/``zero_point``.
+
+A ``BiasCorrection`` sits on the bias of a conv/linear whose weight is fake-quantized. Rounding
+the weights shifts the mean of each output channel by ``sum (w_q - w) * E[x]``; a depthwise or
+zero-sum (edge-detecting) kernel with large weights can shift it by much more than the
+activation grid step. In CALIBRATION it records ``E[x]`` (per input channel and kernel offset,
+so padding is accounted for); in VALIDATION the op uses ``bias - shift``, the bias the integer
+model is given (bias correction, Nagel et al. 2019, "Data-Free Quantization", section 4.2, with
+the expectation measured on the calibration data). Once a model enters QAT, the bias is trained
+instead and the correction stays off for good.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from enum import Enum
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .dtype import QuantDType, get_dtype
@@ -150,13 +162,110 @@ class FakeQuantize(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
+class BiasCorrection(nn.Module):
+    """The bias of one conv/linear, corrected for the mean shift its weight quantization causes.
+
+    Called as ``bc(x, w, w_q, bias)`` with the op's input, float weight, fake-quantized weight
+    and bias (or None); returns the bias the op uses (see the module docstring). It records
+    ``E[x]`` over every window the op reads: per input channel and kernel offset for conv1d and
+    conv2d (``stride``, ``padding``, ``dilation`` of the op), per input feature for linear.
+    Statistics are sums (``REDUCTIONS``), so they merge across processes by summing.
+    """
+
+    REDUCTIONS = {"input_sum": "sum", "count": "sum"}
+
+    def __init__(self, op: str, stride=(1,), padding=(0,), dilation=(1,), groups: int = 1):
+        super().__init__()
+        if op not in ("linear", "conv1d", "conv2d"):
+            raise ValueError(f"BiasCorrection supports linear, conv1d and conv2d, not {op}")
+        self.op = op
+        self.stride, self.padding, self.dilation = (tuple(int(v) for v in a) for a in (stride, padding, dilation))
+        self.groups = int(groups)
+        self.state = FakeQuantState.FLOAT
+        self.register_buffer("input_sum", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("trained", torch.zeros((), dtype=torch.bool))
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, state={self.state.value}, active={self.active()}"
+
+    def set_state(self, state: FakeQuantState | str) -> None:
+        self.state = FakeQuantState(state)
+        if self.state == FakeQuantState.QAT:
+            self.trained.fill_(True)
+
+    def active(self) -> bool:
+        """Whether VALIDATION applies a correction (calibration data seen, never trained)."""
+        return bool(self.count > 0) and not bool(self.trained)
+
+    def reset(self) -> None:
+        self.input_sum = torch.empty(0, dtype=torch.float64, device=self.input_sum.device)
+        self.count.zero_()
+
+    @torch.no_grad()
+    def _record(self, x: torch.Tensor, ksize: tuple[int, ...]) -> None:
+        if self.op == "linear":
+            total, n = x.detach().reshape(-1, x.shape[-1]).sum(0).double(), x.numel() // x.shape[-1]
+        else:
+            if x.dim() != 2 + len(ksize) or x.shape[0] == 0:
+                return
+            total, n = self._window_means(x.detach().sum(0).double(), ksize), x.shape[0]
+            if total is None:
+                return
+        if self.input_sum.shape != total.shape:
+            self.input_sum = torch.zeros_like(total)
+            self.count.zero_()
+        self.input_sum += total
+        self.count += n
+
+    def _window_means(self, xs: torch.Tensor, ksize: tuple[int, ...]) -> torch.Tensor | None:
+        """``[C, *ksize]``: for each kernel offset, the mean of the (batch-summed) input ``xs``
+        over the output positions, i.e. the mean of what that weight multiplies."""
+        xs = F.pad(xs, [p for p in reversed(self.padding) for _ in range(2)])
+        outs = [(xs.shape[1 + i] - self.dilation[i] * (k - 1) - 1) // self.stride[i] + 1 for i, k in enumerate(ksize)]
+        if min(outs) <= 0:
+            return None
+        total = xs.new_zeros((xs.shape[0], *ksize))
+        dims = tuple(range(1, 1 + len(ksize)))
+        for offset in itertools.product(*(range(k) for k in ksize)):
+            window = tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
+                           for o, d, n, s in zip(offset, self.dilation, outs, self.stride))
+            total[(slice(None), *offset)] = xs[(slice(None), *window)].sum(dims)
+        return total / math.prod(outs)
+
+    def shift(self, w: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+        """The mean output shift per output channel, ``sum (w_q - w) * E[x]``."""
+        with torch.no_grad():
+            dw = (wq - w).to(torch.float64)
+            mean = self.input_sum / self.count
+            if self.op == "linear":
+                return (dw @ mean).to(w.dtype)
+            conv = F.conv1d if self.op == "conv1d" else F.conv2d
+            return conv(mean[None], dw, groups=self.groups).flatten().to(w.dtype)
+
+    def forward(self, x, w, wq, bias):
+        if self.state == FakeQuantState.CALIBRATION and not bool(self.trained):
+            self._record(x, tuple(w.shape[2:]))
+            return bias
+        if self.state != FakeQuantState.VALIDATION or not self.active() or wq is w:
+            return bias
+        delta = self.shift(w, wq)
+        return -delta if bias is None else bias - delta
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "input_sum")
+        if saved is not None and saved.shape != self.input_sum.shape:
+            self.input_sum = torch.empty(saved.shape, dtype=self.input_sum.dtype, device=self.input_sum.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 def fake_quant_modules(model: nn.Module):
     """Every ``(name, FakeQuantize)`` of ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
 
 
 def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Module:
-    """Switch every FakeQuantize of ``model`` to ``state``; returns ``model``.
+    """Switch every FakeQuantize (and BiasCorrection) of ``model`` to ``state``; returns ``model``.
 
     CALIBRATION and VALIDATION put the model in eval mode (observers must not see dropout or
     batch-norm updates); QAT leaves ``train()``/``eval()`` to the user.
@@ -164,6 +273,9 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     state = FakeQuantState(state)
     for _, fq in fake_quant_modules(model):
         fq.set_state(state)
+    for m in model.modules():
+        if isinstance(m, BiasCorrection):
+            m.set_state(state)
     if state in (FakeQuantState.CALIBRATION, FakeQuantState.VALIDATION):
         model.eval()
     return model

@@ -9,12 +9,18 @@ Takes the user's ``nn.Module`` (left untouched), example inputs and qconfig sett
     fold_batch_norms(gm); mark_fusions(gm)   # BN folded; conv+relu, conv+add(+relu) grouped
     mark_high_precision(gm)                  # conv/linear feeding only a DeQuantStub: int32 out
     qconfigs = apply_setters(setters, sites) # template -> QConfig per op site
-    insert_fake_quant(gm, qconfigs)          # FakeQuantize on outputs, weights, float inputs
+    insert_fake_quant(gm, qconfigs)          # FakeQuantize on outputs, weights, float inputs;
+                                             # BiasCorrection on conv/linear biases
 
 The quantized region starts at QuantStubs and ends at DeQuantStubs. A model without any stub
 (e.g. a Hugging Face transformer) is quantized whole: float inputs are quantized where the
 graph starts, integer inputs (token ids, masks) stay integer, embeddings become quantized
 tables, and outputs are dequantized.
+
+Every conv1d/conv2d/linear with a quantized weight gets its bias argument from a
+``BiasCorrection`` module (container ``eq_bc``) called as ``bc(x, w, w_q, bias)``: the float
+bias until calibrated, then in VALIDATION the bias minus the mean output shift that rounding
+the weights causes (``fake_quant`` explains it); export must take the bias from there.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ FQ_CONTAINER = "eq_fq"
 
 
 def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: Sequence[type] = (),
-            march: March | str | None = None) -> fx.GraphModule:
+            march: March | str | None = None, bias_correction: bool = True) -> fx.GraphModule:
     """Return a new, fake-quantizable copy of ``model`` (see the module docstring).
 
     Args:
@@ -46,6 +52,8 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
             (later ones override earlier ones).
         leaf_modules: module classes kept opaque and float (like ``wrap`` for functions).
         march: the target (default: ``set_march``'s).
+        bias_correction: correct conv/linear biases for the mean shift of weight rounding,
+            measured during calibration (see the module docstring).
     """
     if not qconfig_setter:
         raise ValueError("prepare needs qconfig_setter=(a template from edgequant.qconfig_template, ...)")
@@ -59,7 +67,7 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     mark_high_precision(gm)
     sites = op_sites(gm)
     qconfigs = apply_setters(qconfig_setter, sites)
-    insert_fake_quant(gm, qconfigs)
+    insert_fake_quant(gm, qconfigs, bias_correction=bias_correction)
     gm.meta["edgequant"] = {"march": march.value, "sites": [s.name for s in sites],
                             "input_meta": _input_meta(example_inputs)}
     gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)
@@ -235,7 +243,7 @@ def _output_node(node: fx.Node) -> fx.Node:
     return node
 
 
-def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict) -> None:
+def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict, bias_correction: bool = True) -> None:
     """Insert FakeQuantize modules as the qconfigs say (see the module docstring)."""
     for node in list(gm.graph.nodes):
         if not node.meta.get("eq_site"):
@@ -247,7 +255,9 @@ def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict) -> None:
             continue
         spec = node.meta.get("eq_spec")
         if spec is not None and spec.weight_arg is not None and qc.weight is not None:
-            _insert_weight_fq(gm, node, spec, qc, name)
+            wq = _insert_weight_fq(gm, node, spec, qc, name)
+            if bias_correction and wq is not None:
+                _insert_bias_correction(gm, node, spec, wq, name)
         if qc.activation is None:
             _make_float(node)
             continue
@@ -269,10 +279,10 @@ def _make_float(node: fx.Node) -> None:
     node.meta["eq_site"] = False
 
 
-def _insert_weight_fq(gm, node, spec, qc: QConfig, name: str) -> None:
+def _insert_weight_fq(gm, node, spec, qc: QConfig, name: str) -> fx.Node | None:
     w = node.args[spec.weight_arg]
     if not isinstance(w, fx.Node) or w.op != "get_attr":
-        return
+        return None
     if spec.rule == "source":  # embedding: the table is quantized per tensor with the activation dtype
         from .observers import MinMaxObserver
 
@@ -281,7 +291,49 @@ def _insert_weight_fq(gm, node, spec, qc: QConfig, name: str) -> None:
     else:
         fq = qc.weight.build(f"{name}.weight", ch_axis=spec.weight_ch_axis)
     fq.is_weight = True
-    _add_fq(gm, f"{name}.weight", fq, w, only_user=node)
+    return _add_fq(gm, f"{name}.weight", fq, w, only_user=node)
+
+
+_CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def _insert_bias_correction(gm, node, spec, wq: fx.Node, name: str) -> None:
+    """Route the bias of a conv1d/conv2d/linear through a ``BiasCorrection`` (module docstring)."""
+    if spec.name not in ("conv1d", "conv2d", "linear") or not node.args \
+            or not isinstance(node.args[0], fx.Node):
+        return
+    from .fake_quant import BiasCorrection
+
+    w = wq.args[0]
+    args = list(node.args) + [None] * max(0, spec.bias_arg + 1 - len(node.args))
+    if "bias" in node.kwargs:
+        return
+    conv = {}
+    if spec.name != "linear":
+        val = w.meta.get("val")
+        nspatial = 1 if spec.name == "conv1d" else 2
+        if val is not None and val.dim() != nspatial + 2:
+            return
+        for i, key in enumerate(("stride", "padding", "dilation", "groups"), start=3):
+            v = node.args[i] if i < len(node.args) else node.kwargs.get(key, _CONV_DEFAULTS[key])
+            if key == "groups":
+                conv[key] = int(v)
+                continue
+            if isinstance(v, str) or not all(isinstance(e, int) for e in (v if isinstance(v, (list, tuple)) else [v])):
+                return  # padding="same" or symbolic values: no correction
+            v = list(v) if isinstance(v, (list, tuple)) else [v]
+            conv[key] = v * nspatial if len(v) == 1 else v
+    key = _key(f"{name}.bias_correction")
+    if not hasattr(gm, "eq_bc"):
+        gm.add_module("eq_bc", nn.ModuleDict())
+    gm.eq_bc[key] = BiasCorrection(spec.name, **conv)
+    bias = args[spec.bias_arg]
+    with gm.graph.inserting_before(node):
+        bc = gm.graph.call_module(f"eq_bc.{key}", (node.args[0], w, wq, bias))
+    bc.meta.update({"val": bias.meta.get("val") if isinstance(bias, fx.Node) else None, "eq_domain": "float",
+                    "eq_name": f"{name}.bias_correction", "eq_spec": None})
+    args[spec.bias_arg] = bc
+    node.args = tuple(args)
 
 
 def _insert_input_fqs(gm, node, qc: QConfig, name: str) -> None:
