@@ -12,6 +12,8 @@ statistics equals observing both streams.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -75,7 +77,10 @@ class Observer(nn.Module):
 
         Otherwise raise ``ValueError``, or return False when ``ignore_nonfinite`` is set.
         """
-        if bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+        if lo.numel() == 1:  # per tensor: two Python floats, no tensor ops
+            if math.isfinite(lo.item()) and math.isfinite(hi.item()):
+                return True
+        elif bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
             return True
         if self.ignore_nonfinite:
             return False

@@ -2,13 +2,17 @@
 
 Each search takes a non-empty ``Histogram`` plus the target dtype and symmetry and returns
 ``(lo, hi)`` as Python floats inside the observed ``[min, max]``; the caller turns them into
-qparams with ``scale_from_range``. They read only the histogram (never data) and are vectorised:
-a few small tensor operations on at most ``bins`` (x a few hundred candidates) numbers.
+qparams with ``scale_from_range``. They read only the histogram (never data). The MSE and KL
+searches run in NumPy on the histogram's 2048 numbers: at these sizes a NumPy call costs a
+fraction of a torch call, runs on one thread (so it never waits for a core that another process
+holds) and the searches stay well under a millisecond. Every candidate's qparams still come
+from ``qmath.scale_from_range``.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..dtype import QuantDType
@@ -36,60 +40,68 @@ def percentile_clip(hist: Histogram, percentile: float) -> tuple[float, float]:
 
 # ---- MSE ----------------------------------------------------------------------------------------
 
-# torch runs element-wise ops on fewer elements than this on the calling thread alone; the
-# searches keep their matrices below it, so they never wait for a busy second core.
-_GRAIN = 32768
+
+def candidate_qparams(lo: np.ndarray, hi: np.ndarray, dtype: QuantDType, symmetric: bool):
+    """``scale_from_range`` of each candidate range, as NumPy (float32 scales, float64 zero points)."""
+    s, z = scale_from_range(torch.from_numpy(lo), torch.from_numpy(hi), dtype, symmetric)
+    return s.numpy(), z.numpy().astype(np.float64)
 
 
-def squared_error(centers: torch.Tensor, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                  dtype: QuantDType, symmetric: bool) -> torch.Tensor:
-    """For each candidate range ``(lo[i], hi[i])``: ``sum_j counts[j] * (Q_i(c_j) - c_j)^2``.
+class BinErrors:
+    """``errors(lo, hi)``: for each candidate range ``(lo[i], hi[i])``, ``sum_j n_j (Q_i(c_j) - c_j)^2``.
 
     ``Q_i`` is fake quantization with the qparams ``scale_from_range(lo[i], hi[i])`` on the
     target dtype's integer grid (rounding half to even, clamping to ``[qmin, qmax]``), in float32
     as ``qmath.quantize`` computes it; each bin's mass sits at its center ``c_j``. This is the
-    objective's definition, evaluated bin by bin (``by_level`` is the fast equal form).
+    objective's definition, evaluated bin by bin (``LevelErrors`` is the fast equal form).
     """
-    s, z = scale_from_range(lo, hi, dtype, symmetric)
-    c, n = centers.to(torch.float32)[None, :], counts.to(torch.float32)
-    rows = max(1, _GRAIN // c.numel())
-    out = []
-    for k in range(0, s.numel(), rows):
-        sk, zk = s[k:k + rows, None], z[k:k + rows, None].to(torch.float32)
-        q = (torch.round(c / sk) + zk).clamp_(dtype.qmin, dtype.qmax)
-        out.append(((q - zk) * sk - c).square_() @ n)
-    return torch.cat(out).double()
+
+    def __init__(self, centers: np.ndarray, counts: np.ndarray, dtype: QuantDType, symmetric: bool):
+        used = counts > 0
+        self.c, self.n = centers[used].astype(np.float32), counts[used]
+        self.dtype, self.symmetric = dtype, symmetric
+
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        s, z = candidate_qparams(lo, hi, self.dtype, self.symmetric)
+        s, z = s[:, None], z.astype(np.float32)[:, None]
+        q = np.clip(np.rint(self.c / s) + z, self.dtype.qmin, self.dtype.qmax)
+        return np.square((q - z) * s - self.c).astype(np.float64) @ self.n
 
 
-def squared_error_by_level(first: float, width: float, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                           dtype: QuantDType, symmetric: bool) -> torch.Tensor:
-    """``squared_error`` for bins centered at ``first + j * width``, in O(levels) per candidate.
+class LevelErrors:
+    """``BinErrors`` for bins centered at ``first + j * width``, in O(levels) per candidate.
 
     In units of bins, level ``q`` has the value ``g_q = (q - z) * step - origin`` and takes the
-    bins from ``ceil(beta_q)`` up, ``beta_q = g_q - step / 2`` being its lower edge. Summing
-    ``n_j (j - g)^2`` level by level and then by parts over the edges gives
+    bins above ``beta_q = g_q - step / 2``, its lower edge. Summing ``n_j (j - g)^2`` level by
+    level and then by parts over the edges gives
 
         sum_j n_j (j - g_top)^2  +  2 * step * sum_q (P1[b_q] - beta_q * P0[b_q]),
 
-    with ``b_q = clamp(ceil(beta_q), 0, bins)`` and ``P0``, ``P1`` the prefix sums of ``n_j`` and
-    ``n_j j``: every bin first pays the error of the top level, and each edge below it refunds
-    the difference for the bins under it. Equal to ``squared_error`` except for centers lying
-    exactly on a rounding edge (and float rounding).
+    with ``b_q = clamp(floor(beta_q) + 1, 0, bins)`` and ``P0``, ``P1`` the prefix sums of ``n_j``
+    and ``n_j j``: every bin first pays the error of the top level, and each edge below it
+    refunds the difference for the bins under it. Equal to ``BinErrors`` except for a center
+    lying exactly on a rounding edge (counted to the lower level here, to the even one there)
+    and float rounding. The sums depend on the histogram only and are made once.
     """
-    s, z = scale_from_range(lo, hi, dtype, symmetric)
-    step, z = s.double()[:, None] / width, z.double()[:, None]    # the quantization step in bins
-    origin = first / width                                         # bin j is centered at origin + j (in bins)
-    n = counts.to(torch.float64)
-    nj = n * torch.arange(n.numel(), dtype=torch.float64)
-    zero = n.new_zeros(1)
-    P0, P1 = torch.cat([zero, torch.cumsum(n, 0)]), torch.cat([zero, torch.cumsum(nj, 0)])
-    M0, M1, M2 = P0[-1], P1[-1], (nj * torch.arange(n.numel(), dtype=torch.float64)).sum()
-    edges = torch.arange(dtype.qmin + 1, dtype.qmax + 1, dtype=torch.float64) - 0.5
-    beta = (edges - z) * step - origin                             # [N, levels - 1]
-    b = torch.ceil(beta).clamp_(0, n.numel()).long()
-    top = (dtype.qmax - z[:, 0]) * step[:, 0] - origin
-    refund = (P1[b] - beta * P0[b]).sum(1)
-    return ((M2 - 2 * top * M1 + top * top * M0 + 2 * step[:, 0] * refund) * width**2).clamp_(min=0.0)
+
+    def __init__(self, first: float, width: float, counts: np.ndarray, dtype: QuantDType, symmetric: bool):
+        n = counts.astype(np.float64)
+        nj = n * np.arange(n.size)
+        self.P0, self.P1 = np.concatenate([[0.0], np.cumsum(n)]), np.concatenate([[0.0], np.cumsum(nj)])
+        self.moments = (self.P0[-1], self.P1[-1], float(nj @ np.arange(n.size)))
+        self.edges = np.arange(dtype.qmin + 1, dtype.qmax + 1) - 0.5
+        self.origin, self.width, self.bins = first / width, width, n.size  # bin j at origin + j (in bins)
+        self.dtype, self.symmetric = dtype, symmetric
+
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        s, z = candidate_qparams(lo, hi, self.dtype, self.symmetric)
+        step = s.astype(np.float64) / self.width                  # the quantization step in bins
+        top = (self.dtype.qmax - z) * step - self.origin           # the top level, as a bin position
+        beta = (top - self.dtype.qmax * step)[:, None] + step[:, None] * self.edges  # [N, levels - 1]
+        b = np.clip(np.floor(beta) + 1, 0, self.bins).astype(np.intp)
+        refund = (self.P1[b] - beta * self.P0[b]).sum(1)
+        m0, m1, m2 = self.moments
+        return (m2 - 2 * top * m1 + top * top * m0 + 2 * step * refund) * self.width**2
 
 
 def _candidate_ranges(hist: Histogram, dtype: QuantDType, symmetric: bool):
@@ -107,48 +119,54 @@ def _candidate_ranges(hist: Histogram, dtype: QuantDType, symmetric: bool):
     return 2, lambda f: (lo * f[:, 0], hi * f[:, 1])
 
 
-def grid_search(cost, ndim: int, points: int, stages: int) -> torch.Tensor:
+def grid_search(cost, ndim: int, points: int, stages: int) -> np.ndarray:
     """Minimise ``cost(f)`` over ``f`` in ``[0, 1]^ndim``: a grid of ``points`` per axis, then
     ``stages - 1`` grids of the same size spanning one step either side of the best so far."""
-    lo, hi = torch.zeros(ndim, dtype=torch.float64), torch.ones(ndim, dtype=torch.float64)
+    lo, hi = np.zeros(ndim), np.ones(ndim)
     for _ in range(stages):
-        axes = [torch.linspace(float(a), float(b), points, dtype=torch.float64) for a, b in zip(lo, hi)]
-        grid = torch.cartesian_prod(*axes).reshape(-1, ndim)
-        best = grid[int(torch.argmin(cost(grid)))]
+        axes = np.meshgrid(*[np.linspace(a, b, points) for a, b in zip(lo, hi)], indexing="ij")
+        grid = np.stack([a.ravel() for a in axes], 1)
+        best = grid[np.argmin(cost(grid))]
         step = (hi - lo) / (points - 1)
-        lo, hi = (best - step).clamp(min=0.0), (best + step).clamp(max=1.0)
+        lo, hi = np.maximum(best - step, 0.0), np.minimum(best + step, 1.0)
     return best
 
 
 def mse_clip(hist: Histogram, dtype: QuantDType, symmetric: bool) -> tuple[float, float]:
-    """The range whose quantization grid minimises ``squared_error`` over the histogram.
+    """The range whose quantization grid minimises the squared error over the histogram (``BinErrors``).
 
     Candidates shrink the observed range toward 0 (``_candidate_ranges``). One free end: 64
     fractions, then 64 more spanning one step either side of the best (final step 1/1985 of
-    the range). Two free ends: 11 x 11 fractions, refined three times the same way (final step
-    1/1250). Costs O(levels) per candidate when the dtype has fewer levels than the histogram
+    the range). Two free ends: 8 x 8 fractions, refined four times the same way (final step
+    1/1050). Costs O(levels) per candidate when the dtype has fewer levels than the histogram
     has bins in use (int8), else O(bins) over the non-empty bins (int16).
     """
-    used = torch.nonzero(hist.counts).flatten()
-    a, b = int(used[0]), int(used[-1]) + 1
-    counts, centers = hist.counts[a:b], hist.centers()[a:b]
-    if dtype.qmax - dtype.qmin + 1 <= counts.numel():
-        first = float(centers[0])
-        error = lambda lo, hi: squared_error_by_level(first, hist.width, counts, lo, hi, dtype, symmetric)  # noqa: E731
+    counts = hist.counts.cpu().numpy()
+    used = np.flatnonzero(counts)
+    counts = counts[used[0]: used[-1] + 1]
+    e, k0 = hist.window
+    first = math.ldexp(k0 + int(used[0]) + 0.5, e)
+    if dtype.qmax - dtype.qmin + 1 <= counts.size:
+        errors = LevelErrors(first, hist.width, counts, dtype, symmetric)
     else:
-        nonzero = counts > 0
-        error = lambda lo, hi: squared_error(centers[nonzero], counts[nonzero], lo, hi, dtype, symmetric)  # noqa: E731
+        errors = BinErrors(first + hist.width * np.arange(counts.size), counts, dtype, symmetric)
     ndim, ranges = _candidate_ranges(hist, dtype, symmetric)
-    cost = lambda f: error(*ranges(f))  # noqa: E731
-    best = grid_search(cost, 1, points=64, stages=2) if ndim == 1 else grid_search(cost, 2, points=11, stages=4)
+    cost = lambda f: errors(*ranges(f))  # noqa: E731
+    best = grid_search(cost, 1, points=64, stages=2) if ndim == 1 else grid_search(cost, 2, points=8, stages=5)
     lo, hi = ranges(best[None, :])
-    return float(lo), float(hi)
+    return float(lo[0]), float(hi[0])
 
 
 # ---- KL (entropy calibration) --------------------------------------------------------------------
 
 
-def kl_divergences(counts: torch.Tensor, levels: int, ends: torch.Tensor) -> torch.Tensor:
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x * log(y)``, 0 where ``x == 0`` (``-inf`` where ``x > 0`` and ``y == 0``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(np.where(x > 0, y, 1.0)), 0.0)
+
+
+def kl_divergences(counts: np.ndarray, levels: int, ends: np.ndarray) -> np.ndarray:
     """TensorRT-style KL(P || Q) for each candidate clip ``ends[k]`` (a number of bins, ``>= levels``).
 
     For a clip at bin ``i``: P is ``counts[:i]`` with every count beyond added to its last bin.
@@ -162,28 +180,28 @@ def kl_divergences(counts: torch.Tensor, levels: int, ends: torch.Tensor) -> tor
     ``P_c = S_c`` except ``P_last = S_last + t``. All chunks but the last depend on ``m`` alone,
     of which there are about ``bins / levels`` values, so every candidate costs O(1).
     """
-    n = counts.to(torch.float64)
-    zero = n.new_zeros(1)
-    C = torch.cat([zero, torch.cumsum(n, 0)])                            # sum of n[:k]
-    Z = torch.cat([zero, torch.cumsum((n > 0).double(), 0)])             # non-zero bins among n[:k]
-    NL = torch.cat([zero, torch.cumsum(torch.special.xlogy(n, n), 0)])   # sum of n log n over n[:k]
+    n = np.asarray(counts, dtype=np.float64)
+    C = np.concatenate([[0.0], np.cumsum(n)])                   # sum of n[:k]
+    Z = np.concatenate([[0.0], np.cumsum(n > 0)])               # non-zero bins among n[:k]
+    NL = np.concatenate([[0.0], np.cumsum(_xlogy(n, n))])       # sum of n log n over n[:k]
     total = C[-1]
-    i = ends.to(torch.int64)
+    i = np.asarray(ends, dtype=np.intp)
     m = i // levels
-    ms = torch.arange(int(m.min()), int(m.max()) + 1)
-    starts = torch.arange(levels) * ms[:, None]                          # chunk starts, per value of m
-    S = C[starts[:, 1:]] - C[starts[:, :-1]]                             # the first levels - 1 chunks
-    nz = Z[starts[:, 1:]] - Z[starts[:, :-1]]
-    head = torch.special.xlogy(S, S / nz.clamp(min=1)).sum(1)[m - ms[0]]
+    ms = np.arange(m.min(), m.max() + 1)
+    starts = np.arange(levels) * ms[:, None]                    # chunk starts, per value of m
+    S = C[starts[:, 1:]] - C[starts[:, :-1]]                    # the first levels - 1 chunks
+    nz = np.maximum(Z[starts[:, 1:]] - Z[starts[:, :-1]], 1.0)
+    head = _xlogy(S, S / nz).sum(1)[m - ms[0]]
     tail = total - C[i]
     start = (levels - 1) * m
     S_last = C[i] - C[start]
-    nz_last = Z[i] - Z[start] + ((n[i - 1] == 0) & (tail > 0)).double()  # the tail makes P's last bin non-zero
-    plogq = head + torch.special.xlogy(S_last + tail, S_last / nz_last.clamp(min=1))
-    last = n[i - 1] + tail                                               # P's last bin
-    plogp = NL[i - 1] + torch.special.xlogy(last, last)
-    kl = (plogp - plogq) / total - torch.log(total) + torch.log(C[i])
-    return torch.where(torch.isnan(kl), float("inf"), kl)  # inf - inf: no q for some p > 0
+    nz_last = Z[i] - Z[start] + ((n[i - 1] == 0) & (tail > 0))  # the tail makes P's last bin non-zero
+    plogq = head + _xlogy(S_last + tail, S_last / np.maximum(nz_last, 1.0))
+    last = n[i - 1] + tail                                      # P's last bin
+    plogp = NL[i - 1] + _xlogy(last, last)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (plogp - plogq) / total - np.log(total) + np.log(C[i])
+    return np.where(np.isnan(kl), np.inf, kl)  # inf - inf: no q for some p > 0
 
 
 def kl_levels(hist: Histogram, dtype: QuantDType, symmetric: bool) -> int:
@@ -203,11 +221,11 @@ def kl_clip(hist: Histogram, dtype: QuantDType, symmetric: bool) -> tuple[float,
     dtype has so many levels that fewer than two bins per level remain (int16 and wider), the
     divergence no longer measures anything, and the MSE search is used instead.
     """
-    counts = hist.folded()
+    counts = hist.folded().cpu().numpy()
     levels = kl_levels(hist, dtype, symmetric)
-    if 2 * levels > counts.numel():
+    if 2 * levels > counts.size:
         return mse_clip(hist, dtype, symmetric)
-    ends = torch.arange(levels, counts.numel() + 1)
-    t = int(ends[int(torch.argmin(kl_divergences(counts, levels, ends)))]) * hist.width
+    ends = np.arange(levels, counts.size + 1)
+    t = int(ends[np.argmin(kl_divergences(counts, levels, ends))]) * hist.width
     lo, hi = float(hist.min_val), float(hist.max_val)
     return max(lo, -t), min(hi, t)

@@ -107,13 +107,16 @@ class Histogram(nn.Module):
 
         Histograms aligned with the same (reduced) arguments share one grid; their counts then add.
         """
+        old_lo, old_hi = float(self.min_val), float(self.max_val)
+        lo, hi = min(old_lo, float(min_val)), max(old_hi, float(max_val))
+        if (lo, hi) == (old_lo, old_hi) and int(log2_width) <= int(self.log2_width):
+            return  # nothing new: same range, same grid
         old = None if self.is_empty() else self.window
-        lo, hi = min(float(self.min_val), float(min_val)), max(float(self.max_val), float(max_val))
         e = fit_log2_width(lo, hi, self.bins, max(int(self.log2_width), int(log2_width)))
         self.min_val.fill_(lo)
         self.max_val.fill_(hi)
         self.log2_width.fill_(e)
-        if old is not None:
+        if old is not None and old != self.window:
             self.counts.copy_(regrid(self.counts, old, self.window))
 
     # ---- recording ------------------------------------------------------------------------------
