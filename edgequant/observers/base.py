@@ -20,12 +20,13 @@ from torch import nn
 from ..dtype import QuantDType, get_dtype, qint8
 from ..qmath import scale_from_range
 
+
 def _mean_of_seen(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The mean of two ranges, where an infinite entry (never seen) yields to the other."""
     return torch.where(torch.isinf(a), b, torch.where(torch.isinf(b), a, (a + b) / 2))
 
 
-_REDUCE = {"min": torch.minimum, "max": torch.maximum, "sum": torch.add, "mean": _mean_of_seen}
+_REDUCE = {"min": torch.minimum, "max": torch.maximum, "mean": _mean_of_seen}  # histograms merge on a grid
 
 
 def reduce_statistic(a: torch.Tensor, b: torch.Tensor, how: str) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import as_observable
+
 NUM_BINS = 255.0   # the seed maps [min, max] onto the integers 0..255
 FAST_STRIDE = 2    # fast_mode keeps every second row and column
 
@@ -57,11 +59,6 @@ def _percentile_range(x: torch.Tensor, tail: float, fast_mode: bool, generator) 
     return torch.maximum(mn, new_mn), torch.minimum(mx, new_mx)
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach()
-    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-
-
 def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
                  generator: torch.Generator | int | None = None, channel_mean: bool = False,
                  sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,9 +82,9 @@ def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
       both ends, as the seed's loop does with NumPy 1 (NumPy >= 2 would keep the Python float
       accumulator in float32).
     - New min = ``low / mult + min`` where ``low`` is the last bin whose left cumulative percent
-      is still below ``percentile``; new max likewise from the right. The bin value is the
-      bin's center, i.e. at most one bin inside the true quantile. Both are clamped into the
-      original ``[min, max]``.
+      is still below ``percentile``; new max likewise from the right. That is the center of the
+      last bin cut entirely, half a bin to one and a half bins outside the true quantile. Both
+      are clamped into the original ``[min, max]``.
     - An all-zero tensor returns ``(0, 0)`` at once. A constant non-zero tensor (or a range so
       small that ``255 / range`` overflows) makes the seed fail inside ``bincount`` (``0 * inf``
       is NaN); here it returns the plain ``(min, max)``.
@@ -99,7 +96,7 @@ def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
     Non-finite values raise ``ValueError`` (the seed would return NaN or fail in ``bincount``).
     Returns 0-d tensors of the working precision.
     """
-    x = _as_float(x)
+    x = as_observable(x)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"shrink_range: x has {int((~torch.isfinite(x)).sum())} NaN/Inf values of {x.numel()}")
     if isinstance(generator, int):
