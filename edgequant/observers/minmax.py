@@ -35,9 +35,11 @@ class MinMaxObserver(Observer):
             return
         _, lo, hi = got
         lo, hi = lo.to(self.min_val), hi.to(self.max_val)
-        if self.min_val.numel() == 0:  # first batch of a per-channel observer
-            self.min_val, self.max_val = lo, hi
-            return
+        if self.min_val.numel() == 0:  # first batch of a per-channel observer: one entry per channel
+            self.min_val, self.max_val = torch.full_like(lo, float("inf")), torch.full_like(hi, -float("inf"))
+        self._update(lo, hi)
+
+    def _update(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.min_val = torch.minimum(self.min_val, lo)
         self.max_val = torch.maximum(self.max_val, hi)
 
@@ -78,14 +80,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         moved = torch.where(torch.isinf(old), new, old + self.averaging_constant * (new - old))
         return torch.where(seen, moved, old)
 
-    def _observe(self, x: torch.Tensor) -> None:
-        got = self._batch_range(x)
-        if got is None:
-            return
-        _, lo, hi = got
-        lo, hi = lo.to(self.min_val), hi.to(self.max_val)
-        if self.min_val.numel() == 0:
-            self.min_val, self.max_val = torch.full_like(lo, float("inf")), torch.full_like(hi, -float("inf"))
+    def _update(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         seen = lo <= hi  # False for a channel whose values were all non-finite (and ignored)
         self.min_val = self._average(self.min_val, lo, seen)
         self.max_val = self._average(self.max_val, hi, seen)
