@@ -7,6 +7,8 @@ from .capture import CaptureError, wrap
 from .dtype import QuantDType, qint4, qint8, qint16, qint32, quint8
 from .fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
 from .march import March, get_march, set_march
+from .observers import (FixedScaleObserver, KLObserver, MinMaxObserver, MovingAverageMinMaxObserver,
+                        MSEObserver, PercentileObserver, shrink_range)
 from .nn import DeQuantStub, FloatFunctional, QuantStub, SegmentLUT
 from .prepare import prepare
 from .qconfig import QConfig, get_qconfig
@@ -20,5 +22,6 @@ __all__ = [
     "quantize", "dequantize", "fake_quantize", "quantize_multiplier", "requantize",
     "FakeQuantize", "FakeQuantState", "set_fake_quantize", "QConfig", "get_qconfig",
     "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
-    "prepare",
+    "prepare", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
+    "KLObserver", "FixedScaleObserver", "shrink_range",
 ]

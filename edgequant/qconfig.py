@@ -12,6 +12,8 @@ from typing import Any
 
 from .dtype import QuantDType, get_dtype, qint8
 from .fake_quant import FakeQuantize
+from .observers import (FixedScaleObserver, KLObserver, MinMaxObserver, MovingAverageMinMaxObserver,  # noqa: F401
+                        MSEObserver, PercentileObserver)  # seed scripts import observers from here
 
 
 @dataclass(frozen=True)
