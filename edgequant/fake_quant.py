@@ -97,6 +97,12 @@ class FakeQuantize(nn.Module):
         scale, zp = self.observer.calculate_qparams()
         self._set_qparams(scale, zp)
 
+    def observe_weight(self, w: torch.Tensor) -> None:
+        """Set the qparams of a weight from its current values alone."""
+        self.observer.reset()
+        self.observer(w.detach())
+        self.freeze_qparams()
+
     def _observer_has_data(self) -> bool:
         has = getattr(self.observer, "has_data", None)
         return bool(has()) if callable(has) else True
@@ -129,12 +135,10 @@ class FakeQuantize(nn.Module):
         if state == FakeQuantState.FLOAT or not x.is_floating_point():
             return x
         if self.is_weight:
+            if state == FakeQuantState.CALIBRATION or state == FakeQuantState.QAT or not bool(self.calibrated):
+                self.observe_weight(x)
             if state == FakeQuantState.CALIBRATION:
                 return x
-            if state == FakeQuantState.QAT or not bool(self.calibrated):
-                self.observer.reset()
-                self.observer(x.detach())
-                self.freeze_qparams()
         elif state == FakeQuantState.CALIBRATION:
             if not self.fixed_scale or not bool(self.calibrated):
                 self.observer(x.detach())

@@ -1,0 +1,289 @@
+"""Export: a prepared model -> ``Graph`` at level ``"quant"`` (float ops + every tensor's qparams).
+
+Takes a model returned by ``prepare`` (in any state; its observers must have seen data, or the
+error names the tensor that was never calibrated) and the example inputs; returns a ``Graph``
+(see ``ir``) whose execution reproduces the model's VALIDATION simulation:
+
+- every op node keeps its canonical name (``op``) and its call as data: ``attrs["target"]``
+  (the aten overload), ``attrs["args"]``/``attrs["kwargs"]`` with tensor inputs written as
+  ``{"$in": k}`` (the k-th entry of ``inputs``);
+- a fake-quant that followed an op becomes that op's output ``QParams`` and ``attrs["fq"]``;
+  one on a float value (a QuantStub, a float input of a quantized op) becomes a ``quantize``
+  node; one on a weight becomes the weight constant's ``QParams``;
+- DeQuantStubs become ``dequantize`` nodes; shared-grid ops (reshapes, max pooling, ...) carry
+  their input's qparams; fused intermediates and high-precision outputs carry none
+  (``attrs["high_precision"]`` marks the latter);
+- biases corrected during calibration are exported corrected (the integer model uses them).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx
+from torch.utils import _pytree as pytree
+
+from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
+from .ir import IR_VERSION, Graph, Node, QParams, Value
+from .nn.stubs import dequant_point, quant_point
+from .check import check_graph
+
+
+class ExportError(RuntimeError):
+    """The prepared model cannot be exported; the message names the node and what to do."""
+
+
+def _shape(val) -> tuple:
+    return tuple(str(d) if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+
+
+def _dtype(val) -> str:
+    if isinstance(val, torch.Tensor):
+        return {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool"}.get(
+            val.dtype, str(val.dtype).replace("torch.", ""))
+    return "sym"
+
+
+class _Exporter:
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.env: dict[fx.Node, object] = {}     # fx node -> value name (str) or list of names
+        self.values: dict[str, Value] = {}
+        self.constants: dict[str, torch.Tensor] = {}
+        self.nodes: list[Node] = []
+        self.inputs: list[str] = []
+        self.callables: dict[str, object] = {}   # Python code kept opaque (SegmentLUT, wrapped)
+
+    # -- values -------------------------------------------------------------------------------
+    def _add_value(self, name: str, val, qparams: QParams | None = None) -> str:
+        if isinstance(val, torch.Tensor):
+            self.values[name] = Value(name, _shape(val), _dtype(val), qparams)
+        else:
+            self.values[name] = Value(name, (), "sym", None)
+        return name
+
+    def _set_qparams(self, name: str, qp: QParams | None) -> None:
+        v = self.values[name]
+        self.values[name] = Value(v.name, v.shape, v.dtype, qp)
+
+    def _const(self, name: str, tensor: torch.Tensor, qparams: QParams | None = None) -> str:
+        self.constants[name] = tensor.detach().clone().contiguous()
+        self.values[name] = Value(name, tuple(tensor.shape), _dtype(tensor), qparams)
+        return name
+
+    # -- args -----------------------------------------------------------------------------------
+    def _encode(self, arg, inputs: list):
+        if isinstance(arg, fx.Node):
+            ref = self.env[arg]
+            if isinstance(ref, list):
+                raise ExportError(f"a multi-output node {arg.name} is used whole; index it first")
+            if isinstance(ref, (int, float, bool)) or ref is None:
+                return ref
+            inputs.append(ref)
+            return {"$in": len(inputs) - 1}
+        if isinstance(arg, (list, tuple)):
+            return [self._encode(a, inputs) for a in arg]
+        if isinstance(arg, dict):
+            return {k: self._encode(v, inputs) for k, v in arg.items()}
+        if isinstance(arg, torch.dtype):
+            return {"$dtype": str(arg).replace("torch.", "")}
+        if isinstance(arg, torch.device):
+            return {"$device": str(arg)}
+        if isinstance(arg, torch.memory_format):
+            return None
+        if isinstance(arg, torch.layout):
+            return None
+        if isinstance(arg, float) and (arg != arg or arg in (float("inf"), float("-inf"))):
+            return {"$float": str(arg)}
+        return arg
+
+    def _emit(self, fxnode: fx.Node, op: str, args, kwargs, qparams=None, **attrs) -> str | list:
+        inputs: list = []
+        enc_args = self._encode(list(args), inputs)
+        enc_kwargs = self._encode(dict(kwargs), inputs)
+        val = fxnode.meta.get("val")
+        name = fxnode.meta.get("eq_name") or fxnode.name
+        target = fxnode.target
+        tstr = target if isinstance(target, str) else (f"{target.namespace}.{target._schema.name.split('::')[1]}."
+                                                       f"{target._overloadname}" if hasattr(target, "_schema") else str(target))
+        if isinstance(val, (tuple, list)):
+            outs = [self._add_value(f"{fxnode.name}.{i}", v) for i, v in enumerate(val)]
+        else:
+            outs = [self._add_value(fxnode.name, val, qparams)]
+        self.nodes.append(Node(name, op, tuple(inputs), tuple(outs),
+                               {"target": tstr, "args": enc_args, "kwargs": enc_kwargs, **attrs},
+                               fxnode.meta.get("eq_source", "")))
+        return outs if isinstance(val, (tuple, list)) else outs[0]
+
+    # -- the walk ---------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        gm = self.gm
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                self.env[node] = self._add_value(node.name, node.meta.get("val"))
+                self.inputs.append(node.name)
+            elif node.op == "get_attr":
+                self.env[node] = self._const(node.target, _fetch(gm, node.target))
+            elif node.op == "call_module":
+                self._call_module(node)
+            elif node.op == "call_function":
+                self._call_function(node)
+            elif node.op == "output":
+                flat = pytree.tree_leaves(node.args[0])
+                outputs = [self.env[a] for a in flat]
+        self._propagate_shared_qparams()
+        out_spec = getattr(gm, "_out_spec", None)
+        in_spec = getattr(gm, "_in_spec", None)
+        meta = {"version": IR_VERSION, "march": gm.meta.get("edgequant", {}).get("march"),
+                "out_spec": _dump_spec(out_spec), "in_spec": _dump_spec(in_spec),
+                "_pytree_out_spec": out_spec, "_pytree_in_spec": in_spec, "_callables": self.callables}
+        return Graph("quant", self.inputs, outputs, self.values, self.nodes, self.constants, meta)
+
+    def _call_module(self, node: fx.Node) -> None:
+        mod = self.gm.get_submodule(node.target)
+        if isinstance(mod, FakeQuantize):
+            self._fake_quant(node, mod)
+        elif isinstance(mod, BiasCorrection):
+            self._bias_correction(node, mod)
+        elif node.meta.get("eq_leaf") is None:  # torch.export's shape guards
+            self.env[node] = None
+        elif node.meta.get("eq_spec") is not None:  # SegmentLUT
+            self.callables[node.target] = mod
+            self.env[node] = self._emit(node, node.meta["eq_spec"].name, node.args, {},
+                                        module=node.target, callable_ref=node.target)
+        else:
+            self.callables[node.target] = mod
+            self.env[node] = self._emit(node, "float_call", node.args, {}, module=node.target, callable_ref=node.target)
+
+    def _fake_quant(self, node: fx.Node, fq: FakeQuantize) -> None:
+        src = node.args[0]
+        if fq.is_weight and not bool(fq.calibrated) and src.op == "get_attr":
+            fq.observe_weight(_fetch(self.gm, src.target))
+        try:
+            scale, zp = fq.qparams()
+        except RuntimeError as exc:
+            raise ExportError(f"cannot export {node.meta.get('eq_name', node.name)}: {exc}") from None
+        qp = QParams.from_tensors(fq.dtype, scale.detach(), zp.detach(), fq.ch_axis)
+        ref = self.env[src]
+        if src.op == "get_attr":                       # a weight: the constant carries its qparams
+            self._set_qparams(ref, qp)
+            self.env[node] = ref
+            return
+        producer = self._producer_node(ref)
+        if producer is not None and src.meta.get("eq_domain") == "quant" and len(src.users) == 1 \
+                and src.target is not quant_point and producer.attrs.get("target") != "quantize":
+            self._set_qparams(ref, qp)                 # the op's own output fake-quant
+            i = self.nodes.index(producer)
+            self.nodes[i] = Node(producer.name, producer.op, producer.inputs, producer.outputs,
+                                 {**producer.attrs, "fq": True}, producer.source)
+            self.env[node] = ref
+            return
+        name = node.meta.get("eq_fq", node.name)       # a float value entering the quantized region
+        out = node.name
+        self._add_value(out, node.meta.get("val"), qp)
+        self.nodes.append(Node(name, "quantize", (ref,), (out,), {"fq": True}, src.meta.get("eq_source", "")))
+        self.env[node] = out
+
+    def _producer_node(self, value_name: str) -> Node | None:
+        for n in reversed(self.nodes):
+            if value_name in n.outputs:
+                return n
+        return None
+
+    def _bias_correction(self, node: fx.Node, bc: BiasCorrection) -> None:
+        x, w, wq, bias = node.args
+        w_t = self.constants[self.env[w]]
+        wq_fq = self.gm.get_submodule(wq.target)
+        with torch.no_grad():
+            wq_t = _fake_weight(wq_fq, w_t)
+            b_t = self.constants[self.env[bias]] if isinstance(bias, fx.Node) else None
+            saved = bc.state
+            bc.state = FakeQuantState.VALIDATION
+            try:
+                out = bc(None, w_t, wq_t, b_t)
+            finally:
+                bc.state = saved
+        if out is None:
+            self.env[node] = None
+            return
+        self.env[node] = self._const(f"{node.meta.get('eq_name', node.name)}", out)
+
+    def _call_function(self, node: fx.Node) -> None:
+        t = node.target
+        if t is operator.getitem:
+            base = self.env[node.args[0]]
+            if isinstance(base, list):
+                self.env[node] = base[node.args[1]]
+                return
+        if t is quant_point:
+            self.env[node] = self.env[node.args[0]]
+            return
+        if t is dequant_point:
+            self.env[node] = self._emit(node, "dequantize", node.args, {})
+            return
+        spec = node.meta.get("eq_spec")
+        attrs = {}
+        if node.meta.get("eq_high_precision"):
+            attrs["high_precision"] = True
+        if node.meta.get("eq_fused_into") is not None:
+            attrs["fused_into"] = node.meta["eq_fused_into"].meta.get("eq_name", node.meta["eq_fused_into"].name)
+        op = spec.name if spec is not None else "aten"
+        if node.meta.get("eq_domain") == "float" and spec is not None:
+            attrs["float"] = True
+        self.env[node] = self._emit(node, op, node.args, node.kwargs, **attrs)
+
+    def _propagate_shared_qparams(self) -> None:
+        """Shared-grid ops (and embeddings) carry the qparams of the tensor they move."""
+        from .ops import OPS
+
+        for n in self.nodes:
+            spec = OPS.get(n.op)
+            if spec is None or spec.rule not in ("shared", "source") or n.attrs.get("fq"):
+                continue
+            src = n.inputs[spec.weight_arg] if spec.rule == "source" else (n.inputs[0] if n.inputs else None)
+            qp = self.values[src].qparams if src in self.values else None
+            if qp is None or qp.ch_axis is not None:
+                continue
+            for o in n.outputs:
+                if self.values[o].dtype == "float32":
+                    self._set_qparams(o, qp)
+
+
+def _fetch(gm, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _fake_weight(fq: FakeQuantize, w: torch.Tensor) -> torch.Tensor:
+    from .qmath import fake_quantize
+
+    scale, zp = fq.qparams()
+    return fake_quantize(w, scale, zp, fq.dtype, fq.ch_axis)
+
+
+def _dump_spec(spec) -> str | None:
+    if spec is None:
+        return None
+    try:
+        return pytree.treespec_dumps(spec)
+    except Exception:  # output types pytree cannot serialise: outputs come back as a tuple
+        return None
+
+
+def export(model: fx.GraphModule, example_inputs=None) -> Graph:
+    """Turn a prepared model into the IR at level ``"quant"`` (see the module docstring).
+
+    ``example_inputs`` is accepted for symmetry with ``prepare`` and checked against the traced
+    input count; the graph itself was fixed by ``prepare``.
+    """
+    if not isinstance(model, fx.GraphModule) or "edgequant" not in getattr(model, "meta", {}):
+        raise ExportError("export takes a model returned by edgequant.prepare")
+    graph = _Exporter(model).run()
+    if example_inputs is not None:
+        n = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1
+        if n != len(graph.inputs):
+            raise ExportError(f"the model was prepared with {len(graph.inputs)} inputs, export got {n}")
+    check_graph(graph)
+    return graph

@@ -1,0 +1,131 @@
+"""Run: execute a ``Graph`` at either level on CPU.
+
+Takes a graph and the model's positional inputs; returns what the float model returns (a
+tensor, a tuple, or the model's own output type when it could be recorded). At level
+``"quant"`` every op runs in float and each quantized output is fake-quantized with its
+``QParams`` (this reproduces the VALIDATION simulation). At level ``"int"`` the ops run the
+integer kernels of their ``ops/`` entries; between ``quantize`` and ``dequantize`` nodes every
+tensor is an integer tensor. ``return_intermediates=True`` also returns ``{value name: tensor}``
+for every value computed.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .ir import Graph, Node
+from .ops.spec import resolve
+from .qmath import fake_quantize
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
+           "bool": torch.bool, "int8": torch.int8, "int16": torch.int16, "uint8": torch.uint8}
+
+
+def decode(arg, tensors):
+    """Rebuild a call argument from its IR form (``{"$in": k}`` -> ``tensors[k]``)."""
+    if isinstance(arg, dict):
+        if "$in" in arg:
+            return tensors[arg["$in"]]
+        if "$dtype" in arg:
+            return _DTYPES[arg["$dtype"]]
+        if "$float" in arg:
+            return float(arg["$float"])
+        if "$device" in arg:
+            return torch.device(arg["$device"])
+        return {k: decode(v, tensors) for k, v in arg.items()}
+    if isinstance(arg, list):
+        return [decode(a, tensors) for a in arg]
+    return arg
+
+
+def call_target(node: Node, tensors: list):
+    """Call the node's recorded torch op on ``tensors`` (the values named by ``node.inputs``)."""
+    op = resolve(node.attrs["target"])
+    if op is None:
+        raise RuntimeError(f"node {node.name}: torch has no op {node.attrs['target']}")
+    return op(*decode(node.attrs["args"], tensors), **decode(node.attrs["kwargs"], tensors))
+
+
+def _flatten_inputs(g: Graph, inputs) -> list:
+    if len(inputs) != len(g.inputs):
+        raise TypeError(f"the model takes {len(g.inputs)} inputs ({', '.join(g.inputs)}), got {len(inputs)}")
+    return list(inputs)
+
+
+def _check_input(g: Graph, name: str, x) -> None:
+    v = g.values[name]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input {name!r} must be a tensor, got {type(x).__name__}")
+    if len(v.shape) != x.dim() or any(isinstance(d, int) and d != n for d, n in zip(v.shape, x.shape)):
+        raise ValueError(
+            f"input {name!r} has shape {tuple(x.shape)} but the model was traced with {v.shape} "
+            "(string dims may vary); reshape the input or prepare the model with an example of this shape")
+
+
+def _unflatten(g: Graph, flat: list):
+    spec = g.meta.get("_pytree_out_spec")
+    if spec is None and g.meta.get("out_spec"):
+        try:
+            spec = pytree.treespec_loads(g.meta["out_spec"])
+        except Exception:
+            spec = None
+    if spec is not None:
+        return pytree.tree_unflatten(flat, spec)
+    return flat[0] if len(flat) == 1 else tuple(flat)
+
+
+def _fq(t: torch.Tensor, g: Graph, name: str) -> torch.Tensor:
+    qp = g.values[name].qparams
+    return fake_quantize(t, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis)
+
+
+def _run_quant_node(g: Graph, node: Node, args: list, callables: dict):
+    if node.op == "quantize":
+        return _fq(args[0], g, node.outputs[0])
+    if node.op == "dequantize":
+        return args[0]
+    if node.op in ("segment_lut", "float_call"):
+        fn = callables.get(node.attrs.get("callable_ref"))
+        if fn is None:
+            raise RuntimeError(f"node {node.name}: its Python callable is not part of a saved graph")
+        out = fn(*args)
+    else:
+        out = call_target(node, args)
+    if node.attrs.get("fq"):
+        out = _fq(out, g, node.outputs[0])
+    return out
+
+
+def run(g: Graph, *inputs, return_intermediates: bool = False):
+    """Execute ``g`` on ``inputs`` (see the module docstring)."""
+    flat = _flatten_inputs(g, inputs)
+    env: dict[str, object] = {}
+    for name, x in zip(g.inputs, flat):
+        _check_input(g, name, x)
+        env[name] = x
+    callables = g.meta.get("_callables", {})
+    if g.level == "quant":
+        for name, c in g.constants.items():
+            qp = g.values[name].qparams
+            env[name] = _fq(c, g, name) if qp is not None and c.is_floating_point() else c
+        step = lambda node, args: _run_quant_node(g, node, args, callables)  # noqa: E731
+    else:
+        from .convert import run_int_node
+
+        env.update(g.constants)
+        step = lambda node, args: run_int_node(g, node, args, callables)  # noqa: E731
+    with torch.no_grad():
+        for node in g.nodes:
+            args = [env[i] if i is not None else None for i in node.inputs]
+            try:
+                out = step(node, args)
+            except Exception as exc:
+                raise type(exc)(f"{exc}\n  while running node {node.name!r} ({node.op}) from {node.source}") \
+                    if isinstance(exc, (RuntimeError, ValueError, TypeError)) else exc
+            if len(node.outputs) == 1:
+                env[node.outputs[0]] = out
+            else:
+                for o, t in zip(node.outputs, out):
+                    env[o] = t
+    result = _unflatten(g, [env[o] if isinstance(o, str) else o for o in g.outputs])
+    return (result, env) if return_intermediates else result
