@@ -79,9 +79,9 @@ def _fq(t: torch.Tensor, g: Graph, name: str) -> torch.Tensor:
     return fake_quantize(t, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis)
 
 
-def _run_quant_node(g: Graph, node: Node, args: list, callables: dict):
+def _run_quant_node(g: Graph, node: Node, args: list, callables: dict, fake_quant: bool = True):
     if node.op == "quantize":
-        return _fq(args[0], g, node.outputs[0])
+        return _fq(args[0], g, node.outputs[0]) if fake_quant else args[0]
     if node.op == "dequantize":
         return args[0]
     if node.op in ("segment_lut", "float_call"):
@@ -91,13 +91,17 @@ def _run_quant_node(g: Graph, node: Node, args: list, callables: dict):
         out = fn(*args)
     else:
         out = call_target(node, args)
-    if node.attrs.get("fq"):
+    if node.attrs.get("fq") and fake_quant:
         out = _fq(out, g, node.outputs[0])
     return out
 
 
-def run(g: Graph, *inputs, return_intermediates: bool = False):
-    """Execute ``g`` on ``inputs`` (see the module docstring)."""
+def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool = True):
+    """Execute ``g`` on ``inputs`` (see the module docstring).
+
+    ``fake_quant=False`` runs a quant-level graph in plain float (the float model, with batch
+    norms folded), for per-layer comparisons.
+    """
     flat = _flatten_inputs(g, inputs)
     env: dict[str, object] = {}
     for name, x in zip(g.inputs, flat):
@@ -107,8 +111,8 @@ def run(g: Graph, *inputs, return_intermediates: bool = False):
     if g.level == "quant":
         for name, c in g.constants.items():
             qp = g.values[name].qparams
-            env[name] = _fq(c, g, name) if qp is not None and c.is_floating_point() else c
-        step = lambda node, args: _run_quant_node(g, node, args, callables)  # noqa: E731
+            env[name] = _fq(c, g, name) if qp is not None and c.is_floating_point() and fake_quant else c
+        step = lambda node, args: _run_quant_node(g, node, args, callables, fake_quant)  # noqa: E731
     else:
         from .convert import run_int_node
 
