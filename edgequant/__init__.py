@@ -13,6 +13,9 @@ from .nn import DeQuantStub, FloatFunctional, QuantStub, SegmentLUT
 from .prepare import prepare
 from .qconfig import QConfig, get_qconfig
 from .qmath import dequantize, fake_quantize, quantize, quantize_multiplier, requantize
+from .export import export
+from .convert import convert
+from .serialize import load, save
 
 __version__ = "0.1.0"
 
@@ -24,4 +27,5 @@ __all__ = [
     "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
     "prepare", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
     "KLObserver", "FixedScaleObserver", "shrink_range",
+    "export", "convert", "save", "load",
 ]

@@ -1,0 +1,245 @@
+"""Save and load: a ``Graph`` (either level) <-> one file, without pickle.
+
+Takes a graph that ``export`` or ``convert`` returned (``save``) or a path (``load``); ``load``
+returns a graph that runs bit-identically to the one saved and passes ``check_graph``. The file
+(layout in ``docs/ir.md``) is a fixed 60-byte header (magic, format version, the two payload
+lengths, a SHA-256), a JSON document with everything but the tensors (level, inputs, outputs,
+values with their ``QParams``, nodes with their attrs, ``meta`` without the in-memory keys that
+start with ``"_"``) and the constants as safetensors bytes. Nothing is executed or unpickled
+on load: a file can only describe data.
+
+Every way a file can be wrong (empty, truncated, a flipped byte anywhere, another format, a
+newer format version, trailing bytes) raises ``IRFileError`` (a ``ValueError``) naming the file
+and what is wrong; a path that does not exist raises ``FileNotFoundError``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as _st_load, save as _st_save
+from torch.utils import _pytree as pytree
+
+from .check import IRCheckError, check_graph, json_problem
+from .ir import IR_VERSION, Graph, Node, QParams, Value
+
+MAGIC = b"\x89EQIR\r\n\x1a"          # 8 bytes; the \r\n and \x1a catch text-mode transfers
+FORMAT_VERSION = 1
+_HEAD = struct.Struct("<8sIQQ")      # magic, format version, JSON length, tensor length
+_HASH_LEN = 32                       # SHA-256 over the 28 bytes above + JSON + tensors
+HEADER_SIZE = _HEAD.size + _HASH_LEN  # 60
+_CALLABLE_OPS = ("segment_lut", "float_call")
+
+
+class SerializeError(ValueError):
+    """A graph cannot be written faithfully; the message names the node, value or meta key."""
+
+
+class IRFileError(SerializeError):
+    """A file is not a readable edgequant graph; the message names the file and the problem."""
+
+
+class _Malformed(Exception):
+    """A document that passed the checksum but does not describe a graph (a writer's bug)."""
+
+
+# -- save ----------------------------------------------------------------------------------------
+def dumps(g: Graph) -> bytes:
+    """The bytes ``save`` writes for ``g`` (see ``save``)."""
+    if not isinstance(g, Graph):
+        raise TypeError(f"save takes an edgequant Graph (what export or convert returns), got {type(g).__name__}; "
+                        "a prepared model is saved by exporting it first (edgequant.export(model, example))")
+    _refuse_callables(g)
+    check_graph(g)
+    meta = _saved_meta(g)
+    doc = {
+        "format": "edgequant.graph",
+        "ir_version": IR_VERSION,
+        "level": g.level,
+        "inputs": list(g.inputs),
+        "outputs": list(g.outputs),
+        "values": [_value_doc(v) for v in g.values.values()],
+        "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "outputs": list(n.outputs),
+                   "attrs": n.attrs, "source": n.source} for n in g.nodes],
+        "constants": list(g.constants),
+        "meta": meta,
+    }
+    try:
+        text = json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:   # e.g. a NaN literal among the graph outputs
+        raise SerializeError(f"the graph cannot be written as JSON: {exc}") from None
+    blob = _tensor_bytes(g.constants)
+    body = text.encode("utf-8")
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, len(body), len(blob))
+    digest = hashlib.sha256(head + body + blob).digest()
+    return head + digest + body + blob
+
+
+def save(g: Graph, path: str | os.PathLike) -> None:
+    """Write ``g`` (a ``Graph`` at level ``"quant"`` or ``"int"``) to ``path`` as one file.
+
+    Only graphs are saved: not prepared models nor their state (export a prepared model first,
+    or keep its ``state_dict`` with safetensors). The file is written to a temporary name and
+    renamed, so an interrupted save never leaves a half-written file at ``path``.
+
+    Raises ``SerializeError`` for a graph that a file cannot hold faithfully (a node that runs a
+    Python callable: ``segment_lut``/``float_call``; ``meta`` that is not JSON; an output
+    structure that cannot be recorded), ``IRCheckError`` for a graph that breaks its level's
+    rules, ``TypeError`` for anything that is not a ``Graph``.
+    """
+    data = dumps(g)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _refuse_callables(g: Graph) -> None:
+    for n in g.nodes:
+        if n.op in _CALLABLE_OPS or "callable_ref" in n.attrs:
+            raise SerializeError(
+                f"node {n.name!r} ({n.op}) from {n.source or '<unknown>'} runs Python code "
+                f"({n.attrs.get('callable_ref') or n.attrs.get('module') or 'a callable'}), which a file cannot hold "
+                "faithfully yet (SegmentLUT tables are stored by a later release); keep this graph in memory")
+
+
+def _saved_meta(g: Graph) -> dict:
+    meta = {k: v for k, v in g.meta.items() if not (isinstance(k, str) and k.startswith("_"))}
+    problem = json_problem(meta, "meta")
+    if problem:
+        raise SerializeError(f"cannot save the graph's meta: {problem}")
+    spec = g.meta.get("_pytree_out_spec")
+    if spec is not None or meta.get("out_spec") is not None:
+        text = meta.get("out_spec")
+        try:
+            restored = pytree.treespec_loads(text) if text is not None else None
+        except Exception:
+            restored = None
+        if restored is None or (spec is not None and restored != spec):
+            raise SerializeError(f"the model's output structure ({spec}) cannot be recorded in meta['out_spec']; "
+                                 "return tensors, tuples, lists or dicts so a loaded graph returns the same structure")
+    return meta
+
+
+def _value_doc(v: Value) -> dict:
+    qp = v.qparams
+    return {"name": v.name, "shape": list(v.shape), "dtype": v.dtype,
+            "qparams": None if qp is None else {"dtype": qp.dtype, "scale": list(qp.scale),
+                                                "zero_point": list(qp.zero_point), "ch_axis": qp.ch_axis}}
+
+
+def _tensor_bytes(constants: dict[str, torch.Tensor]) -> bytes:
+    if "__metadata__" in constants:
+        raise SerializeError("a constant named '__metadata__' cannot be stored (the name is reserved by safetensors)")
+    seen: set[int] = set()
+    flat = {}
+    for name, t in constants.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()                  # safetensors refuses tensors that share or view storage
+        seen.add(t.untyped_storage().data_ptr())
+        flat[name] = t
+    return _st_save(flat)
+
+
+# -- load ----------------------------------------------------------------------------------------
+def load(path: str | os.PathLike) -> Graph:
+    """Read a graph written by ``save``; it runs bit-identically to the graph that was saved.
+
+    Raises ``IRFileError`` (a ``ValueError``) naming the file for an empty, truncated, corrupted
+    or foreign file, or one written by a newer format version; ``FileNotFoundError`` if ``path``
+    does not exist. The graph is checked with ``check_graph`` before it is returned.
+    """
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise IRFileError(f"{name}: is a directory, not an edgequant graph file")
+    with open(name, "rb") as f:
+        data = f.read()
+    return loads(data, name)
+
+
+def loads(data: bytes, name: str = "<bytes>") -> Graph:
+    """Read a graph from the bytes of a file (``name`` is used in error messages)."""
+    def bad(what: str) -> IRFileError:
+        return IRFileError(f"{name}: {what}")
+
+    if len(data) == 0:
+        raise bad("the file is empty (not an edgequant graph file)")
+    if data[:len(MAGIC)] != MAGIC[:len(data)]:
+        raise bad(f"not an edgequant graph file (it starts with {bytes(data[:8])!r}{_guess(data)}, "
+                  f"expected {MAGIC!r})")
+    if len(data) < HEADER_SIZE:
+        raise bad(f"truncated: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, json_len, blob_len = _HEAD.unpack_from(data, 0)
+    if version != FORMAT_VERSION:
+        newer = "newer than this edgequant reads; upgrade edgequant" if version > FORMAT_VERSION else "unknown"
+        raise bad(f"format version {version} is {newer} (this edgequant reads version {FORMAT_VERSION})")
+    expected = HEADER_SIZE + json_len + blob_len
+    if len(data) < expected:
+        raise bad(f"truncated or corrupted: {len(data)} bytes, the header announces {expected}")
+    if len(data) > expected:
+        raise bad(f"corrupted: {len(data) - expected} unexpected bytes after the {expected} the header announces")
+    stored = data[_HEAD.size:HEADER_SIZE]
+    body = data[HEADER_SIZE:HEADER_SIZE + json_len]
+    blob = data[HEADER_SIZE + json_len:]
+    if hashlib.sha256(data[:_HEAD.size] + body + blob).digest() != stored:
+        raise bad("corrupted: the SHA-256 of the contents does not match the one recorded in the header")
+    try:
+        doc = json.loads(body.decode("utf-8"))
+        g = _graph_from(doc, _st_load(bytes(blob)))
+    except Exception as exc:   # a file with a valid checksum but a malformed document
+        raise bad(f"malformed contents ({type(exc).__name__}: {exc})") from exc
+    try:
+        check_graph(g)
+    except IRCheckError as exc:
+        raise bad(f"the stored graph breaks an IR rule: {exc}") from exc
+    return g
+
+
+def _guess(data: bytes) -> str:
+    if data[:4] == b"PK\x03\x04":
+        return ", a zip archive such as a torch.save file"
+    if data[:1] == b"\x08":
+        return ", perhaps an ONNX/protobuf file"
+    if data[:2] == b"\x80\x02" or data[:1] == b"\x80":
+        return ", a pickle"
+    return ""
+
+
+def _graph_from(doc: dict, tensors: dict[str, torch.Tensor]) -> Graph:
+    if not isinstance(doc, dict) or doc.get("format") != "edgequant.graph":
+        raise _Malformed("the document is not an edgequant graph")
+    if not isinstance(doc.get("ir_version"), int) or doc["ir_version"] > IR_VERSION:
+        raise _Malformed(f"IR version {doc.get('ir_version')!r} is newer than this edgequant reads ({IR_VERSION})")
+    values = {}
+    for v in doc["values"]:
+        qp = v["qparams"]
+        if qp is not None:
+            qp = QParams(qp["dtype"], tuple(qp["scale"]), tuple(qp["zero_point"]), qp["ch_axis"])
+        values[v["name"]] = Value(v["name"], tuple(v["shape"]), v["dtype"], qp)
+    nodes = [Node(n["name"], n["op"], tuple(n["inputs"]), tuple(n["outputs"]), n["attrs"], n["source"])
+             for n in doc["nodes"]]
+    names = doc["constants"]
+    if sorted(names) != sorted(tensors):
+        raise _Malformed(f"the document lists constants {sorted(names)} but the tensors are {sorted(tensors)}")
+    constants = {k: tensors[k] for k in names}
+    meta = dict(doc["meta"])
+    return Graph(doc["level"], list(doc["inputs"]), list(doc["outputs"]), values, nodes, constants, meta)
+
+
+__all__ = ["save", "load", "dumps", "loads", "SerializeError", "IRFileError", "MAGIC", "FORMAT_VERSION",
+           "HEADER_SIZE"]
