@@ -1,9 +1,10 @@
 """Quantized data types.
 
 Takes nothing; defines the integer types a quantized tensor can have (``qint4``, ``qint8``,
-``quint8``, ``qint16``, ``qint32``) as small frozen records: bit width, signedness, the
-representable range ``[qmin, qmax]`` and the torch dtype that stores the values. Every other
-module refers to these records, never to raw bit widths.
+``quint8``, ``qint16``, ``qint32``, and the wide accumulator types ``qint48``/``qint64``) as
+small frozen records: bit width, signedness, the representable range ``[qmin, qmax]`` and the
+torch dtype that stores the values. Every other module refers to these records, never to raw
+bit widths.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class QuantDType:
         """The smallest torch integer dtype that holds every value of this type."""
         if not self.signed:
             return torch.uint8 if self.bits <= 8 else torch.int32
-        return {8: torch.int8, 16: torch.int16, 32: torch.int32}[max(8, 1 << (self.bits - 1).bit_length())]
+        return {8: torch.int8, 16: torch.int16, 32: torch.int32, 64: torch.int64}[max(8, 1 << (self.bits - 1).bit_length())]
 
     def __repr__(self) -> str:
         return self.name
@@ -46,8 +47,12 @@ qint8 = QuantDType("qint8", 8, True)
 quint8 = QuantDType("quint8", 8, False)
 qint16 = QuantDType("qint16", 16, True)
 qint32 = QuantDType("qint32", 32, True)
+# Wide accumulators (a march's ``wide_acc_bits``): only the raw accumulator output of a conv-like
+# node whose worst-case bound exceeds int32 has one of these; no activation or weight does.
+qint48 = QuantDType("qint48", 48, True)
+qint64 = QuantDType("qint64", 64, True)
 
-DTYPES: dict[str, QuantDType] = {d.name: d for d in (qint4, qint8, quint8, qint16, qint32)}
+DTYPES: dict[str, QuantDType] = {d.name: d for d in (qint4, qint8, quint8, qint16, qint32, qint48, qint64)}
 
 
 def get_dtype(dtype: QuantDType | str) -> QuantDType:

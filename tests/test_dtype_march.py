@@ -17,6 +17,8 @@ EXPECTED = {  # name: (bits, signed, qmin, qmax, storage)
     "quint8": (8, False, 0, 255, torch.uint8),
     "qint16": (16, True, -32768, 32767, torch.int16),
     "qint32": (32, True, -(2**31), 2**31 - 1, torch.int32),
+    "qint48": (48, True, -(2**47), 2**47 - 1, torch.int64),   # wide accumulators
+    "qint64": (64, True, -(2**63), 2**63 - 1, torch.int64),
 }
 
 
