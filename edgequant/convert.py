@@ -44,6 +44,9 @@ class LowerCtx:
     values: dict[str, Value] = field(default_factory=dict)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
+    # quant-level nodes an earlier lowering already emitted (e.g. a relu/clamp fused into the
+    # conv before it, which the conv lowered as a pass-through); the driver skips them
+    lowered: set[str] = field(default_factory=set)
 
     # -- reading the quant level ---------------------------------------------------------------
     def qparams(self, name: str) -> QParams | None:
@@ -235,6 +238,8 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
         ctx.values[name] = ir.values[name]
     lower_table, _ = _family_tables()
     for node in ir.nodes:
+        if node.name in ctx.lowered:
+            continue
         if node.op == "quantize":
             lower_quantize(ctx, node)
         elif node.op == "dequantize":
