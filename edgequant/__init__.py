@@ -16,6 +16,7 @@ from .qmath import dequantize, fake_quantize, quantize, quantize_multiplier, req
 from .export import export
 from .convert import convert
 from .serialize import load, save
+from .visualize import visualize
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,5 @@ __all__ = [
     "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
     "prepare", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
     "KLObserver", "FixedScaleObserver", "shrink_range",
-    "export", "convert", "save", "load",
+    "export", "convert", "save", "load", "visualize",
 ]
