@@ -1,5 +1,79 @@
-"""Elementwise arithmetic and piecewise-linear activations."""
-from .spec import OpSpec
+"""Elementwise arithmetic and piecewise-linear activations: specs, integer lowering, kernels.
+
+Stage: ``convert`` (``LOWER``: quant-level node -> int-level node) and ``run`` at level "int"
+(``INT_KERNELS``). Every lowered node keeps its canonical ``op`` and carries integer parameters
+only (multipliers, shifts, zero points, bounds) in ``attrs``; ``attrs["kernel"]`` names the
+integer kernel of ``KERNELS`` that runs it. All rounding is qmath's (A6) half to even.
+
+The kernels
+-----------
+``affine`` (add, sub, rsub, scalar add/sub/mul/div, neg, abs, clamp/hardtanh/relu6, relu,
+leaky_relu, prelu, and batch_norm in ``norm_softmax``): one integer sum, one rounding::
+
+    acc = C + sum_i (q_i - z_i) * (m_i if q_i - z_i >= 0 else m_i_neg)
+    y   = clamp(rounding_shift_right(acc, n) + z_out, lo, hi)     saturated to the output type
+
+Every real multiplier ``M_i = coef_i * s_i / s_out`` and the real constant ``c / s_out`` are
+written as exact integers ``m_i = round(M_i * 2^n)``, ``C = round(c / s_out * 2^n)`` with one
+common shift ``n`` (per output channel when a term is per channel): the largest ``|M_i|`` gets
+the march's ``multiplier_bits`` bits, and ``n`` is lowered until ``sum_i B_i * |m_i| + |C| <
+2^63`` for the input bounds ``B_i = max |q_i - z_i|`` (the dtype's range, an accumulator's
+(A8) bound, or a constant's values). A plan that needs ``n < 0`` is refused at convert
+time (``ConvertError``). Multipliers may be negative (sub, neg, negative scalars, slopes):
+half-to-even rounding is odd-symmetric, so the sign costs nothing.
+
+``product`` (tensor * tensor): ``y = requantize((qa - za) * (qb - zb), m0, n)`` (A7) with
+``m0`` of ``b = min(multiplier_bits, 63 - bitlength(Ba * Bb))`` bits (A5.6).
+
+``rescale_call`` (cat, stack, where, maximum, minimum, clamp with tensor bounds): every
+quantized input is first rescaled onto the output grid by an ``affine`` plan (skipped when it
+already is on it), then the recorded torch op runs on the integers. Exact by monotonicity:
+``fq(max(a, b)) = max(fq(a), fq(b))``, likewise for clamp, where and concatenation.
+
+``interval`` (compare against a scalar): the boolean is ``lo <= q <= hi`` (negated for ``ne``),
+with integer thresholds found at convert time by evaluating the simulation's own float32
+comparison on every code of the input type: bit-exact. ``compare2`` (two quantized tensors):
+``s_a (qa - za)`` vs ``s_b (qb - zb)`` compared exactly as integers (float32 scales are
+``mantissa * 2^exponent``; both sides are brought to the smaller exponent).
+
+Agreement with the simulation (quant-level graph), in LSB of the op's output
+-----------------------------------------------------------------------------
+| op | bound | why |
+|---|---|---|
+| compare vs scalar, relu on its input's grid | 0 (bit exact) | integer thresholds |
+| add, sub, rsub, mul, div (scalar), neg, abs, clamp family, relu (rescaled), leaky_relu, prelu, maximum, minimum, where | <= 1 | one rounding of a sum exact to ~2^-31; differs only within ~2^-20 of a tie |
+| compare of two tensors | exact in real arithmetic | the float32 sim may differ where two products round to the same float |
+
+The conv+add fusion and fused activations (the handshake with ``matmul_like``)
+---------------------------------------------------------------------------------
+- A conv/linear fused into an add (its ``attrs["fused_into"]`` names the add) lowers to a node
+  with ``attrs["output"] == "acc"`` whose output value has an accumulator dtype (``qint32``,
+  ``qint48`` or ``qint64``) and per-channel ``QParams``: scale ``s_x * s_w[c]``, zero point 0,
+  ``ch_axis`` the channel axis. The add makes it one more ``affine`` term (per-channel
+  multipliers ``s_x s_w[c] / s_out``, hence per-channel shifts), so both inputs are summed
+  exactly before the one rounding. Its bound ``B`` is that node's ``attrs["bound"]`` (the
+  (A8) accumulator bound), else the dtype's range.
+- A producer fused into an activation (its ``attrs["fused_into"]`` names a relu, relu6,
+  hardtanh or clamp node) applies it: it requantizes straight to the activation's output
+  ``QParams``, clamps to the activation's bounds quantized on that grid (``activation_bounds``;
+  exact: ``fq(clamp(x, a, b)) = clamp(fq(x), fq(a), fq(b))``), sets
+  ``attrs["fused_activation"] = <activation node name>`` on its int-level node, emits the
+  activation as an ``identity`` node (same name, ``attrs["fused_into_producer"]``) and adds the
+  activation's name to ``ctx.lowered`` so the driver skips it. The add here and conv/linear/
+  matmul in ``matmul_like`` do exactly this; an activation that still reaches ``LOWER`` while
+  its producer was fused into it is refused with an error naming both.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..dtype import get_dtype
+from ..ir import Node, QParams
+from ..qmath import multiply_by_quantized_multiplier, quantize, quantize_multiplier, rounding_shift_right, saturate
+from ..run import call_target
+from .spec import OpSpec, resolve
 
 SPECS = [
     OpSpec("add", ("aten.add.Tensor", "aten.add.Scalar"), fuse_activation=True),
@@ -20,3 +94,604 @@ SPECS = [
                        "aten.lt.Scalar", "aten.lt.Tensor", "aten.le.Scalar", "aten.le.Tensor",
                        "aten.eq.Scalar", "aten.eq.Tensor", "aten.ne.Scalar", "aten.ne.Tensor"), rule="shared"),
 ]
+
+INT64_LIMIT = 1 << 63
+
+
+# == helpers shared by the families of this issue (pool_reduce, shape, norm_softmax import them) ==
+def fixed_point(real: float, shift: int) -> int:
+    """``round(real * 2^shift)`` with halves to even, exactly (for any float64 ``real``).
+
+    ``quantize_multiplier(|real|, 62)`` writes ``|real| = m * 2^-k`` exactly (a float64 has 53
+    significant bits); the rounding is qmath's (A6) shift of ``m``. The result is a Python int
+    (callers bound it before it meets int64).
+    """
+    real = float(real)
+    if not math.isfinite(real):
+        raise ValueError(f"fixed_point needs a finite number, got {real}")
+    if real == 0.0:
+        return 0
+    m, k = quantize_multiplier(abs(real), 62)
+    s = k - shift
+    v = m * (1 << -s) if s <= 0 else int(rounding_shift_right(torch.tensor(m, dtype=torch.int64), s))
+    return v if real > 0 else -v
+
+
+def quantize_value(v: float, qp: QParams) -> int:
+    """The integer code of the real ``v`` on ``qp``'s (per-tensor) grid, by (A1); -inf -> qmin."""
+    q = quantize(torch.tensor([float(v)], dtype=torch.float32), qp.scale[0], qp.zero_point[0], qp.dtype)
+    return int(q[0])
+
+
+def dtype_bound(qp: QParams) -> int:
+    """``max |q - z|`` over the type's range (the worst channel when per channel)."""
+    dt = get_dtype(qp.dtype)
+    return max(max(dt.qmax - z, z - dt.qmin) for z in qp.zero_point)
+
+
+def arg(node: Node, pos: int, name: str, default=None):
+    """The ``pos``-th positional argument of the recorded call, or keyword ``name``."""
+    args, kwargs = node.attrs.get("args", []), node.attrs.get("kwargs", {})
+    if len(args) > pos:
+        return args[pos]
+    return kwargs.get(name, default)
+
+
+def is_input(a) -> bool:
+    return isinstance(a, dict) and "$in" in a
+
+
+def scalar(a):
+    """A recorded scalar argument as a Python number (``{"$float": "inf"}`` included)."""
+    if isinstance(a, dict) and "$float" in a:
+        return float(a["$float"])
+    return a
+
+
+def find_qnode(ctx, name: str) -> Node | None:
+    """The quant-level node called ``name``."""
+    for n in ctx.q.nodes:
+        if n.name == name:
+            return n
+    return None
+
+
+def int_producer(ctx, value: str) -> Node | None:
+    """The int-level node (emitted so far) that writes ``value``."""
+    for n in reversed(ctx.nodes):
+        if value in n.outputs:
+            return n
+    return None
+
+
+class Operand:
+    """A quantized tensor input of a node at the int level: its name, ``QParams`` and bound."""
+
+    def __init__(self, name: str, qp: QParams, bound: int):
+        self.name, self.qp, self.bound = name, qp, bound
+
+
+def operand(ctx, node: Node, a):
+    """Resolve a recorded argument: an ``Operand``, a Python number, or ``None`` (absent).
+
+    A quantized constant (float with ``QParams`` at the quant level) is quantized here into an
+    integer constant; a one-element float constant without ``QParams`` is a number.
+    """
+    if not is_input(a):
+        return scalar(a)
+    name = node.inputs[a["$in"]]
+    if name is None:
+        return None
+    qc = ctx.q.constants.get(name)
+    if qc is not None:
+        qp = ctx.q.values[name].qparams
+        if qp is None:
+            if qc.numel() == 1 and qc.is_floating_point():
+                return float(qc.reshape(()))
+            raise ctx.error(node, f"input {name!r} is a float constant without qparams; quantize it "
+                                  "(a QuantStub) or make it a Python number")
+        if name not in ctx.constants:
+            q = quantize(qc, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis)
+            ctx.add_const(name, q, qp, qp.dtype)
+        q = ctx.constants[name].to(torch.int64)
+        z = torch.tensor(qp.zero_point, dtype=torch.int64)
+        if qp.ch_axis is not None:
+            shape = [1] * q.dim()
+            shape[qp.ch_axis % q.dim()] = -1
+            z = z.reshape(shape)
+        bound = int((q - z).abs().max()) if q.numel() else 0
+        return Operand(name, qp, max(bound, 1))
+    qp = ctx.qparams(name)
+    if qp is None:
+        v = ctx.value(name)
+        raise ctx.error(node, f"input {name!r} ({v.dtype}) is not quantized at the integer level"
+                        + ("; on a march with float conv outputs set ir._integer_conv = True" if v.dtype == "float32" else ""))
+    bound = dtype_bound(qp)
+    prod = int_producer(ctx, name)
+    if prod is not None and prod.attrs.get("output") == "acc" and isinstance(prod.attrs.get("bound"), int):
+        bound = min(bound, prod.attrs["bound"])   # the producer's (A8) accumulator bound
+    return Operand(name, qp, bound)
+
+
+def activation_bounds(ctx, act: Node, qp: QParams) -> tuple[int, int]:
+    """The integer clamp ``(lo, hi)`` on ``qp``'s grid of a relu/relu6/hardtanh/clamp node.
+
+    Exact: ``fq(clamp(x, a, b)) = clamp(fq(x), fq(a), fq(b))`` for any monotone quantizer.
+    """
+    dt = get_dtype(qp.dtype)
+    t = act.attrs.get("target", "")
+    lo_r = hi_r = None
+    if t.startswith("aten.relu"):
+        lo_r = 0.0
+        if t == "aten.relu6.default":
+            hi_r = 6.0
+    elif t == "aten.hardtanh.default":
+        lo_r, hi_r = scalar(arg(act, 1, "min_val", -1.0)), scalar(arg(act, 2, "max_val", 1.0))
+    elif t == "aten.clamp.default":
+        lo_r, hi_r = scalar(arg(act, 1, "min")), scalar(arg(act, 2, "max"))
+    elif t == "aten.clamp_min.default":
+        lo_r = scalar(arg(act, 1, "min"))
+    elif t == "aten.clamp_max.default":
+        hi_r = scalar(arg(act, 1, "max"))
+    else:
+        raise ctx.error(act, f"{t} has no scalar bounds to apply as an integer clamp")
+    if any(is_input(v) for v in (lo_r, hi_r)):
+        raise ctx.error(act, "a clamp with tensor bounds cannot be fused into its producer")
+    lo = dt.qmin if lo_r is None else quantize_value(lo_r, qp)
+    hi = dt.qmax if hi_r is None else quantize_value(hi_r, qp)
+    return lo, hi
+
+
+def output_grid(ctx, node: Node):
+    """``(out_value, QParams, lo, hi, fused activation node or None)`` of a computing node.
+
+    A node fused into an activation produces that activation's output grid and clamp.
+    """
+    act = None
+    fused = node.attrs.get("fused_into")
+    if fused:
+        act = find_qnode(ctx, fused)
+        from . import OPS
+
+        if act is None or not OPS.get(act.op) or not OPS[act.op].activation:
+            raise ctx.error(node, f"it is fused into {fused!r}, which is not an activation edgequant can fuse")
+        qp = ctx.q.values[act.outputs[0]].qparams
+    else:
+        qp = ctx.q.values[node.outputs[0]].qparams
+    if qp is None:
+        raise ctx.error(node, "its output has no qparams (a float output of quantized inputs); "
+                              "put a DeQuantStub before the op or give it a qconfig")
+    if qp.ch_axis is not None and len(qp.scale) > 1:
+        raise ctx.error(node, "per-channel output qparams are not supported for this op")
+    qp = QParams(qp.dtype, qp.scale[:1], qp.zero_point[:1], None)
+    if act is not None:
+        lo, hi = activation_bounds(ctx, act, qp)
+    else:
+        dt = get_dtype(qp.dtype)
+        lo, hi = dt.qmin, dt.qmax
+    return node.outputs[0], qp, lo, hi, act
+
+
+def _rel_axis(ctx, name: str, qp: QParams) -> int | None:
+    """A per-channel axis as a negative index (so it broadcasts against a larger output)."""
+    if qp.ch_axis is None or len(qp.scale) == 1:
+        return None
+    nd = len(ctx.value(name).shape)
+    return (qp.ch_axis % nd) - nd
+
+
+class Term:
+    """One input of an affine sum: ``(q - zp) * (pos if q - zp >= 0 else neg)`` in output LSB."""
+
+    def __init__(self, index: int, zp, bound: int, pos, neg=None, axis: int | None = None):
+        self.index, self.zp, self.bound, self.pos, self.neg, self.axis = index, zp, bound, pos, neg, axis
+
+
+def operand_term(ctx, node: Node, op: Operand, index: int, coef: float, out_qp: QParams, neg_coef=None) -> Term:
+    """The term of ``coef * x`` (``neg_coef * x`` where ``x < 0``) for a quantized operand."""
+    s_out = out_qp.scale[0]
+    axis = _rel_axis(ctx, op.name, op.qp)
+    sc = list(op.qp.scale) if axis is not None else op.qp.scale[0]
+    zp = list(op.qp.zero_point) if axis is not None else op.qp.zero_point[0]
+    scale = (lambda c: [c * s / s_out for s in sc]) if axis is not None else (lambda c: c * sc / s_out)
+    if isinstance(coef, list):  # per-channel coefficients on a per-tensor input (batch norm, prelu)
+        pos = [c * sc / s_out for c in coef] if axis is None else [c * s / s_out for c, s in zip(coef, sc)]
+    else:
+        pos = scale(coef)
+    neg = None
+    if neg_coef is not None:
+        if isinstance(neg_coef, list):
+            neg = [c * sc / s_out for c in neg_coef] if axis is None else [c * s / s_out for c, s in zip(neg_coef, sc)]
+        else:
+            neg = scale(neg_coef)
+    return Term(index, zp, op.bound, pos, neg, axis)
+
+
+def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi: int,
+                const=0.0, axis: int | None = None) -> dict:
+    """The ``affine`` kernel's integer parameters (module docstring), refused on overflow.
+
+    ``const`` is in output LSB (a number, or a list per channel along ``axis``); list-valued
+    multipliers of the terms are per channel along their own (equal) axis.
+    """
+    axes = {t.axis for t in terms if t.axis is not None} | ({axis} if axis is not None else set())
+    if len(axes) > 1:
+        raise ctx.error(node, f"inputs are per channel along different axes {sorted(axes)}")
+    ax = axes.pop() if axes else None
+    lengths = {len(v) for t in terms for v in (t.pos, t.neg, t.zp) if isinstance(v, list)}
+    if isinstance(const, list):
+        lengths.add(len(const))
+    if len(lengths) > 1:
+        raise ctx.error(node, f"per-channel parameters of different lengths {sorted(lengths)}")
+    nch = lengths.pop() if lengths else None
+    if nch is not None and ax is None:
+        raise ctx.error(node, "per-channel parameters without a channel axis")
+    at = (lambda v, c: v[c] if isinstance(v, list) else v)
+    bits = ctx.profile.multiplier_bits
+    shifts, consts, m_pos, m_neg = [], [], [[] for _ in terms], [[] for _ in terms]
+    for c in range(nch or 1):
+        mags = [abs(at(t.pos, c)) for t in terms] + [abs(at(t.neg, c)) for t in terms if t.neg is not None]
+        mmax = max(mags, default=0.0)
+        n = bits - math.frexp(mmax)[1] if mmax > 0 else 0
+        while True:
+            mp = [fixed_point(at(t.pos, c), n) for t in terms]
+            mn = [fixed_point(at(t.neg, c), n) if t.neg is not None else None for t in terms]
+            k = fixed_point(at(const, c), n)
+            total = abs(k) + sum(t.bound * max(abs(p), abs(q) if q is not None else 0)
+                                 for t, p, q in zip(terms, mp, mn))
+            if total < INT64_LIMIT:
+                break
+            n -= 1
+        if n < 0:
+            raise ctx.error(node, f"its integer sum could reach 2^{total.bit_length() - 1} even without "
+                                  "fractional bits, beyond int64; the input and output scales are too far apart")
+        shifts.append(n)
+        consts.append(k)
+        for i in range(len(terms)):
+            m_pos[i].append(mp[i])
+            m_neg[i].append(mn[i])
+    one = (lambda v: v[0]) if nch is None else (lambda v: v)
+    out_terms = []
+    for i, t in enumerate(terms):
+        out_terms.append({"in": t.index, "zp": t.zp, "m0": one(m_pos[i]),
+                          "m0_neg": one(m_neg[i]) if t.neg is not None else None})
+    return {"kernel": "affine", "terms": out_terms, "const": one(consts), "shift": one(shifts), "axis": ax,
+            "out_zp": out_qp.zero_point[0], "lo": int(lo), "hi": int(hi), "out_dtype": out_qp.dtype}
+
+
+def rescale_plan(ctx, node: Node, op: Operand, index: int, out_qp: QParams) -> dict | None:
+    """An ``affine`` plan moving ``op`` onto ``out_qp``'s grid; None when it already is there."""
+    same = op.qp.ch_axis is None and op.qp.dtype == out_qp.dtype and op.qp.scale[0] == out_qp.scale[0] \
+        and op.qp.zero_point[0] == out_qp.zero_point[0]
+    if same:
+        return None
+    dt = get_dtype(out_qp.dtype)
+    return plan_affine(ctx, node, [operand_term(ctx, node, op, index, 1.0, out_qp)], out_qp, dt.qmin, dt.qmax)
+
+
+def emit(ctx, node: Node, op: str, inputs, outputs, attrs: dict, qp: QParams | None, out_dtype: str | None = None,
+         like: str | None = None) -> None:
+    """Write the int-level node and its output record(s)."""
+    for o in outputs:
+        ctx.set_value(o, qp.dtype if qp is not None else out_dtype, qp, like=like)
+    ctx.emit(Node(node.name, op, tuple(inputs), tuple(outputs), attrs, node.source))
+
+
+# == lowerings ========================================================================================
+def _linear_parts(ctx, node: Node):
+    """``[(operand or number, coefficient)]`` of add/sub/rsub (``alpha`` included)."""
+    t = node.attrs["target"]
+    a, b = operand(ctx, node, arg(node, 0, "self")), operand(ctx, node, arg(node, 1, "other"))
+    alpha = scalar(arg(node, 2, "alpha", 1))
+    alpha = 1 if alpha is None else alpha
+    if t.startswith("aten.add"):
+        return [(a, 1.0), (b, float(alpha))]
+    if t.startswith("aten.sub"):
+        return [(a, 1.0), (b, -float(alpha))]
+    if t.startswith("aten.rsub"):
+        return [(b, 1.0), (a, -float(alpha))]
+    raise ctx.error(node, f"unexpected target {t}")
+
+
+def _lower_parts(ctx, node: Node, parts, neg_parts=None) -> None:
+    """Lower a weighted sum of operands and numbers (plus the fused activation, if any)."""
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    terms, const, inputs = [], 0.0, []
+    for x, coef in parts:
+        if isinstance(x, Operand):
+            inputs.append(x.name)
+            terms.append(operand_term(ctx, node, x, len(inputs) - 1, coef, qp))
+        elif isinstance(x, (int, float)):
+            v = float(x) * coef
+            if not math.isfinite(v):
+                raise ctx.error(node, f"the constant {x!r} is not finite")
+            const += v / qp.scale[0]
+        else:
+            raise ctx.error(node, f"unsupported operand {x!r}")
+    if not terms:
+        raise ctx.error(node, "no quantized tensor input")
+    attrs = plan_affine(ctx, node, terms, qp, lo, hi, const)
+    if act is not None:
+        attrs["fused_activation"] = act.name
+    emit(ctx, node, node.op, inputs, [out], attrs, qp)
+    if act is not None:
+        emit_fused_activation(ctx, node, act, out, qp)
+
+
+def emit_fused_activation(ctx, node: Node, act: Node, out: str, qp: QParams) -> None:
+    """The activation ``node`` applied itself: a pass-through node the driver will not lower again."""
+    ctx.lowered.add(act.name)
+    emit(ctx, act, "identity", [out], act.outputs, {"target": "aten.alias.default", "args": [{"$in": 0}],
+                                                     "kwargs": {}, "fused_into_producer": node.name}, qp)
+
+
+def lower_add_sub(ctx, node: Node) -> None:
+    _lower_parts(ctx, node, _linear_parts(ctx, node))
+
+
+def lower_mul(ctx, node: Node) -> None:
+    a, b = operand(ctx, node, arg(node, 0, "self")), operand(ctx, node, arg(node, 1, "other"))
+    if isinstance(a, Operand) and isinstance(b, Operand):
+        _lower_product(ctx, node, a, b)
+    elif isinstance(a, Operand):
+        _lower_parts(ctx, node, [(a, float(b))])
+    elif isinstance(b, Operand):
+        _lower_parts(ctx, node, [(b, float(a))])
+    else:
+        raise ctx.error(node, "no quantized tensor input")
+
+
+def _lower_product(ctx, node: Node, a: Operand, b: Operand) -> None:
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    if a.qp.ch_axis is not None or b.qp.ch_axis is not None:
+        raise ctx.error(node, "a product of per-channel quantized tensors is not supported")
+    bound = a.bound * b.bound
+    bits = min(ctx.profile.multiplier_bits, 63 - bound.bit_length())
+    out_bits = get_dtype(qp.dtype).bits
+    if bits < out_bits + 2:
+        raise ctx.error(node, f"the product bound 2^{bound.bit_length()} leaves a {bits}-bit multiplier, "
+                              f"too few for a {qp.dtype} output (int64 would overflow with more)")
+    m0, n = quantize_multiplier(a.qp.scale[0] * b.qp.scale[0] / qp.scale[0], bits)
+    if n < 0:
+        raise ctx.error(node, "the product's multiplier exceeds 2^bits; the output scale is too small")
+    attrs = {"kernel": "product", "zp": [a.qp.zero_point[0], b.qp.zero_point[0]], "m0": m0, "shift": n,
+             "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
+    emit(ctx, node, node.op, [a.name, b.name], [out], attrs, qp)
+
+
+def lower_div(ctx, node: Node) -> None:
+    a, b = operand(ctx, node, arg(node, 0, "self")), operand(ctx, node, arg(node, 1, "other"))
+    mode = arg(node, 2, "rounding_mode")
+    if isinstance(b, Operand):
+        raise ctx.error(node, "edgequant has no integer lowering for this op yet (division by a tensor is a "
+                              "lookup table; lookup tables arrive with the SegmentLUT issue)")
+    if mode is not None:
+        raise ctx.error(node, f"division with rounding_mode={mode!r} has no integer lowering")
+    if not isinstance(a, Operand) or not isinstance(b, (int, float)) or b == 0:
+        raise ctx.error(node, f"expected a quantized tensor divided by a nonzero number, got {b!r}")
+    _lower_parts(ctx, node, [(a, 1.0 / float(b))])
+
+
+def lower_neg(ctx, node: Node) -> None:
+    _lower_parts(ctx, node, [(operand(ctx, node, arg(node, 0, "self")), -1.0)])
+
+
+def _lower_signed(ctx, node: Node, x: Operand, pos: float, neg) -> None:
+    """``pos * x`` where ``x >= 0`` and ``neg * x`` below (abs, leaky_relu, prelu, relu)."""
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    attrs = plan_affine(ctx, node, [operand_term(ctx, node, x, 0, pos, qp, neg_coef=neg)], qp, lo, hi)
+    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+
+
+def lower_abs(ctx, node: Node) -> None:
+    _lower_signed(ctx, node, operand(ctx, node, arg(node, 0, "self")), 1.0, -1.0)
+
+
+def lower_leaky_relu(ctx, node: Node) -> None:
+    slope = float(scalar(arg(node, 1, "negative_slope", 0.01)))
+    _lower_signed(ctx, node, operand(ctx, node, arg(node, 0, "self")), 1.0, slope)
+
+
+def lower_prelu(ctx, node: Node) -> None:
+    x = operand(ctx, node, arg(node, 0, "self"))
+    w_arg = arg(node, 1, "weight")
+    w = ctx.q.constants.get(node.inputs[w_arg["$in"]]) if is_input(w_arg) else None
+    if not isinstance(x, Operand) or w is None:
+        raise ctx.error(node, "prelu needs a quantized input and a constant slope")
+    slopes = [float(v) for v in w.detach().flatten().tolist()]
+    nd = len(ctx.value(x.name).shape)
+    if len(slopes) == 1:
+        _lower_signed(ctx, node, x, 1.0, slopes[0])
+        return
+    if node.attrs["target"] == "aten.prelu.default":
+        axis = 1 if nd >= 2 else 0
+    else:  # _prelu_kernel: the weight broadcasts against the input (right aligned)
+        big = [d for d, n in enumerate(w.shape) if n > 1]
+        if len(big) != 1:
+            raise ctx.error(node, f"slopes of shape {tuple(w.shape)} vary along more than one axis")
+        axis = nd - w.dim() + big[0]
+    if x.qp.ch_axis is not None:
+        raise ctx.error(node, "prelu of a per-channel quantized input is not supported")
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    term = operand_term(ctx, node, x, 0, [1.0] * len(slopes), qp, neg_coef=slopes)
+    term.axis = axis - nd
+    attrs = plan_affine(ctx, node, [term], qp, lo, hi)
+    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+
+
+def _check_not_fused(ctx, node: Node) -> None:
+    """A producer fused into this activation must have lowered it (module docstring)."""
+    src = node.inputs[0]
+    for qn in ctx.q.nodes:
+        if src in qn.outputs and qn.attrs.get("fused_into") == node.name:
+            raise ctx.error(node, f"its producer {qn.name!r} ({qn.op}) is fused into it, but that op's integer "
+                                  "lowering did not apply the activation (no attrs['fused_activation'])")
+
+
+def lower_activation(ctx, node: Node) -> None:
+    """relu, relu6, hardtanh, clamp (not fused into their producer): rescale + integer clamp."""
+    _check_not_fused(ctx, node)
+    if node.attrs.get("target") == "aten.clamp.Tensor":
+        lower_rescale_call(ctx, node)
+        return
+    x = operand(ctx, node, arg(node, 0, "self"))
+    if not isinstance(x, Operand):
+        raise ctx.error(node, "no quantized tensor input")
+    qp = ctx.q.values[node.outputs[0]].qparams or x.qp  # relu without its own fake-quant: the input's grid
+    if qp.ch_axis is not None:
+        raise ctx.error(node, "an activation on a per-channel quantized tensor is not supported")
+    lo, hi = activation_bounds(ctx, node, qp)
+    attrs = plan_affine(ctx, node, [operand_term(ctx, node, x, 0, 1.0, qp)], qp, lo, hi)
+    emit(ctx, node, node.op, [x.name], [node.outputs[0]], attrs, qp)
+
+
+def lower_rescale_call(ctx, node: Node) -> None:
+    """cat, stack, where, maximum, minimum, clamp(Tensor): rescale the inputs, run the op."""
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    plans = []
+    for k, name in enumerate(node.inputs):
+        plan = None
+        if name is not None and not (ctx.value(name).dtype == "bool" and name not in ctx.q.constants):
+            o = operand(ctx, node, {"$in": k})
+            if not isinstance(o, Operand):
+                raise ctx.error(node, f"input {name!r} is neither quantized nor a mask")
+            plan = rescale_plan(ctx, node, o, 0, qp)
+        plans.append(plan)
+    attrs = {"kernel": "rescale_call", "target": node.attrs["target"], "args": node.attrs["args"],
+             "kwargs": node.attrs["kwargs"], "rescale": plans, "out_dtype": qp.dtype}
+    emit(ctx, node, node.op, node.inputs, [out], attrs, qp)
+
+
+_CMP = {"gt": torch.gt, "ge": torch.ge, "lt": torch.lt, "le": torch.le, "eq": torch.eq, "ne": torch.ne}
+
+
+def lower_compare(ctx, node: Node) -> None:
+    fn = node.attrs["target"].split(".")[1]
+    a, b = operand(ctx, node, arg(node, 0, "self")), operand(ctx, node, arg(node, 1, "other"))
+    if isinstance(a, Operand) and isinstance(b, Operand):
+        _lower_compare2(ctx, node, fn, a, b)
+        return
+    if not isinstance(a, Operand) or not isinstance(b, (int, float)):
+        raise ctx.error(node, "expected a quantized tensor compared with a number or another quantized tensor")
+    if a.qp.ch_axis is not None:
+        raise ctx.error(node, "comparing a per-channel quantized tensor is not supported")
+    dt = get_dtype(a.qp.dtype)
+    if dt.bits > 16:
+        raise ctx.error(node, f"comparisons of {dt.name} tensors are not supported")
+    codes = torch.arange(dt.qmin, dt.qmax + 1, dtype=torch.int64)
+    from ..qmath import dequantize
+
+    real = dequantize(codes, a.qp.scale[0], a.qp.zero_point[0])  # exactly the simulation's values
+    # the simulation's own comparison: a float32 tensor against the number (cast to float32)
+    truth = resolve(f"aten.{fn}.Scalar")(real, b)
+    invert = fn == "ne"
+    if invert:
+        truth = ~truth
+    idx = truth.nonzero().flatten()
+    if idx.numel() == 0:
+        lo, hi = dt.qmax + 1, dt.qmax
+    else:
+        lo, hi = int(codes[idx[0]]), int(codes[idx[-1]])
+        if idx.numel() != hi - lo + 1:
+            raise ctx.error(node, "the comparison is not an interval of codes (non-monotone dequantization)")
+    attrs = {"kernel": "interval", "lo": lo, "hi": hi, "invert": invert}
+    emit(ctx, node, node.op, [a.name], [node.outputs[0]], attrs, None, out_dtype="bool")
+
+
+def _mant_exp(s: float) -> tuple[int, int]:
+    """``s = m * 2^e`` exactly with an odd integer ``m`` (``s`` a float32 scale)."""
+    m, e = math.frexp(s)
+    m, e = int(m * (1 << 53)), e - 53
+    while m % 2 == 0:
+        m //= 2
+        e += 1
+    return m, e
+
+
+def _lower_compare2(ctx, node: Node, fn: str, a: Operand, b: Operand) -> None:
+    if a.qp.ch_axis is not None or b.qp.ch_axis is not None:
+        raise ctx.error(node, "comparing per-channel quantized tensors is not supported")
+    (ma, ea), (mb, eb) = _mant_exp(a.qp.scale[0]), _mant_exp(b.qp.scale[0])
+    e = min(ea, eb)
+    fa, fb = ma << (ea - e), mb << (eb - e)
+    if max(a.bound * fa, b.bound * fb) >= INT64_LIMIT:
+        raise ctx.error(node, "the two scales are too far apart for an exact int64 comparison")
+    attrs = {"kernel": "compare2", "fn": fn, "zp": [a.qp.zero_point[0], b.qp.zero_point[0]], "f": [fa, fb]}
+    emit(ctx, node, node.op, [a.name, b.name], [node.outputs[0]], attrs, None, out_dtype="bool")
+
+
+LOWER = {
+    "add": lower_add_sub, "sub": lower_add_sub, "mul": lower_mul, "div": lower_div, "neg": lower_neg,
+    "abs": lower_abs, "maximum": lower_rescale_call, "minimum": lower_rescale_call, "where": lower_rescale_call,
+    "clamp": lower_activation, "relu": lower_activation, "leaky_relu": lower_leaky_relu, "prelu": lower_prelu,
+    "compare": lower_compare,
+}
+
+
+# == integer kernels ==================================================================================
+def _vec(v, axis: int | None) -> torch.Tensor:
+    """An int (or a per-channel list along the negative ``axis``) as a broadcastable int64 tensor."""
+    t = torch.tensor(v, dtype=torch.int64)
+    if isinstance(v, list):
+        t = t.reshape([-1] + [1] * (-axis - 1))
+    return t
+
+
+def affine(args, a: dict) -> torch.Tensor:
+    """The ``affine`` kernel (module docstring)."""
+    axis = a["axis"]
+    acc = _vec(a["const"], axis)
+    for t in a["terms"]:
+        v = args[t["in"]].to(torch.int64) - _vec(t["zp"], axis)
+        m = _vec(t["m0"], axis)
+        if t.get("m0_neg") is not None:
+            m = torch.where(v >= 0, m, _vec(t["m0_neg"], axis))
+        acc = acc + v * m
+    y = rounding_shift_right(acc, _vec(a["shift"], axis)) + a["out_zp"]
+    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+
+
+def k_affine(g, node: Node, args):
+    return affine(args, node.attrs)
+
+
+def k_product(g, node: Node, args):
+    a = node.attrs
+    v = (args[0].to(torch.int64) - a["zp"][0]) * (args[1].to(torch.int64) - a["zp"][1])
+    y = multiply_by_quantized_multiplier(v, a["m0"], a["shift"]) + a["out_zp"]
+    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+
+
+def k_rescale_call(g, node: Node, args):
+    a = node.attrs
+    xs = [affine([x], p) if p is not None else x for x, p in zip(args, a["rescale"])]
+    return call_target(node, xs)
+
+
+def k_interval(g, node: Node, args):
+    a = node.attrs
+    q = args[0].to(torch.int64)
+    inside = (q >= a["lo"]) & (q <= a["hi"])
+    return ~inside if a["invert"] else inside
+
+
+def k_compare2(g, node: Node, args):
+    a = node.attrs
+    va = (args[0].to(torch.int64) - a["zp"][0]) * a["f"][0]
+    vb = (args[1].to(torch.int64) - a["zp"][1]) * a["f"][1]
+    return _CMP[a["fn"]](va, vb)
+
+
+KERNELS = {"affine": k_affine, "product": k_product, "rescale_call": k_rescale_call, "interval": k_interval,
+           "compare2": k_compare2}
+
+
+def run_kernel(g, node: Node, args):
+    """Run an int-level node of this family by its ``attrs["kernel"]``."""
+    k = KERNELS.get(node.attrs.get("kernel"))
+    if k is None:
+        raise RuntimeError(f"node {node.name!r} ({node.op}) names no integer kernel ({node.attrs.get('kernel')!r})")
+    return k(g, node, args)
+
+
+INT_KERNELS = {op: run_kernel for op in LOWER}

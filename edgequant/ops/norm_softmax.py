@@ -1,4 +1,27 @@
-"""Normalisations and softmax: reductions combined with tables in the integer model."""
+"""Normalisations and softmax: specs and the integer lowering of a standalone batch norm.
+
+Stage: ``convert`` (``LOWER``) and ``run`` at level "int" (``INT_KERNELS``). A batch norm that
+follows a conv/linear is folded into its weights by ``prepare``; one that remains (after a
+pooling, an add, an input) lowers to ``elementwise``'s ``affine`` kernel, per channel ``c``
+(axis 1)::
+
+    a[c] = weight[c] / sqrt(running_var[c] + eps),   b[c] = bias[c] - running_mean[c] * a[c]
+    y = clamp(rounding_shift_right((q - z_in) * m[c] + B[c], n[c]) + z_out)
+
+with ``m[c] = round(a[c] s_in / s_out * 2^n[c])`` (signed: a negative weight flips it) and the
+fixed-point bias ``B[c] = round(b[c] / s_out * 2^n[c])``, ``n[c]`` chosen as for every affine
+node (31-bit largest multiplier, lowered if int64 could overflow). Agreement with the
+simulation: <= 1 LSB (the fold is computed in float64 from the float32 parameters).
+
+``layer_norm``, ``softmax`` and ``log_softmax`` are lookup-table ops of the SegmentLUT issue:
+they have no lowering here, so ``convert`` raises its clear "no integer lowering yet" error.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ir import Node
+from .elementwise import Operand, arg, emit, is_input, k_affine, operand, operand_term, output_grid, plan_affine, scalar
 from .spec import OpSpec
 
 SPECS = [
@@ -8,3 +31,47 @@ SPECS = [
     OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default")),
     OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default")),
 ]
+
+
+def _param(ctx, node: Node, pos: int, name: str, n: int, default: float) -> list[float]:
+    a = arg(node, pos, name)
+    if a is None:
+        return [default] * n
+    t = ctx.q.constants.get(node.inputs[a["$in"]]) if is_input(a) else None
+    if t is None or t.numel() != n:
+        raise ctx.error(node, f"batch norm {name} must be a constant of {n} values")
+    return [float(v) for v in t.detach().double().flatten().tolist()]
+
+
+def lower_batch_norm(ctx, node: Node) -> None:
+    x = operand(ctx, node, arg(node, 0, "input"))
+    if not isinstance(x, Operand) or x.qp.ch_axis is not None:
+        raise ctx.error(node, "batch norm needs a per-tensor quantized input")
+    t = node.attrs["target"]
+    if t == "aten.batch_norm.default":
+        if arg(node, 5, "training", False):
+            raise ctx.error(node, "a batch norm in training mode has no integer form; call model.eval() first")
+        eps = float(scalar(arg(node, 7, "eps", 1e-5)))
+    else:
+        eps = float(scalar(arg(node, 6, "eps", 1e-5)))
+    shape = ctx.value(x.name).shape
+    if len(shape) < 2 or not isinstance(shape[1], int):
+        raise ctx.error(node, f"batch norm needs a static channel dim, got shape {shape}")
+    c = shape[1]
+    w, b = _param(ctx, node, 1, "weight", c, 1.0), _param(ctx, node, 2, "bias", c, 0.0)
+    mean, var = _param(ctx, node, 3, "running_mean", c, 0.0), _param(ctx, node, 4, "running_var", c, 1.0)
+    a = [wi / math.sqrt(vi + eps) for wi, vi in zip(w, var)]
+    beta = [bi - mi * ai for bi, mi, ai in zip(b, mean, a)]
+    out = node.outputs[0]
+    if node.attrs.get("fused_into"):
+        raise ctx.error(node, "a standalone batch norm cannot absorb an activation")
+    out_, qp, lo, hi, _ = output_grid(ctx, node)
+    axis = 1 - len(shape)
+    term = operand_term(ctx, node, x, 0, a, qp)
+    term.axis = axis
+    attrs = plan_affine(ctx, node, [term], qp, lo, hi, const=[v / qp.scale[0] for v in beta], axis=axis)
+    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+
+
+LOWER = {"batch_norm": lower_batch_norm}
+INT_KERNELS = {"batch_norm": k_affine}

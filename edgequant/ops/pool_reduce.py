@@ -1,4 +1,37 @@
-"""Pooling, resizing and reductions."""
+"""Pooling, resizing and reductions: specs, integer lowering, kernels.
+
+Stage: ``convert`` (``LOWER``) and ``run`` at level "int" (``INT_KERNELS``). Parameters are
+computed at convert time from the static spatial sizes (a symbolic spatial size is refused);
+kernels are integer only (int64), with qmath's half-to-even rounding.
+
+| op | integer form | LSB vs simulation |
+|---|---|---|
+| max_pool, adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
+| avg_pool, adaptive avg_pool | exact window sums of ``q - z`` (prefix sums, int64), then (A7) with a multiplier per output position ``s_in / (count * s_out)`` (count: torch's divisor, incl. ``count_include_pad``, ``divisor_override``, clipped windows) | <= 1 |
+| mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
+| bilinear (align_corners either way) | fixed-point weights, two roundings (below) | <= 1 |
+
+Multipliers have ``b = min(multiplier_bits, 63 - bitlength(A))`` bits (A5.6) for the sum bound
+``A = max|q - z| * (largest count)``; a node whose ``b`` would drop below the output's bit
+width + 2 is refused (``ConvertError``), as int64 could not hold a precise product.
+
+Bilinear interpolation: source positions and ``lambda`` follow torch's CPU kernel in float32
+(``src = (dst + 0.5) / scale - 0.5`` clamped at 0, or ``dst * (in - 1) / (out - 1)`` with
+``align_corners``); each ``lambda`` becomes ``w1 = round(lambda * 2^16)`` (half to even) and
+``w0 = 2^16 - w1``, so the weights of a pixel sum to exactly one. Rows then columns are
+combined exactly in int64 (``acc`` has 32 fractional bits); rounding 1 keeps ``G`` fractional
+bits (``rounding_shift_right(acc, 32 - G)``, ``G`` as large as int64 allows the following
+product, 16 for int16 inputs); rounding 2 is (A7) with ``s_in / s_out`` and shift ``n + G``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dtype import get_dtype
+from ..ir import Node
+from ..qmath import multiply_by_quantized_multiplier, quantize_multiplier, rounding_shift_right, saturate
+from .elementwise import Operand, arg, emit, fixed_point, operand, output_grid, scalar
+from .shape import lower_move
 from .spec import OpSpec
 
 SPECS = [
@@ -13,3 +46,220 @@ SPECS = [
     OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec"), rule="shared"),
     OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",)),
 ]
+
+WEIGHT_BITS = 16  # fractional bits of the bilinear weights
+
+
+def _input(ctx, node: Node) -> Operand:
+    x = operand(ctx, node, arg(node, 0, "self"))
+    if not isinstance(x, Operand):
+        raise ctx.error(node, "the input is not a quantized tensor")
+    if x.qp.ch_axis is not None and len(x.qp.scale) > 1:
+        raise ctx.error(node, "a per-channel quantized input (an accumulator) is not supported; requantize it first")
+    return x
+
+
+def _static(ctx, node: Node, shape, dims) -> list[int]:
+    sizes = [shape[d] for d in dims]
+    if not all(isinstance(s, int) for s in sizes):
+        raise ctx.error(node, f"dims {list(dims)} of shape {shape} must be static for integer pooling/reduction")
+    return sizes
+
+
+def _multiplier_bits(ctx, node: Node, bound: int, out_dtype: str) -> int:
+    bits = min(ctx.profile.multiplier_bits, 63 - bound.bit_length())
+    if bits < get_dtype(out_dtype).bits + 2:
+        raise ctx.error(node, f"its integer sum could reach 2^{bound.bit_length()}, leaving a {bits}-bit multiplier "
+                              f"for a {out_dtype} output (int64 would overflow with more)")
+    return bits
+
+
+def _mult(ctx, node: Node, real: float, bits: int) -> tuple[int, int]:
+    m0, n = quantize_multiplier(real, bits)
+    if n < 0:
+        raise ctx.error(node, "the multiplier exceeds 2^bits; the output scale is too small for the input")
+    return m0, n
+
+
+# == avg_pool ==========================================================================================
+def _list(v, k: int) -> list[int]:
+    v = v if isinstance(v, list) else [v]
+    return [int(e) for e in (v * k if len(v) == 1 else v)]
+
+
+def _windows(ctx, node: Node, in_sizes, out_sizes):
+    """Per spatial dim: ``(starts, ends, pool_sizes)`` of every output position (torch's rule)."""
+    t = node.attrs["target"]
+    k = len(in_sizes)
+    if "adaptive" in t:
+        res = []
+        for n_in, n_out in zip(in_sizes, out_sizes):
+            starts = [(o * n_in) // n_out for o in range(n_out)]
+            ends = [-((-(o + 1) * n_in) // n_out) for o in range(n_out)]
+            res.append((starts, ends, [e - s for s, e in zip(starts, ends)]))
+        return res
+    ks = _list(arg(node, 1, "kernel_size"), k)
+    stride = arg(node, 2, "stride", [])
+    ss = _list(stride, k) if stride not in ([], None) else ks
+    ps = _list(arg(node, 3, "padding", 0), k)
+    res = []
+    for n_in, n_out, kk, s, p in zip(in_sizes, out_sizes, ks, ss, ps):
+        starts, ends, pools = [], [], []
+        for o in range(n_out):
+            st = o * s - p
+            en = min(st + kk, n_in + p)
+            pools.append(en - st)
+            starts.append(max(st, 0))
+            ends.append(min(en, n_in))
+        res.append((starts, ends, pools))
+    return res
+
+
+def lower_avg_pool(ctx, node: Node) -> None:
+    x = _input(ctx, node)
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    k = 1 if "1d" in node.attrs["target"] else 2
+    in_shape, out_shape = ctx.value(x.name).shape, ctx.q.values[out].shape
+    dims = list(range(len(in_shape) - k, len(in_shape)))
+    in_sizes, out_sizes = _static(ctx, node, in_shape, dims), _static(ctx, node, out_shape, dims)
+    wins = _windows(ctx, node, in_sizes, out_sizes)
+    include_pad = bool(arg(node, 5, "count_include_pad", True)) if "adaptive" not in node.attrs["target"] else False
+    override = arg(node, 6, "divisor_override") if k == 2 and "adaptive" not in node.attrs["target"] else None
+    grids = torch.meshgrid(*[torch.arange(n) for n in out_sizes], indexing="ij")
+    valid = torch.ones(out_sizes, dtype=torch.int64)
+    pooled = torch.ones(out_sizes, dtype=torch.int64)
+    for g, (st, en, pool) in zip(grids, wins):
+        valid = valid * (torch.tensor(en) - torch.tensor(st)).clamp(min=0)[g]
+        pooled = pooled * torch.tensor(pool)[g]
+    divisor = torch.full(out_sizes, int(override)) if override else (pooled if include_pad else valid)
+    bits = _multiplier_bits(ctx, node, x.bound * max(1, int(valid.max())), qp.dtype)
+    table = {}
+    for d in sorted(set(divisor.flatten().tolist())):
+        table[d] = _mult(ctx, node, x.qp.scale[0] / (d * qp.scale[0]), bits) if d > 0 else (0, 0)
+    m0 = torch.tensor([table[d][0] for d in divisor.flatten().tolist()], dtype=torch.int64).reshape(out_sizes)
+    sh = torch.tensor([table[d][1] for d in divisor.flatten().tolist()], dtype=torch.int64).reshape(out_sizes)
+    m0 = torch.where(valid > 0, m0, torch.zeros_like(m0))  # an empty window averages to 0
+    m_name = ctx.add_const(f"{out}.m0", m0)
+    s_name = ctx.add_const(f"{out}.shift", sh)
+    attrs = {"kernel": "window_sum", "starts": [w[0] for w in wins], "ends": [w[1] for w in wins],
+             "zp": x.qp.zero_point[0], "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
+    emit(ctx, node, node.op, [x.name, m_name, s_name], [out], attrs, qp)
+
+
+def k_window_sum(g, node: Node, args):
+    a = node.attrs
+    v = args[0].to(torch.int64) - a["zp"]
+    k = len(a["starts"])
+    for i, (st, en) in enumerate(zip(a["starts"], a["ends"])):
+        d = v.dim() - k + i
+        c = v.cumsum(d)
+        c = torch.cat([torch.zeros_like(c.narrow(d, 0, 1)), c], d)  # c[j] = sum of v[:j]
+        v = c.index_select(d, torch.tensor(en)) - c.index_select(d, torch.tensor(st))
+    y = multiply_by_quantized_multiplier(v, args[1], args[2]) + a["out_zp"]
+    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+
+
+# == mean / sum =========================================================================================
+def lower_reduce(ctx, node: Node) -> None:
+    x = _input(ctx, node)
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    shape = ctx.value(x.name).shape
+    nd = len(shape)
+    t = node.attrs["target"]
+    dims = None if t.endswith(".default") else arg(node, 1, "dim")
+    dims = list(range(nd)) if dims in (None, []) else sorted({int(d) % nd for d in (dims if isinstance(dims, list) else [dims])})
+    keepdim = False if t.endswith(".default") else bool(arg(node, 2, "keepdim", False))
+    count = 1
+    for s in _static(ctx, node, shape, dims):
+        count *= s
+    bits = _multiplier_bits(ctx, node, x.bound * max(count, 1), qp.dtype)
+    divisor = count if node.op == "mean" else 1
+    m0, n = _mult(ctx, node, x.qp.scale[0] / (divisor * qp.scale[0]), bits)
+    attrs = {"kernel": "reduce_sum", "dims": dims, "keepdim": keepdim, "zp": x.qp.zero_point[0], "m0": m0,
+             "shift": n, "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
+    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+
+
+def k_reduce_sum(g, node: Node, args):
+    a = node.attrs
+    v = (args[0].to(torch.int64) - a["zp"]).sum(dim=a["dims"], keepdim=a["keepdim"])
+    y = multiply_by_quantized_multiplier(v, a["m0"], a["shift"]) + a["out_zp"]
+    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+
+
+# == bilinear =============================================================================================
+def _linear_taps(n_in: int, n_out: int, align: bool, scale):
+    """torch's CPU ``compute_source_index_and_lambda`` in float32: ``(i0, i1, lambda1)``."""
+    f32 = torch.float32
+    if n_in == n_out:
+        idx = torch.arange(n_out)
+        return idx, idx, torch.zeros(n_out, dtype=f32)
+    if align:
+        ratio = (torch.tensor(n_in - 1, dtype=f32) / (n_out - 1)) if n_out > 1 else torch.tensor(0.0, dtype=f32)
+    elif scale is not None and scale > 0:
+        ratio = torch.tensor(1.0 / scale, dtype=f32)
+    else:
+        ratio = torch.tensor(n_in, dtype=f32) / n_out
+    dst = torch.arange(n_out, dtype=f32)
+    src = ratio * dst if align else (ratio * (dst + 0.5) - 0.5).clamp(min=0)
+    i0 = torch.floor(src).to(torch.int64).clamp(max=n_in - 1)
+    lam = (src - i0.to(f32)).clamp(0, 1)
+    i1 = i0 + (i0 < n_in - 1).to(torch.int64)
+    return i0, i1, lam
+
+
+def lower_bilinear(ctx, node: Node) -> None:
+    x = _input(ctx, node)
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    in_shape, out_shape = ctx.value(x.name).shape, ctx.q.values[out].shape
+    dims = [len(in_shape) - 2, len(in_shape) - 1]
+    in_sizes, out_sizes = _static(ctx, node, in_shape, dims), _static(ctx, node, out_shape, dims)
+    align = bool(arg(node, 2, "align_corners", False))
+    scales = arg(node, 3, "scale_factors")
+    taps = []
+    one = 1 << WEIGHT_BITS
+    for d in range(2):
+        s = scalar(scales[d]) if isinstance(scales, list) else None
+        i0, i1, lam = _linear_taps(in_sizes[d], out_sizes[d], align, s)
+        w1 = [fixed_point(float(v), WEIGHT_BITS) for v in lam.tolist()]
+        taps.append({"i0": i0.tolist(), "i1": i1.tolist(), "w0": [one - w for w in w1], "w1": w1})
+    bits = ctx.profile.multiplier_bits
+    frac = min(2 * WEIGHT_BITS, 63 - bits - x.bound.bit_length())
+    if frac < 0:
+        raise ctx.error(node, "the input range is too wide for an int64 bilinear sum")
+    m0, n = _mult(ctx, node, x.qp.scale[0] / qp.scale[0], bits)
+    attrs = {"kernel": "bilinear", "taps": taps, "drop": 2 * WEIGHT_BITS - frac, "zp": x.qp.zero_point[0],
+             "m0": m0, "shift": n + frac, "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
+    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+
+
+def k_bilinear(g, node: Node, args):
+    a = node.attrs
+    v = args[0].to(torch.int64) - a["zp"]
+    for d, tp in zip((-2, -1), a["taps"]):
+        shape = [-1] + [1] * (-d - 1)
+        w0, w1 = torch.tensor(tp["w0"]).reshape(shape), torch.tensor(tp["w1"]).reshape(shape)
+        v = v.index_select(d, torch.tensor(tp["i0"])) * w0 + v.index_select(d, torch.tensor(tp["i1"])) * w1
+    r = rounding_shift_right(v, a["drop"])                          # rounding 1: keep G fractional bits
+    y = multiply_by_quantized_multiplier(r, a["m0"], a["shift"]) + a["out_zp"]   # rounding 2: (A7)
+    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+
+
+# == ops that only move codes ===============================================================================
+def k_carrier(g, node: Node, args):
+    """Run the recorded torch op on the codes through a float64 carrier (exact: it only moves
+    or compares values, and float64 holds every code of 32 bits or fewer)."""
+    from ..run import call_target
+
+    x = args[0]
+    out = call_target(node, [x.to(torch.float64)] + list(args[1:]))
+    if isinstance(out, (tuple, list)):
+        return type(out)([out[0].to(x.dtype), *out[1:]])
+    return out.to(x.dtype)
+
+
+LOWER = {"max_pool": lower_move, "max": lower_move, "interpolate_nearest": lower_move, "avg_pool": lower_avg_pool,
+         "mean": lower_reduce, "sum": lower_reduce, "interpolate_bilinear": lower_bilinear}
+
+INT_KERNELS = {"max_pool": k_carrier, "interpolate_nearest": k_carrier, "avg_pool": k_window_sum,
+               "mean": k_reduce_sum, "sum": k_reduce_sum, "interpolate_bilinear": k_bilinear}

@@ -1,4 +1,26 @@
-"""Ops that move values without changing them: their output shares the input's grid."""
+"""Ops that move values without changing them: their output shares the input's grid.
+
+Stage: ``convert`` (``LOWER``) and ``run`` at level "int" (``INT_KERNELS``). Reshape-like ops,
+slicing, splitting, flipping and expanding run their recorded torch op on the integer codes
+(the driver's shared-grid fallback): bit exact, 0 LSB. What this family adds:
+
+- ``pad`` (constant mode): the pad value is quantized onto the input's grid by (A1)
+  (0.0 -> the zero point, so zero padding stays exact); a value off the grid differs from
+  the simulation, which keeps it unquantized, by at most 1/2 LSB.
+- ``masked_fill``: the fill value is quantized the same way; -inf -> qmin, +inf -> qmax (the
+  simulation keeps the infinity; every finite on-grid value is bit exact).
+- ``cat`` / ``stack``: their output has its own grid; every input not already on it is
+  rescaled by ``elementwise``'s ``affine`` kernel (one rounding, <= 1 LSB), then the torch
+  op concatenates the integers.
+- a per-channel quantized tensor (an accumulator) cannot pass through a reshape-like op: its
+  channel axis would move; such a graph is refused with an error naming the node.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ir import Node
+from .elementwise import arg, is_input, k_rescale_call, lower_rescale_call, quantize_value, scalar
 from .spec import OpSpec
 
 _S = dict(rule="shared")
@@ -23,3 +45,64 @@ SPECS = [
     OpSpec("cat", ("aten.cat.default",)),
     OpSpec("stack", ("aten.stack.default",)),
 ]
+
+
+def _per_tensor_input(ctx, node: Node):
+    src = node.inputs[0] if node.inputs else None
+    qp = ctx.qparams(src) if src is not None else None
+    if qp is not None and qp.ch_axis is not None and len(qp.scale) > 1:
+        raise ctx.error(node, f"input {src!r} is quantized per channel (an accumulator); moving it would move "
+                              "its channel axis. Requantize it first (give the producer an output fake-quant)")
+    return qp
+
+
+def lower_move(ctx, node: Node) -> None:
+    """Reshape-like ops: the driver's shared-grid lowering, for per-tensor inputs."""
+    from ..convert import lower_shared
+
+    _per_tensor_input(ctx, node)
+    lower_shared(ctx, node)
+
+
+def _with_arg(node: Node, pos: int, name: str, value) -> Node:
+    """A copy of ``node`` whose call has ``value`` as argument ``pos`` / keyword ``name``."""
+    args, kwargs = list(node.attrs.get("args", [])), dict(node.attrs.get("kwargs", {}))
+    if len(args) > pos:
+        args[pos] = value
+    else:
+        kwargs[name] = value
+    return Node(node.name, node.op, node.inputs, node.outputs, {**node.attrs, "args": args, "kwargs": kwargs},
+                node.source)
+
+
+def _fill_code(ctx, node: Node, value, qp) -> int:
+    v = scalar(value)
+    if is_input(v) or not isinstance(v, (int, float)) or isinstance(v, float) and math.isnan(v):
+        raise ctx.error(node, f"the fill value {v!r} must be a number (not NaN)")
+    return quantize_value(float(v), qp)  # (A1) saturates: -inf -> qmin, +inf -> qmax
+
+
+def lower_pad(ctx, node: Node) -> None:
+    qp = _per_tensor_input(ctx, node)
+    if qp is None:
+        raise ctx.error(node, "the padded tensor is not quantized")
+    if node.attrs["target"] == "aten.constant_pad_nd.default":
+        node = _with_arg(node, 2, "value", _fill_code(ctx, node, arg(node, 2, "value", 0.0), qp))
+    elif (arg(node, 2, "mode", "constant") or "constant") == "constant":
+        v = arg(node, 3, "value", None)
+        node = _with_arg(node, 3, "value", _fill_code(ctx, node, 0.0 if v is None else v, qp))
+    lower_move(ctx, node)
+
+
+def lower_masked_fill(ctx, node: Node) -> None:
+    qp = _per_tensor_input(ctx, node)
+    if qp is None:
+        raise ctx.error(node, "the filled tensor is not quantized")
+    lower_move(ctx, _with_arg(node, 2, "value", _fill_code(ctx, node, arg(node, 2, "value"), qp)))
+
+
+LOWER = {s.name: lower_move for s in SPECS if s.rule == "shared"}
+LOWER.update({"pad": lower_pad, "masked_fill": lower_masked_fill, "cat": lower_rescale_call,
+              "stack": lower_rescale_call})
+
+INT_KERNELS = {"cat": k_rescale_call, "stack": k_rescale_call}
