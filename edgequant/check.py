@@ -64,13 +64,13 @@ def check_graph(g: Graph) -> None:
     if g.level not in LEVELS:
         raise IRCheckError(f"unknown IR level {g.level!r}; expected one of {LEVELS}")
     _check_records(g)
+    for node in g.nodes:
+        _check_node(node)
     _check_definitions(g)
     for v in g.values.values():
         _check_value(g.level, v)
     for name, t in g.constants.items():
         _check_constant(name, t, g.values[name])
-    for node in g.nodes:
-        _check_attrs(node)
     if g.level == "int":
         _check_int(g)
 
@@ -96,8 +96,6 @@ def _check_definitions(g: Graph) -> None:
         if name not in g.values:
             raise IRCheckError(f"value {name!r} has no record in graph.values")
     for node in g.nodes:
-        if not isinstance(node, Node):
-            raise IRCheckError(f"graph.nodes holds a {type(node).__name__}, not a Node")
         for i in node.inputs:
             if i is not None and i not in defined:
                 where = "a later node writes it (nodes out of topological order)" \
@@ -195,7 +193,9 @@ def _check_constant(name: str, t, v: Value) -> None:
 
 
 # -- G9 ------------------------------------------------------------------------------------------------
-def _check_attrs(node: Node) -> None:
+def _check_node(node: Node) -> None:
+    if not isinstance(node, Node):
+        raise IRCheckError(f"graph.nodes holds a {type(node).__name__}, not a Node")
     if not isinstance(node.name, str) or not isinstance(node.op, str) or not isinstance(node.source, str):
         raise IRCheckError(f"node {node.name!r}: name, op and source must be str")
     if not isinstance(node.inputs, tuple) or not all(i is None or isinstance(i, str) for i in node.inputs):

@@ -4,6 +4,7 @@ References: the graph that was saved (its outputs and every intermediate, compar
 torch.equal) and the file layout of docs/ir.md section 5 (the corruption cases edit it by hand).
 """
 import ast
+import functools
 import hashlib
 import json
 import struct
@@ -63,11 +64,17 @@ def moves_graphs(setter=T8):
     return ir, eq.convert(ir, "nash-m"), x
 
 
-@pytest.fixture(scope="module")
-def cnn():
+@functools.lru_cache(maxsize=1)
+def cnn_graphs():
+    """(calibrated model, quant-level IR, test images), built once per process for both test files."""
     model, (xtr, _, xte, _) = trained_cnn()
     cm = calibrated(model, xtr[:2], xtr[:128].split(64))
     return cm, eq.export(cm, xtr[:2]), xte[:50]
+
+
+@pytest.fixture
+def cnn():
+    return cnn_graphs()
 
 
 def same_outputs(a, b) -> bool:
@@ -128,8 +135,10 @@ def test_seed002_round_trip_keeps_output_tuple(both, tmp_path):
     assert same_outputs(h(x), calib_out)
 
 
-def test_every_op_round_trips(tmp_path):
+def test_every_op_round_trips_and_draws(tmp_path):
+    """Every op of the coverage table: its quant-level graph round-trips and visualizes."""
     from test_op_coverage import CASES, _inputs
+    from edgequant.visualize import to_onnx
 
     for name in sorted(CASES):
         _, model, factory = CASES[name]
@@ -141,7 +150,9 @@ def test_every_op_round_trips(tmp_path):
             cm(*x)
             cm(*_inputs(factory))
         eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
-        assert_round_trip(eq.export(cm, x), x, tmp_path / f"{name}.eqm")
+        ir = eq.export(cm, x)
+        assert_round_trip(ir, x, tmp_path / f"{name}.eqm")
+        assert len(to_onnx(ir).graph.node) == len(ir.nodes)     # to_onnx runs the full ONNX check
 
 
 def test_save_refuses_a_graph_that_runs_python_code(tmp_path):
