@@ -249,6 +249,10 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
                 if i is not None and i in ir.constants and i not in ctx.constants:
                     ctx.add_const(i, ir.constants[i])
             lower_plain(ctx, node)
+        elif "lut" in node.attrs:  # table ops, tensor / tensor division included (edgequant.lut)
+            from .lut.ir_ops import lower_lut
+
+            lower_lut(ctx, node)
         elif node.op in lower_table:
             lower_table[node.op](ctx, node)
         elif OPS.get(node.op) is not None and OPS[node.op].rule == "shared":

@@ -145,6 +145,8 @@ class _Exporter:
             self._fake_quant(node, mod)
         elif isinstance(mod, BiasCorrection):
             self._bias_correction(node, mod)
+        elif hasattr(mod, "export_ir"):  # table ops (edgequant.lut) write their tables as constants
+            self.env[node] = mod.export_ir(self, node)
         elif node.meta.get("eq_leaf") is None:  # torch.export's shape guards
             self.env[node] = None
         elif node.meta.get("eq_spec") is not None:  # SegmentLUT

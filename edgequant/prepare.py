@@ -33,6 +33,7 @@ from torch import fx, nn
 from .capture import CaptureError, capture, is_float_value, unsupported_ops
 from .fake_quant import FakeQuantize, FakeQuantState
 from .fuse import fold_batch_norms, mark_fusions
+from .lut.sim import attach_tables
 from .march import get_march, March
 from .nn.stubs import QuantStub, dequant_point, quant_point
 from .qconfig import FakeQuantSpec, QConfig
@@ -68,6 +69,7 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     sites = op_sites(gm)
     qconfigs = apply_setters(qconfig_setter, sites)
     insert_fake_quant(gm, qconfigs, bias_correction=bias_correction)
+    attach_tables(gm, march.value)           # table ops simulate their integer tables
     gm.meta["edgequant"] = {"march": march.value, "sites": [s.name for s in sites],
                             "input_meta": _input_meta(example_inputs)}
     gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)

@@ -84,6 +84,10 @@ def _run_quant_node(g: Graph, node: Node, args: list, callables: dict, fake_quan
         return _fq(args[0], g, node.outputs[0]) if fake_quant else args[0]
     if node.op == "dequantize":
         return args[0]
+    if "lut" in node.attrs:  # table ops run their integer kernel (edgequant.lut.ir_ops)
+        from .lut.ir_ops import run_quant
+
+        return run_quant(g, node, args, fake_quant, callables)
     if node.op in ("segment_lut", "float_call"):
         fn = callables.get(node.attrs.get("callable_ref"))
         if fn is None:

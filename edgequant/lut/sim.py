@@ -1,0 +1,335 @@
+"""Table ops in a prepared model: the simulation runs the integer tables (prepare's hook).
+
+Takes the GraphModule that ``insert_fake_quant`` produced; ``attach_tables`` replaces every
+quantized table op (SegmentLUT, sigmoid, tanh, exp, log, sqrt, rsqrt, reciprocal, gelu, silu,
+hardswish, hardsigmoid, erf, pow by a scalar, softmax, layer_norm, and division of two
+quantized tensors) by a ``call_module`` to a ``LutOp`` that knows the FakeQuantize of its
+quantized inputs and of its output. What a ``LutOp`` computes, by ``FakeQuantState``:
+
+- FLOAT, CALIBRATION: the exact float function (the observers see exact values);
+- VALIDATION: the integer kernel on the quantized input codes, dequantized: bit for bit what
+  the integer model computes;
+- QAT: the same forward value, with the gradient of the exact function (straight through).
+
+A table is built from the current qparams and the calibrated input range (the input
+observer's range) the first time it is needed and rebuilt only when they change. ``export``
+calls ``export_ir`` to write the tables into the IR.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx, nn
+
+from ..fake_quant import FakeQuantize, FakeQuantState
+from ..march import get_profile
+from ..nn.segment_lut import SegmentLUT
+from ..qmath import dequantize, quantize
+from . import composite
+from .kernel import lut_apply
+from .table import LutTable, build_table
+
+CONTAINER = "eq_lut"
+
+# automatic table ops: name -> symmetric mode of the table
+ELEMENTWISE = {
+    "sigmoid": "ASYM", "tanh": "CSYM", "exp": "ASYM", "log": "ASYM", "sqrt": "ASYM", "rsqrt": "ASYM",
+    "reciprocal": "ASYM", "gelu": "ASYM", "silu": "ASYM", "hardswish": "ASYM", "hardsigmoid": "ASYM",
+    "erf": "CSYM", "pow": "ASYM",
+}
+
+
+def _qp(fq: FakeQuantize) -> tuple[str, float, int]:
+    scale, zp = fq.qparams()
+    if scale.numel() != 1:
+        raise ValueError(f"{fq.name}: a table input or output must be quantized per tensor")
+    return fq.dtype.name, float(scale.reshape(())), int(zp.reshape(()))
+
+
+def _observed_range(fq: FakeQuantize) -> tuple[float, float] | None:
+    obs = fq.observer
+    has = getattr(obs, "has_data", None)
+    if not callable(has) or not has():
+        return None
+    try:
+        lo, hi = obs.clip_range()
+    except (RuntimeError, NotImplementedError):
+        return None
+    lo, hi = float(lo.min()), float(hi.max())
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and hi > lo else None
+
+
+class LutOp(nn.Module):
+    """Base of the table-op modules (see the module docstring)."""
+
+    kind = "table"
+
+    def __init__(self, op: str, target, in_fqs: list[FakeQuantize], out_fq: FakeQuantize, march: str):
+        super().__init__()
+        self.op = op
+        self.target = target
+        self.march = march
+        self._fqs = (tuple(in_fqs), out_fq)   # a tuple: not registered twice as submodules
+        self._cache = (None, None)
+
+    @property
+    def in_fqs(self) -> tuple[FakeQuantize, ...]:
+        return self._fqs[0]
+
+    @property
+    def out_fq(self) -> FakeQuantize:
+        return self._fqs[1]
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, state={self.out_fq.state.value}"
+
+    def _profile(self):
+        p = get_profile(self.march)
+        return dict(segments=p.lut_segments, intervals=p.lut_segment_entries)
+
+    # -- the two computations ---------------------------------------------------------------------
+    def float_forward(self, *args, **kwargs):
+        return self.target(*args, **kwargs)
+
+    def quant_inputs(self, args) -> list[torch.Tensor]:
+        return [args[i] for i in range(len(self.in_fqs))]
+
+    def forward(self, *args, **kwargs):
+        state = self.out_fq.state
+        xs = self.quant_inputs(args)
+        if state in (FakeQuantState.FLOAT, FakeQuantState.CALIBRATION) \
+                or not all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in xs):
+            return self.float_forward(*args, **kwargs)
+        params = self.int_params(args)
+        qs = [quantize(x, *self._scale_zero(fq), fq.dtype) for x, fq in zip(xs, self.in_fqs)]
+        yq = run_kernel(self.kind, qs, params)
+        _, s_out, z_out = _qp(self.out_fq)
+        y = dequantize(yq, s_out, z_out)
+        if state == FakeQuantState.QAT and torch.is_grad_enabled():
+            exact = self.float_forward(*args, **kwargs)
+            y = exact + (y - exact).detach()
+        return y
+
+    @staticmethod
+    def _scale_zero(fq):
+        _, s, z = _qp(fq)
+        return s, z
+
+    def _key(self, extra=()):
+        ranges = tuple(_observed_range(fq) for fq in self.in_fqs)
+        return tuple(_qp(fq) for fq in (*self.in_fqs, self.out_fq)) + ranges + tuple(extra)
+
+    def int_params(self, args=None) -> dict:
+        """``{"params": json, "tables": [LutTable], "consts": {name: int tensor}}`` (cached)."""
+        key = self._key(self._extra_key(args))
+        if self._cache[0] != key:
+            self._cache = (key, self.build(args))
+        return self._cache[1]
+
+    def _extra_key(self, args):
+        return ()
+
+    def build(self, args) -> dict:
+        raise NotImplementedError
+
+    def export_ir(self, exporter, node: fx.Node):
+        """Write this op into the IR (``export`` calls it): see ``lut.ir_ops``."""
+        from .ir_ops import export_lut_op
+
+        return export_lut_op(exporter, node, self)
+
+
+class TableOp(LutOp):
+    """An elementwise function as one table (SegmentLUT or an automatic op)."""
+
+    def __init__(self, op, target, in_fq, out_fq, march, args=(), kwargs=None, segment_lut: SegmentLUT | None = None):
+        super().__init__(op, target, [in_fq], out_fq, march)
+        self.rest = tuple(args[1:])
+        self.kw = dict(kwargs or {})
+        self.segment_lut = segment_lut   # registered: it is part of the model
+
+    def float_forward(self, *args, **kwargs):
+        if self.segment_lut is not None:
+            return self.segment_lut.simulated_func(args[0])
+        return self.target(*args, **kwargs)
+
+    def function(self):
+        """The exact function of ``x`` alone."""
+        if self.segment_lut is not None:
+            return self.segment_lut.simulated_func
+        rest, kw, target = self.rest, self.kw, self.target
+        return lambda x: target(x, *rest, **kw)
+
+    def build(self, args) -> dict:
+        return {"params": {}, "tables": [self.table()], "consts": {}}
+
+    def table(self) -> LutTable:
+        dt_in, s_in, z_in = _qp(self.in_fqs[0])
+        dt_out, s_out, z_out = _qp(self.out_fq)
+        seg = self.segment_lut
+        rng = _observed_range(self.in_fqs[0])
+        opts = dict(self._profile())
+        if seg is not None:
+            opts.update(symmetric_mode=seg.symmetric_mode, strategy=seg.auto_divide_strategy,
+                        dividing_points=seg.dividing_points, gradients=seg.gradients,
+                        inverse_func=seg.inverse_func, user_func=True,
+                        input_range=seg.input_range or (None if seg.inverse_func is not None else rng))
+        else:
+            opts.update(symmetric_mode=ELEMENTWISE[self.op], strategy="curvature", input_range=rng)
+        return build_table(self.function(), dt_in, s_in, z_in, dt_out, s_out, z_out, **opts)
+
+
+class SoftmaxOp(LutOp):
+    kind = "softmax"
+
+    def __init__(self, op, target, in_fq, out_fq, march, dim: int):
+        super().__init__(op, target, [in_fq], out_fq, march)
+        self.dim = dim
+
+    def build(self, args) -> dict:
+        dt_in, s_in, z_in = _qp(self.in_fqs[0])
+        dt_out, s_out, z_out = _qp(self.out_fq)
+        params, tables = composite.softmax_params(dt_in, s_in, z_in, dt_out, s_out, z_out, self.dim,
+                                                  **self._profile())
+        return {"params": params, "tables": tables, "consts": {}}
+
+
+class LayerNormOp(LutOp):
+    kind = "layer_norm"
+
+    def __init__(self, op, target, in_fq, out_fq, march, normalized_shape, eps: float):
+        super().__init__(op, target, [in_fq], out_fq, march)
+        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.eps = float(eps)
+
+    @staticmethod
+    def _affine(args):
+        w = args[2] if len(args) > 2 else None
+        b = args[3] if len(args) > 3 else None
+        return w, b
+
+    def _extra_key(self, args):
+        w, b = self._affine(args) if args is not None else (None, None)
+        return tuple((id(t), t._version) if isinstance(t, torch.Tensor) else None for t in (w, b))
+
+    def build(self, args) -> dict:
+        dt_in, s_in, z_in = _qp(self.in_fqs[0])
+        dt_out, s_out, z_out = _qp(self.out_fq)
+        w, b = self._affine(args)
+        n = math.prod(self.normalized_shape)
+        params, tables, consts = composite.layer_norm_params(dt_in, s_in, z_in, dt_out, s_out, z_out, n, self.eps,
+                                                             w, b, **self._profile())
+        return {"params": params, "tables": tables, "consts": consts}
+
+
+class DivOp(LutOp):
+    kind = "div"
+
+    def build(self, args) -> dict:
+        _, s_a, z_a = _qp(self.in_fqs[0])
+        _, s_b, z_b = _qp(self.in_fqs[1])
+        dt_out, s_out, z_out = _qp(self.out_fq)
+        params, tables = composite.div_params(s_a, z_a, s_b, z_b, dt_out, s_out, z_out, **self._profile())
+        return {"params": params, "tables": tables, "consts": {}}
+
+
+def run_kernel(kind: str, qs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    """The integer kernel of a table op: input codes -> output codes."""
+    if kind == "table":
+        return lut_apply(qs[0], p["tables"][0])
+    if kind == "softmax":
+        return composite.softmax_int(qs[0], p["params"], p["tables"])
+    if kind == "layer_norm":
+        return composite.layer_norm_int(qs[0], p["params"], p["tables"], p["consts"])
+    if kind == "div":
+        return composite.div_int(qs[0], qs[1], p["params"], p["tables"])
+    raise ValueError(f"unknown table op kind {kind!r}")
+
+
+# -- prepare's hook --------------------------------------------------------------------------------
+def _fq_module(gm: fx.GraphModule, node) -> FakeQuantize | None:
+    if isinstance(node, fx.Node) and node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, FakeQuantize) and not mod.is_weight:
+            return mod
+    return None
+
+
+def _input_fq(gm: fx.GraphModule, node) -> FakeQuantize | None:
+    """The FakeQuantize whose grid ``node``'s value lies on (through shared-grid ops)."""
+    while isinstance(node, fx.Node):
+        fq = _fq_module(gm, node)
+        if fq is not None:
+            return fq
+        spec = node.meta.get("eq_spec")
+        if node.op != "call_function" or spec is None or spec.rule != "shared" or not node.args:
+            return None
+        node = node.args[0]
+    return None
+
+
+def _output_fq(gm: fx.GraphModule, node: fx.Node) -> FakeQuantize | None:
+    users = list(node.users)
+    return _fq_module(gm, users[0]) if len(users) == 1 else None
+
+
+def _make(gm: fx.GraphModule, node: fx.Node, march: str) -> LutOp | None:
+    spec = node.meta.get("eq_spec")
+    if spec is None or node.meta.get("eq_domain") != "quant" or not node.args:
+        return None
+    out_fq = _output_fq(gm, node)
+    in_fq = _input_fq(gm, node.args[0])
+    if out_fq is None or in_fq is None or out_fq.ch_axis is not None or in_fq.ch_axis is not None:
+        return None
+    name = spec.name
+    if name == "segment_lut":
+        leaf = node.meta.get("eq_leaf")
+        return TableOp(name, None, in_fq, out_fq, march, node.args, segment_lut=leaf) \
+            if isinstance(leaf, SegmentLUT) and len(node.args) == 1 else None
+    if node.op != "call_function":
+        return None
+    if name in ELEMENTWISE:
+        if name == "pow" and not isinstance(node.args[1] if len(node.args) > 1 else None, (int, float)):
+            return None
+        return TableOp(name, node.target, in_fq, out_fq, march, node.args, node.kwargs)
+    if name == "softmax":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return SoftmaxOp(name, node.target, in_fq, out_fq, march, int(dim)) if isinstance(dim, int) else None
+    if name == "layer_norm":
+        eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+        return LayerNormOp(name, node.target, in_fq, out_fq, march, node.args[1], eps)
+    if name == "div" and node.target is torch.ops.aten.div.Tensor and len(node.args) == 2 and not node.kwargs:
+        b_fq = _input_fq(gm, node.args[1])
+        if b_fq is None or b_fq.ch_axis is not None:
+            return None
+        return DivOp(name, node.target, [in_fq, b_fq], out_fq, march)
+    return None
+
+
+def attach_tables(gm: fx.GraphModule, march: str) -> None:
+    """Replace the quantized table ops of ``gm`` by ``LutOp`` modules (module docstring)."""
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_function", "call_module"):
+            continue
+        mod = _make(gm, node, march)
+        if mod is None:
+            continue
+        if not hasattr(gm, CONTAINER):
+            gm.add_module(CONTAINER, nn.ModuleDict())
+        key = node.meta.get("eq_name", node.name).replace(".", "__")
+        getattr(gm, CONTAINER)[key] = mod
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(f"{CONTAINER}.{key}", node.args, node.kwargs)
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        if node.op == "call_module" and node.target != new.target:
+            gm.delete_submodule(node.target)   # the SegmentLUT now lives inside the LutOp
+    gm.graph.lint()
+    gm.recompile()
+
+
+def lut_modules(model: nn.Module) -> list[tuple[str, LutOp]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LutOp)]
+
