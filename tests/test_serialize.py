@@ -92,6 +92,7 @@ def assert_round_trip(g: Graph, inputs, path) -> Graph:
     assert list(h.constants) == list(g.constants)
     assert all(h.constants[k].dtype == t.dtype and torch.equal(h.constants[k], t) for k, t in g.constants.items())
     assert h.meta == {k: v for k, v in g.meta.items() if not k.startswith("_")}
+    assert dumps(h) == Path(path).read_bytes()            # saving the loaded graph gives the same bytes
     want, env_g = g(*inputs, return_intermediates=True)
     got, env_h = h(*inputs, return_intermediates=True)
     assert same_outputs(got, want)
