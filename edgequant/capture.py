@@ -271,8 +271,25 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     for attr in ("train", "eval"):  # torch.export forbids mode switches; our graphs honour them
         gm.__dict__.pop(attr, None)
     _rewrite_markers(gm, leaves, stub_paths, work)
+    _drop_noops(gm)
     _annotate(gm)
     return gm
+
+
+_NOOPS = {torch.ops.aten.dropout.default, torch.ops.aten.alias.default, torch.ops.aten.detach.default,
+          torch.ops.aten.detach_.default, torch.ops.aten.lift_fresh_copy.default}
+
+
+def _drop_noops(gm: fx.GraphModule) -> None:
+    """Remove eval-mode dropout and aliasing ops: they would split fusable op pairs apart."""
+    for node in list(gm.graph.nodes):
+        plain_clone = node.target is torch.ops.aten.clone.default and \
+            node.kwargs.get("memory_format") in (None, torch.preserve_format)  # eval dropout decomposes to this
+        if node.op == "call_function" and (node.target in _NOOPS or plain_clone) and isinstance(node.args[0], fx.Node):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
 
 
 def _rewrite_markers(gm: fx.GraphModule, leaves: list, stub_paths: dict, work: nn.Module) -> None:

@@ -90,7 +90,7 @@ class _Exporter:
         if isinstance(arg, torch.device):
             return {"$device": str(arg)}
         if isinstance(arg, torch.memory_format):
-            return None
+            return {"$memory_format": str(arg).replace("torch.", "")}
         if isinstance(arg, torch.layout):
             return None
         if isinstance(arg, float) and (arg != arg or arg in (float("inf"), float("-inf"))):

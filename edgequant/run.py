@@ -32,6 +32,8 @@ def decode(arg, tensors):
             return float(arg["$float"])
         if "$device" in arg:
             return torch.device(arg["$device"])
+        if "$memory_format" in arg:
+            return getattr(torch, arg["$memory_format"])
         return {k: decode(v, tensors) for k, v in arg.items()}
     if isinstance(arg, list):
         return [decode(a, tensors) for a in arg]
