@@ -157,11 +157,29 @@ def test_every_op_round_trips_and_draws(tmp_path):
 
 
 def test_save_refuses_a_graph_that_runs_python_code(tmp_path):
+    x = Value("x", ("s0", 3), "float32")
+    y = Value("y", ("s0", 3), "float32")
+    node = Node("pre", "float_call", ("x",), ("y",), {"module": "pre", "callable_ref": "pre", "float": True}, "m.py:9")
+    g = Graph("quant", ["x"], ["y"], {"x": x, "y": y}, [node], {}, {"_callables": {"pre": torch.nn.ReLU()}})
+    with pytest.raises(SerializeError, match=r"node 'pre' \(float_call\) from m.py:9 runs Python code \(pre\)"):
+        eq.save(g, tmp_path / "pre.eqm")
+    assert list(tmp_path.iterdir()) == []                  # nothing half-written
+
+
+def test_seed000_saves_its_tables_or_is_refused_by_name(tmp_path):
+    """DecInt's SegmentLUT: refused by name while it needs its Python function; once the node
+    carries its tables as constants (edgequant.lut), it round-trips at both levels."""
     _, _, cm = decint.run()
     ir = eq.export(cm)
-    with pytest.raises(SerializeError, match=r"node 'to_dec' \(segment_lut\).*Python code"):
+    x = torch.randint(0, 4096, (3, 1, 4, 4)).float()
+    try:
         eq.save(ir, tmp_path / "decint.eqm")
-    assert list(tmp_path.iterdir()) == []                  # nothing half-written
+    except SerializeError as exc:
+        assert "node 'to_dec' (segment_lut)" in str(exc) and "Python code" in str(exc)
+        assert list(tmp_path.iterdir()) == []
+        return
+    assert_round_trip(ir, (x,), tmp_path / "decint.eqm")
+    assert_round_trip(eq.convert(ir, "nash-m"), (x,), tmp_path / "decint_int.eqm")
 
 
 def test_save_takes_only_graphs(cnn, tmp_path):
