@@ -88,7 +88,8 @@ def save(g: Graph, path: str | os.PathLike) -> None:
     renamed, so an interrupted save never leaves a half-written file at ``path``.
 
     Raises ``SerializeError`` for a graph that a file cannot hold faithfully (a node that runs a
-    Python callable: ``segment_lut``/``float_call``; ``meta`` that is not JSON; an output
+    Python callable: ``float_call``, or ``segment_lut`` without tables; table ops, with
+    ``attrs["lut"]``, are saved with their tables; ``meta`` that is not JSON; an output
     structure that cannot be recorded), ``IRCheckError`` for a graph that breaks its level's
     rules, ``TypeError`` for anything that is not a ``Graph``.
     """
@@ -115,7 +116,8 @@ def _refuse_callables(g: Graph) -> None:
             raise SerializeError(
                 f"node {n.name!r} ({n.op}) from {n.source or '<unknown>'} runs Python code "
                 f"({n.attrs.get('callable_ref') or n.attrs.get('module') or 'a callable'}), which a file cannot hold "
-                "faithfully yet (SegmentLUT tables are stored by a later release); keep this graph in memory")
+                "faithfully (only table ops, with attrs['lut'], store their function, as table constants); "
+                "keep this graph in memory")
 
 
 def _saved_meta(g: Graph) -> dict:
