@@ -104,8 +104,7 @@ class _Exporter:
         val = fxnode.meta.get("val")
         name = fxnode.meta.get("eq_name") or fxnode.name
         target = fxnode.target
-        tstr = target if isinstance(target, str) else (f"{target.namespace}.{target._schema.name.split('::')[1]}."
-                                                       f"{target._overloadname}" if hasattr(target, "_schema") else str(target))
+        tstr = _target_name(target)
         if isinstance(val, (tuple, list)):
             outs = [self._add_value(f"{fxnode.name}.{i}", v) for i, v in enumerate(val)]
         else:
@@ -249,6 +248,15 @@ class _Exporter:
             for o in n.outputs:
                 if self.values[o].dtype == "float32":
                     self._set_qparams(o, qp)
+
+
+def _target_name(target) -> str:
+    """A stable name for a call target: ``aten.conv2d.default``, ``edgequant.nn.stubs.dequant_point``."""
+    if isinstance(target, str):
+        return target
+    if hasattr(target, "_schema"):
+        return f"{target.namespace}.{target._schema.name.split('::')[1]}.{target._overloadname}"
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__name__)}"
 
 
 def _fetch(gm, target: str) -> torch.Tensor:
