@@ -214,9 +214,13 @@ def _input_range(input_range, dividing_points, inverse_func, s_in, u_lo, u_hi, o
         y_lo, y_hi = s_out * (odt.qmin - z_out), s_out * (odt.qmax - z_out)
         with torch.no_grad():
             ends = inverse_func(torch.tensor([y_lo, y_hi], dtype=torch.float64))
-        ends = [float(v) for v in torch.as_tensor(ends, dtype=torch.float64).flatten()]
-        ends = [min(max(v, full[0]), full[1]) if math.isfinite(v) else (full[1] if v > 0 else full[0]) for v in ends]
-        lo, hi = min(ends), max(ends)
+        x_hi, x_lo = (float(v) for v in torch.as_tensor(ends, dtype=torch.float64).flatten())
+        # decreasing: the largest output comes from the lowest input; an output the function never
+        # reaches (inverse not finite) leaves that end of the input range open
+        lo = min(max(x_lo, full[0]), full[1]) if math.isfinite(x_lo) else full[0]
+        hi = min(max(x_hi, full[0]), full[1]) if math.isfinite(x_hi) else full[1]
+        if hi <= lo:
+            lo, hi = full
     else:
         lo, hi = full
     if dividing_points is not None:
