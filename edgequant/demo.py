@@ -1,19 +1,23 @@
-"""The demo ``make demo`` runs: a small model quantized as far as edgequant goes today.
+"""The demo ``make demo`` runs: a small model taken from float to an integer-only model.
 
 Takes nothing (scikit-learn's digits data set, bundled with scikit-learn); trains a small
 convolutional classifier in float for a few seconds, prepares it with the int8 and the
-int8-weight/int16-activation templates, calibrates each on 256 images, and prints a table of
-test accuracy and agreement with float, plus what prepare inserted.
+int8-weight/int16-activation templates, calibrates each on 256 images, exports and converts
+it to the integer model, saves it and writes an ONNX picture, and prints a table of test
+accuracy and agreement with float for the simulation and the integer model.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import FakeQuantState, DeQuantStub, QuantStub, prepare, set_fake_quantize
+from . import FakeQuantState, DeQuantStub, QuantStub, March, convert, export, load, prepare, save, set_fake_quantize, \
+    visualize
 from .qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter, default_calibration_qconfig_setter
 
 
@@ -66,25 +70,37 @@ def main() -> None:
         ref = model(xte).argmax(1)
     print(f"trained DigitsNet on scikit-learn digits ({len(xtr)} train / {len(xte)} test) in {time.time() - t0:.1f} s")
     rows = [("float", 100 * (ref == yte).float().mean().item(), 100.0)]
-    prepared = {}
-    for label, setter in (("int8 (default_calibration)", default_calibration_qconfig_setter),
-                          ("int8 w / int16 act", calibration_8bit_weight_16bit_act_qconfig_setter)):
+    out_dir = os.environ.get("EDGEQUANT_DEMO_DIR") or tempfile.mkdtemp(prefix="edgequant-demo-")
+    for label, tag, setter in (("int8", "int8", default_calibration_qconfig_setter),
+                               ("int8 w / int16 act", "int16", calibration_8bit_weight_16bit_act_qconfig_setter)):
         calib = prepare(model, xtr[:2], qconfig_setter=(setter,))
         set_fake_quantize(calib, FakeQuantState.CALIBRATION)
         with torch.no_grad():
             for xb in xtr[:256].split(64):
                 calib(xb)
         set_fake_quantize(calib, FakeQuantState.VALIDATION)
+        quantized = convert(export(calib, xtr[:2]), March.NASH_M)
+        path = os.path.join(out_dir, f"digits-{tag}.eqm")
+        save(quantized, path)
+        visualize(quantized, os.path.join(out_dir, f"digits-{tag}.onnx"))
+        reloaded = load(path)
         with torch.no_grad():
-            pred = calib(xte).argmax(1)
-        prepared[label] = calib
-        rows.append((label, 100 * (pred == yte).float().mean().item(), 100 * (pred == ref).float().mean().item()))
-    print(f"\n{'model':<28}{'accuracy %':>12}{'agrees with float %':>22}")
+            sim = calib(xte).argmax(1)
+            integer = reloaded(xte).argmax(1)
+        for stage, pred in (("simulation", sim), ("integer model", integer)):
+            rows.append((f"{label} {stage}", 100 * (pred == yte).float().mean().item(),
+                         100 * (pred == ref).float().mean().item()))
+        if tag == "int8":
+            summary = quantized.summary()
+    print(f"\n{'model':<34}{'accuracy %':>12}{'agrees with float %':>22}")
     for label, acc, agree in rows:
-        print(f"{label:<28}{acc:>12.2f}{agree:>22.2f}")
-    print("\nfake-quant modules inserted (int8 model):")
-    for name, fq in prepared["int8 (default_calibration)"].eq_fq.items():
-        print(f"  {name:<16} {fq.dtype}  scale={fq.scale.flatten()[0].item():.3g}{' (per channel)' if fq.ch_axis is not None else ''}")
+        print(f"{label:<34}{acc:>12.2f}{agree:>22.2f}")
+    print("\nint8 integer model (summary()):")
+    for row in summary:
+        scale = row["scale"]
+        scale = f"{scale:.3g}" if isinstance(scale, float) else ("per channel" if scale else "-")
+        print(f"  {row['name']:<12} {row['op']:<12} {str(row['dtype']):<8} scale={scale}")
+    print(f"\ninteger models (.eqm) and ONNX pictures written to {out_dir}")
     print(f"\ndone in {time.time() - t0:.1f} s")
 
 
