@@ -267,9 +267,9 @@ def _plan_output(ctx, node: Node, acc_scale: list[float], acc_scale64: list[floa
         raise ctx.error(node, "a per-channel quantized output is not supported")
     dt = get_dtype(out_qp.dtype)
     bits = min(prof.multiplier_bits, 63 - bound.bit_length())     # (A5.6)
-    if bits < dt.bits + 1:
+    if bits < dt.bits:   # A7.1's 1-LSB guarantee needs |a| * 2^-b <= 1/2 for every unsaturated |a| < 2^(bits-1)
         raise ctx.error(node, f"its accumulator bound {bound} leaves only {bits} multiplier bits for a "
-                              f"{dt.name} output (docs/arithmetic.md A5.6)")
+                              f"{dt.name} output (docs/arithmetic.md A5.6, A7.1)")
     pairs = [quantize_multiplier(s / out_qp.scale[0], bits) for s in acc_scale64]   # (A5.4), (A5)
     base = node.name
     m0 = _const_i64(ctx, f"{base}.m0", [p[0] for p in pairs])
@@ -483,12 +483,12 @@ _REFERENCE = {
 
 # -- fast: torch's float kernels on exact integer-valued carriers ---------------------------------
 _FAST = {
-    "conv1d": lambda x, w, a: F.conv1d(x, w, None, a["stride"], a["padding"], a["dilation"], a["groups"]),
-    "conv2d": lambda x, w, a: F.conv2d(x, w, None, a["stride"], a["padding"], a["dilation"], a["groups"]),
-    "conv_transpose2d": lambda x, w, a: F.conv_transpose2d(x, w, None, a["stride"], a["padding"],
-                                                           a["output_padding"], a["groups"], a["dilation"]),
-    "linear": lambda x, w, a: F.linear(x, w),
-    "matmul": lambda x, w, a: torch.matmul(x, w),
+    "conv1d": lambda x, w, b, a: F.conv1d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
+    "conv2d": lambda x, w, b, a: F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
+    "conv_transpose2d": lambda x, w, b, a: F.conv_transpose2d(x, w, b, a["stride"], a["padding"],
+                                                              a["output_padding"], a["groups"], a["dilation"]),
+    "linear": lambda x, w, b, a: F.linear(x, w, b),
+    "matmul": lambda x, w, b, a: torch.matmul(x, w),
 }
 _CARRIERS = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
 
@@ -500,8 +500,12 @@ def _float32_exact() -> bool:
     return torch.get_float32_matmul_precision() == "highest" and all(s in ("none", "ieee") for s in settings)
 
 
-def accumulate(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, reference: bool = False) -> torch.Tensor:
-    """``sum_j (x_q - z_x) * (w_q - z_w)`` as int64, exactly (no bias)."""
+def accumulate(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
+               reference: bool = False) -> torch.Tensor:
+    """``sum_j (x_q - z_x) * (w_q - z_w) + b_q`` as int64, exactly.
+
+    On a float carrier the bias is the float kernel's own bias: every partial sum, bias
+    included, is bounded by ``A`` (which counts ``|b_q|``), so it stays exact."""
     carrier = "int64" if reference else attrs["carrier"]
     if carrier == "float32" and not _float32_exact():
         carrier = "float64"
@@ -513,9 +517,11 @@ def accumulate(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, reference
         xc = xc.unsqueeze(0)
     if dt == torch.int64:
         acc = _REFERENCE[op](xc, wc, attrs)
+        if b is not None:
+            acc = acc + _along(b.to(torch.int64), attrs["ch_axis"] + (1 if unbatched else 0), acc.dim())
     else:
         with torch.backends.nnpack.flags(enabled=False):      # NNPACK's Winograd/FFT are not exact
-            acc = _FAST[op](xc, wc, attrs).to(torch.int64)
+            acc = _FAST[op](xc, wc, None if b is None else b.to(dt), attrs).to(torch.int64)
     return acc.squeeze(0) if unbatched else acc
 
 
@@ -535,10 +541,7 @@ def _reduce_kernel(reference: bool):
     def kernel(g, node: Node, args):
         x, w, b, m0, shift = (list(args) + [None] * 5)[:5]
         a = node.attrs
-        acc = accumulate(node.op, a, x, w, reference)
-        if b is not None:
-            acc += _along(b.to(torch.int64), a["ch_axis"], acc.dim())
-        return _finish(acc, a, m0, shift)
+        return _finish(accumulate(node.op, a, x, w, b, reference), a, m0, shift)
     kernel.__name__ = "k_reduce_reference" if reference else "k_reduce"
     return kernel
 
