@@ -271,7 +271,9 @@ def _manual_bounds(a_lo: int, uppers: list[int], segments: int) -> list[int]:
 def _curvature_bounds(f: _Func, a_lo: int, a_hi: int, segments: int) -> list[int]:
     """Segment bounds that give each segment an equal share of ``sqrt|f''|`` (the density that
     equalises the interpolation error ``h^2 |f''| / 8``), mixed with a uniform share."""
-    n = min(a_hi - a_lo, 4096)
+    # second differences at the scale of the finest intervals the table can have: finer grids
+    # only add noise (user functions are often staircases at the scale of single codes)
+    n = min(a_hi - a_lo, 2 * segments * 64)
     grid = torch.unique(torch.round(torch.linspace(a_lo, a_hi, n + 1, dtype=torch.float64)).to(torch.int64))
     x = grid.to(torch.float64)
     y = f.codes(grid)
