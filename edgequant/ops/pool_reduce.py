@@ -11,6 +11,11 @@ kernels are integer only (int64), with qmath's half-to-even rounding.
 | mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
 | bilinear (align_corners either way) | fixed-point weights, two roundings (below) | <= 1 |
 
+A 1-LSB difference happens only at (or within ~2^-20 LSB of) a rounding tie, which averages
+over 4 or 9 values and bilinear weights of 1/4, 3/4 make frequent (up to ~2-6% of int16
+elements for bilinear, < 0.3% for pooling): the simulation's float32 picks a side, the
+integer model rounds half to even.
+
 Multipliers have ``b = min(multiplier_bits, 63 - bitlength(A))`` bits (A5.6) for the sum bound
 ``A = max|q - z| * (largest count)``; a node whose ``b`` would drop below the output's bit
 width + 2 is refused (``ConvertError``), as int64 could not hold a precise product.
@@ -62,7 +67,9 @@ def _input(ctx, node: Node) -> Operand:
 def _static(ctx, node: Node, shape, dims) -> list[int]:
     sizes = [shape[d] for d in dims]
     if not all(isinstance(s, int) for s in sizes):
-        raise ctx.error(node, f"dims {list(dims)} of shape {shape} must be static for integer pooling/reduction")
+        raise ctx.error(node, f"it reduces over dims {list(dims)} of shape {shape}, some of which may change "
+                              "between calls (the batch dim is dynamic): the integer multiplier and the int64 "
+                              "bound need their sizes. Reduce over fixed dims, or give the model a fixed size")
     return sizes
 
 

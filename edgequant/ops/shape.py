@@ -61,6 +61,12 @@ def lower_move(ctx, node: Node) -> None:
     from ..convert import lower_shared
 
     _per_tensor_input(ctx, node)
+    for i in node.inputs:  # index tensors and other integer constants the op reads
+        if i is not None and i in ctx.q.constants and i not in ctx.constants:
+            t = ctx.q.constants[i]
+            if t.is_floating_point():
+                raise ctx.error(node, f"it reads the float constant {i!r}, which has no integer form")
+            ctx.add_const(i, t)
     lower_shared(ctx, node)
 
 
