@@ -299,3 +299,25 @@ def test_division_by_a_tensor_is_a_reciprocal_table_and_a_multiply():
     s_out, _ = op._scale_zero(op.out_fq)
     ref = (qa / qb).clamp(-32768 * s_out, 32767 * s_out)
     assert (sim - ref).abs().max() <= 1.01 * s_out   # one rounding; the table's error is ~2^-15 relative
+
+
+# -- the LUT report ---------------------------------------------------------------------------------
+def test_report_gives_per_segment_errors_and_the_used_share_for_model_and_ir():
+    from edgequant.lut import format_report, report
+
+    x = torch.linspace(-4, 4, 2048).reshape(2, 1024)
+    cm = calibrated(One(lambda v: torch.softmax(torch.tanh(v), -1)), [(x,)])
+    rows = report(cm)
+    assert [(r["op"], r["table"]) for r in rows] == [("tanh", "main"), ("softmax", "exp"), ("softmax", "recip")]
+    main = rows[0]
+    assert len(main["segments"]) == 8 and all(s["rel_error"] < 1e-3 for s in main["segments"])
+    assert 0.5 < main["used_share"] <= 1.0
+    ir_rows = report(eq.convert(eq.export(cm, x)))
+    assert [r["segments"] for r in ir_rows] == [r["segments"] for r in rows]
+    text = format_report(rows)
+    assert "tanh" in text and "softmax" in text
+    # a table built over the whole input type but fed a narrow range: most entries unused
+    wide = build_table(torch.tanh, "qint16", 4 / 32767, 0, "qint16", 1 / 32767, 0, symmetric_mode="CSYM")
+    import dataclasses
+    from edgequant.lut.report import _used_share
+    assert _used_share(dataclasses.replace(wide, calibrated_range=(-0.5, 0.5))) < 0.2

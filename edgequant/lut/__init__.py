@@ -2,9 +2,14 @@
 
 - ``table``: ``LutTable`` and ``build_table`` (direct 8-bit tables, segmented 16-bit tables);
 - ``kernel``: ``lut_apply``, the integer kernel (int codes in, int codes out);
-- ``reference``: a plain-Python twin of the kernel for tests.
+- ``reference``: a plain-Python twin of the kernel for tests;
+- ``composite``: integer softmax, layer norm and division by a tensor;
+- ``sim``: the table-op modules ``prepare`` inserts (``attach_tables``);
+- ``ir_ops``: export, run and convert of table ops;
+- ``report``: per-table, per-segment error and the share of entries the calibrated range uses.
 """
 from .kernel import lut_apply
+from .report import format_report, report
 from .table import LutTable, build_table
 
-__all__ = ["LutTable", "build_table", "lut_apply"]
+__all__ = ["LutTable", "build_table", "lut_apply", "report", "format_report"]

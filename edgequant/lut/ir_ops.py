@@ -112,7 +112,9 @@ def lower_lut(ctx, node: Node) -> None:
         ctx.add_const(e, ctx.q.constants[e])
     qp = ctx.q.values[node.outputs[0]].qparams
     ctx.set_value(node.outputs[0], qp.dtype, qp)
-    ctx.emit(Node(node.name, INT_OPS[lut["kind"]], tuple(qins + extras), node.outputs, {"lut": lut}, node.source))
+    keep = {k: node.attrs[k] for k in ("target", "args", "kwargs", "callable_ref") if k in node.attrs}  # for reports
+    ctx.emit(Node(node.name, INT_OPS[lut["kind"]], tuple(qins + extras), node.outputs, {"lut": lut, **keep},
+                  node.source))
 
 
 def k_lut(g: Graph, node: Node, args):

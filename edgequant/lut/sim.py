@@ -17,6 +17,7 @@ calls ``export_ir`` to write the tables into the IR.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -177,7 +178,8 @@ class TableOp(LutOp):
                         input_range=seg.input_range or (None if seg.inverse_func is not None else rng))
         else:
             opts.update(symmetric_mode=ELEMENTWISE[self.op], strategy="curvature", input_range=rng)
-        return build_table(self.function(), dt_in, s_in, z_in, dt_out, s_out, z_out, **opts)
+        t = build_table(self.function(), dt_in, s_in, z_in, dt_out, s_out, z_out, **opts)
+        return dataclasses.replace(t, calibrated_range=rng)
 
 
 class SoftmaxOp(LutOp):

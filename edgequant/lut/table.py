@@ -60,6 +60,7 @@ class LutTable:
     in_scale: float = 1.0
     out_scale: float = 1.0
     in_range: tuple[float, float] = (0.0, 0.0)   # the real input range the table was built for
+    calibrated_range: tuple[float, float] | None = None   # what the input's observer saw (reports)
     meta: dict = field(default_factory=dict, compare=False)
 
     # -- IR form: JSON attributes + one integer constant ---------------------------------------
@@ -68,14 +69,16 @@ class LutTable:
                 "out_dtype": self.out_dtype, "out_zero": self.out_zero, "index_offset": self.index_offset,
                 "starts": list(self.starts), "shifts": list(self.shifts), "intervals": self.intervals,
                 "frac_bits": self.frac_bits, "slope_lo": list(self.slope_lo), "slope_hi": list(self.slope_hi),
-                "in_scale": self.in_scale, "out_scale": self.out_scale, "in_range": list(self.in_range)}
+                "in_scale": self.in_scale, "out_scale": self.out_scale, "in_range": list(self.in_range),
+                "calibrated_range": None if self.calibrated_range is None else list(self.calibrated_range)}
 
     @staticmethod
     def from_attrs(a: dict, entries: torch.Tensor) -> "LutTable":
         return LutTable(a["kind"], a["mode"], a["in_dtype"], int(a["in_zero"]), a["out_dtype"], int(a["out_zero"]),
                         entries, int(a["index_offset"]), tuple(a["starts"]), tuple(a["shifts"]), int(a["intervals"]),
                         int(a["frac_bits"]), tuple(a["slope_lo"]), tuple(a["slope_hi"]), float(a["in_scale"]),
-                        float(a["out_scale"]), tuple(a["in_range"]))
+                        float(a["out_scale"]), tuple(a["in_range"]),
+                        None if a.get("calibrated_range") is None else tuple(a["calibrated_range"]))
 
     def segment_bounds(self) -> list[tuple[int, int]]:
         """``[(first a, last a)]`` of each segment (segmented) or of the whole table (direct)."""
