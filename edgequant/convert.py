@@ -161,6 +161,24 @@ def _rescale_attrs(ctx: LowerCtx, src: str, dst: str) -> dict:
             "in_zero_point": list(a.zero_point), "out_zero_point": b.zero_point[0], "out_dtype": b.dtype}
 
 
+def _dequantize_outputs(ctx: LowerCtx, outputs: list) -> list:
+    """Graph outputs still quantized at the int level are dequantized (the quant level returns
+    floats there): a model without stubs ends on a quantized op, e.g. a high-precision linear."""
+    out = []
+    for o in outputs:
+        v = ctx.values.get(o) if isinstance(o, str) else None
+        if v is None or v.qparams is None:
+            out.append(o)
+            continue
+        name, k = f"{o}.dequantize", 1
+        while name in ctx.values:
+            name, k = f"{o}.dequantize_{k}", k + 1
+        ctx.values[name] = Value(name, v.shape, "float32", None)
+        ctx.emit(Node(name, "dequantize", (o,), (name,), {}, "graph output"))
+        out.append(name)
+    return out
+
+
 # -- integer kernels of the generic ops ---------------------------------------------------------------
 def _per_channel(values, t: torch.Tensor, ch_axis) -> torch.Tensor:
     v = torch.tensor(values, dtype=torch.int64)
@@ -261,12 +279,13 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
             raise ctx.error(node, "edgequant has no integer lowering for this op yet"
                             + (" (lookup tables arrive with the SegmentLUT issue)" if node.op in _TABLE_OPS else ""))
     _fuse_rescale(ctx)
+    outputs = _dequantize_outputs(ctx, ir.outputs)
     used = {i for n in ctx.nodes for i in n.inputs if i is not None}
     constants = {k: v for k, v in ctx.constants.items() if k in used}
     values = {k: v for k, v in ctx.values.items() if k not in ctx.constants or k in constants}
     meta = {k: v for k, v in ir.meta.items()}
     meta.update({"march": march.value, "integer_conv": integer_conv})
-    g = Graph("int", list(ir.inputs), list(ir.outputs), values, ctx.nodes, constants, meta)
+    g = Graph("int", list(ir.inputs), outputs, values, ctx.nodes, constants, meta)
     check_graph(g)
     return g
 
