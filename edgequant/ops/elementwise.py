@@ -293,24 +293,37 @@ class Term:
         self.index, self.zp, self.bound, self.pos, self.neg, self.axis = index, zp, bound, pos, neg, axis
 
 
-def operand_term(ctx, node: Node, op: Operand, index: int, coef: float, out_qp: QParams, neg_coef=None) -> Term:
-    """The term of ``coef * x`` (``neg_coef * x`` where ``x < 0``) for a quantized operand."""
+def _at(v, c: int):
+    """Channel ``c`` of a per-channel list, or the value itself."""
+    return v[c] if isinstance(v, list) else v
+
+
+def operand_term(ctx, node: Node, op: Operand, index: int, coef, out_qp: QParams, neg_coef=None,
+                 axis: int | None = None) -> Term:
+    """The term of ``coef * x`` (``neg_coef * x`` where ``x < 0``) for a quantized operand.
+
+    Coefficients are numbers or per-channel lists (then along ``axis``, a negative index, as are
+    the operand's own per-channel scales).
+    """
     s_out = out_qp.scale[0]
-    axis = _rel_axis(ctx, op.name, op.qp)
-    sc = list(op.qp.scale) if axis is not None else op.qp.scale[0]
-    zp = list(op.qp.zero_point) if axis is not None else op.qp.zero_point[0]
-    scale = (lambda c: [c * s / s_out for s in sc]) if axis is not None else (lambda c: c * sc / s_out)
-    if isinstance(coef, list):  # per-channel coefficients on a per-tensor input (batch norm, prelu)
-        pos = [c * sc / s_out for c in coef] if axis is None else [c * s / s_out for c, s in zip(coef, sc)]
-    else:
-        pos = scale(coef)
-    neg = None
-    if neg_coef is not None:
-        if isinstance(neg_coef, list):
-            neg = [c * sc / s_out for c in neg_coef] if axis is None else [c * s / s_out for c, s in zip(neg_coef, sc)]
-        else:
-            neg = scale(neg_coef)
-    return Term(index, zp, op.bound, pos, neg, axis)
+    own = _rel_axis(ctx, op.name, op.qp)
+    if own is not None and axis is not None and own != axis:
+        raise ctx.error(node, f"per-channel parameters along axis {axis} on a tensor quantized along {own}")
+    axis = own if own is not None else axis
+    s_in = list(op.qp.scale) if own is not None else op.qp.scale[0]
+    zp = list(op.qp.zero_point) if own is not None else op.qp.zero_point[0]
+
+    def mult(c):
+        if c is None:
+            return None
+        n = next((len(v) for v in (c, s_in) if isinstance(v, list)), None)
+        if n is None:
+            return c * s_in / s_out
+        return [_at(c, i) * _at(s_in, i) / s_out for i in range(n)]
+
+    if axis is None and any(isinstance(c, list) for c in (coef, neg_coef)):
+        raise ctx.error(node, "per-channel coefficients need a channel axis")
+    return Term(index, zp, op.bound, mult(coef), mult(neg_coef), axis)
 
 
 def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi: int,
@@ -332,7 +345,7 @@ def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi
     nch = lengths.pop() if lengths else None
     if nch is not None and ax is None:
         raise ctx.error(node, "per-channel parameters without a channel axis")
-    at = (lambda v, c: v[c] if isinstance(v, list) else v)
+    at = _at
     bits = ctx.profile.multiplier_bits
     shifts, consts, m_pos, m_neg = [], [], [[] for _ in terms], [[] for _ in terms]
     for c in range(nch or 1):
@@ -416,19 +429,19 @@ def _lower_parts(ctx, node: Node, parts, neg_parts=None) -> None:
             raise ctx.error(node, f"unsupported operand {x!r}")
     if not terms:
         raise ctx.error(node, "no quantized tensor input")
-    attrs = plan_affine(ctx, node, terms, qp, lo, hi, const)
+    emit_op(ctx, node, inputs, out, plan_affine(ctx, node, terms, qp, lo, hi, const), qp, act)
+
+
+def emit_op(ctx, node: Node, inputs, out: str, attrs: dict, qp: QParams, act: Node | None) -> None:
+    """Emit a computing node on ``output_grid``'s results, and its fused activation (if any) as
+    a pass-through the driver will not lower again (module docstring)."""
     if act is not None:
         attrs["fused_activation"] = act.name
     emit(ctx, node, node.op, inputs, [out], attrs, qp)
     if act is not None:
-        emit_fused_activation(ctx, node, act, out, qp)
-
-
-def emit_fused_activation(ctx, node: Node, act: Node, out: str, qp: QParams) -> None:
-    """The activation ``node`` applied itself: a pass-through node the driver will not lower again."""
-    ctx.lowered.add(act.name)
-    emit(ctx, act, "identity", [out], act.outputs, {"target": "aten.alias.default", "args": [{"$in": 0}],
-                                                     "kwargs": {}, "fused_into_producer": node.name}, qp)
+        ctx.lowered.add(act.name)
+        emit(ctx, act, "identity", [out], act.outputs, {"target": "aten.alias.default", "args": [{"$in": 0}],
+                                                         "kwargs": {}, "fused_into_producer": node.name}, qp)
 
 
 def lower_add_sub(ctx, node: Node) -> None:
@@ -462,7 +475,7 @@ def _lower_product(ctx, node: Node, a: Operand, b: Operand) -> None:
         raise ctx.error(node, "the product's multiplier exceeds 2^bits; the output scale is too small")
     attrs = {"kernel": "product", "zp": [a.qp.zero_point[0], b.qp.zero_point[0]], "m0": m0, "shift": n,
              "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
-    emit(ctx, node, node.op, [a.name, b.name], [out], attrs, qp)
+    emit_op(ctx, node, [a.name, b.name], out, attrs, qp, act)
 
 
 def lower_div(ctx, node: Node) -> None:
@@ -486,7 +499,7 @@ def _lower_signed(ctx, node: Node, x: Operand, pos: float, neg) -> None:
     """``pos * x`` where ``x >= 0`` and ``neg * x`` below (abs, leaky_relu, prelu, relu)."""
     out, qp, lo, hi, act = output_grid(ctx, node)
     attrs = plan_affine(ctx, node, [operand_term(ctx, node, x, 0, pos, qp, neg_coef=neg)], qp, lo, hi)
-    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+    emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
 def lower_abs(ctx, node: Node) -> None:
@@ -519,10 +532,9 @@ def lower_prelu(ctx, node: Node) -> None:
     if x.qp.ch_axis is not None:
         raise ctx.error(node, "prelu of a per-channel quantized input is not supported")
     out, qp, lo, hi, act = output_grid(ctx, node)
-    term = operand_term(ctx, node, x, 0, [1.0] * len(slopes), qp, neg_coef=slopes)
-    term.axis = axis - nd
+    term = operand_term(ctx, node, x, 0, 1.0, qp, neg_coef=slopes, axis=axis - nd)
     attrs = plan_affine(ctx, node, [term], qp, lo, hi)
-    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+    emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
 def _check_not_fused(ctx, node: Node) -> None:
@@ -582,7 +594,7 @@ def lower_rescale_call(ctx, node: Node) -> None:
             args[pos] = quantize_value(float(v), qp)
     attrs = {"kernel": "rescale_call", "target": node.attrs["target"], "args": args,
              "kwargs": node.attrs["kwargs"], "rescale": plans, "out_dtype": qp.dtype}
-    emit(ctx, node, node.op, node.inputs, [out], attrs, qp)
+    emit_op(ctx, node, node.inputs, out, attrs, qp, act)
 
 
 _CMP = {"gt": torch.gt, "ge": torch.ge, "lt": torch.lt, "le": torch.le, "eq": torch.eq, "ne": torch.ne}

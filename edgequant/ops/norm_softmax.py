@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from ..ir import Node
-from .elementwise import Operand, arg, emit, is_input, k_affine, operand, operand_term, output_grid, plan_affine, scalar
+from .elementwise import Operand, arg, emit_op, is_input, k_affine, operand, operand_term, output_grid, plan_affine, scalar
 from .spec import OpSpec
 
 SPECS = [
@@ -62,15 +62,11 @@ def lower_batch_norm(ctx, node: Node) -> None:
     mean, var = _param(ctx, node, 3, "running_mean", c, 0.0), _param(ctx, node, 4, "running_var", c, 1.0)
     a = [wi / math.sqrt(vi + eps) for wi, vi in zip(w, var)]
     beta = [bi - mi * ai for bi, mi, ai in zip(b, mean, a)]
-    out = node.outputs[0]
-    if node.attrs.get("fused_into"):
-        raise ctx.error(node, "a standalone batch norm cannot absorb an activation")
-    out_, qp, lo, hi, _ = output_grid(ctx, node)
+    out, qp, lo, hi, act = output_grid(ctx, node)
     axis = 1 - len(shape)
-    term = operand_term(ctx, node, x, 0, a, qp)
-    term.axis = axis
+    term = operand_term(ctx, node, x, 0, a, qp, axis=axis)
     attrs = plan_affine(ctx, node, [term], qp, lo, hi, const=[v / qp.scale[0] for v in beta], axis=axis)
-    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+    emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
 LOWER = {"batch_norm": lower_batch_norm}

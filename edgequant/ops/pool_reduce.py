@@ -35,7 +35,7 @@ import torch
 from ..dtype import get_dtype
 from ..ir import Node
 from ..qmath import multiply_by_quantized_multiplier, quantize_multiplier, rounding_shift_right, saturate
-from .elementwise import Operand, arg, emit, fixed_point, operand, output_grid, scalar
+from .elementwise import Operand, arg, emit_op, fixed_point, operand, output_grid, scalar
 from .shape import lower_move
 from .spec import OpSpec
 
@@ -150,7 +150,7 @@ def lower_avg_pool(ctx, node: Node) -> None:
     s_name = ctx.add_const(f"{out}.shift", sh)
     attrs = {"kernel": "window_sum", "starts": [w[0] for w in wins], "ends": [w[1] for w in wins],
              "zp": x.qp.zero_point[0], "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
-    emit(ctx, node, node.op, [x.name, m_name, s_name], [out], attrs, qp)
+    emit_op(ctx, node, [x.name, m_name, s_name], out, attrs, qp, act)
 
 
 def k_window_sum(g, node: Node, args):
@@ -184,7 +184,7 @@ def lower_reduce(ctx, node: Node) -> None:
     m0, n = _mult(ctx, node, x.qp.scale[0] / (divisor * qp.scale[0]), bits)
     attrs = {"kernel": "reduce_sum", "dims": dims, "keepdim": keepdim, "zp": x.qp.zero_point[0], "m0": m0,
              "shift": n, "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
-    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+    emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
 def k_reduce_sum(g, node: Node, args):
@@ -237,7 +237,7 @@ def lower_bilinear(ctx, node: Node) -> None:
     m0, n = _mult(ctx, node, x.qp.scale[0] / qp.scale[0], bits)
     attrs = {"kernel": "bilinear", "taps": taps, "drop": 2 * WEIGHT_BITS - frac, "zp": x.qp.zero_point[0],
              "m0": m0, "shift": n + frac, "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
-    emit(ctx, node, node.op, [x.name], [out], attrs, qp)
+    emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
 def k_bilinear(g, node: Node, args):
