@@ -1,10 +1,12 @@
 """SegmentLUT: any elementwise function, computed by the integer model as a lookup table.
 
 Takes a float tensor and returns ``simulated_func`` of it. In float mode and in calibration it
-evaluates the exact function; ``prepare`` quantizes its input and output like any other op.
-The table construction (int8: 256 entries; int16: segments with linear interpolation) is the
-SegmentLUT issue's work; this module already accepts and validates every argument of the
-final signature so user code written against it runs unchanged.
+evaluates the exact function; ``prepare`` quantizes its input and output like any other op and
+replaces the call by a table op (``edgequant.lut.sim``): in VALIDATION and QAT the simulation
+runs the integer table (int8 input: a 256-entry table; int16: 8 segments of 64 interpolated
+intervals, docs/arithmetic.md section 10), ``export`` writes the table as constants and
+``convert`` lowers it to an integer ``lut`` node. ``simulated_func`` is only called on inputs
+in the table's range (and, for YSYM/CSYM, only on ``x >= 0``).
 """
 from __future__ import annotations
 
