@@ -212,15 +212,22 @@ def _w(rng, shape):
     return torch.randn(shape, generator=rng)
 
 
-def conv_case(op, x_shape, w_shape, conv, x_qp, w_dtype, out, act=None, out_dtype="qint8", bias=True, out_zp=0):
+def conv_case(op, x_shape, w_shape, conv, x_qp, w_dtype, out, act=None, out_dtype="qint8", bias=True, out_zp=0,
+              dead=False):
+    """``dead``: channel 0's weights ~1e-7 (BN folding with gamma ~0) at the scale floor 2^-23, so its
+    bias needs ~2^33 accumulator steps: a wide bias, and the node goes to the wide accumulator."""
     def make(rng):
         w_axis = 1 if op == "conv_transpose2d" else 0
         w = _w(rng, w_shape)
+        if dead:
+            w[0] = 1e-7
         wq = weight_qparams(w, w_dtype, w_axis)
+        if dead:
+            wq = QParams(wq.dtype, (2.0 ** -23,) + wq.scale[1:], wq.zero_point, wq.ch_axis)
         c_out = w_shape[1] * conv.get("groups", 1) if op == "conv_transpose2d" else w_shape[0]
         consts = {"w": (w, wq)}
         if bias:
-            consts["b"] = (torch.randn(c_out, generator=rng) * 0.5, None)
+            consts["b"] = (torch.randn(c_out, generator=rng) * 0.5 + (torch.arange(c_out) == 0) * 30.0 * dead, None)
         x = _x(rng, x_shape, x_qp)
         keys = ML._CONV_ARGS[op]
         args = [("x", 0), ("c", "w"), ("c", "b") if bias else None] + [conv[k] for k, _ in keys]
@@ -304,6 +311,9 @@ CASES = {
     "conv_transpose2d-add": conv_case("conv_transpose2d", (1, 2, 3, 3), (2, 2, 3, 3),
                                       dict(stride=[2, 2], padding=[1, 1], output_padding=[0, 0], groups=1,
                                            dilation=[1, 1]), Q8, "qint8", "add"),
+    "conv2d-dead-channel-wide-bias": conv_case("conv2d", (2, 3, 4, 4), (4, 3, 3, 3),
+                                               dict(stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1), Q8,
+                                               "qint8", "act", RELU6, dead=True),
     "linear-fq": linear_case((2, 3, 6), (5, 6), Q8, "qint8", "fq"),
     "linear-qint4-hp": linear_case((3, 7), (4, 7), Q8Z, "qint4", "hp"),
     "linear-int16-wide": linear_case((2, 9), (3, 9), Q16, "qint16", "fq", out_dtype="qint16"),
@@ -370,7 +380,9 @@ def golden(g: Graph, qg: Graph, env: dict, march_float: bool = False):
         bq = None
         if bname is not None:
             bias = g.constants[bname].numpy()
-            bq = [R.quantize_scalar(float(bias[c]), s_acc[c], 0, -2**31, 2**31 - 1) for c in range(c_out)]
+            bq = [R.quantize_scalar(float(bias[c]), s_acc[c], 0, -2**63, 2**63 - 1) for c in range(c_out)]
+            wide = max(abs(v) for v in bq) >= 2**31 - 1
+            assert qg.values[inode.inputs[2]].dtype == (f"qint{attrs['acc_bits']}" if wide else "qint32")
         mx = max(QRANGE[px.dtype][1] - zx, zx - QRANGE[px.dtype][0])
         if op == "conv_transpose2d":
             cg, og = w.shape[0] // groups, w.shape[1]
@@ -449,7 +461,9 @@ def test_golden_and_reference(case, march):
     if "fused_activation" in a:
         act = next(n for n in qg.nodes if n.name == a["fused_activation"])
         assert act.op == "identity" and act.inputs == inode.outputs
-    if "int16-wide" in case:
+    if "wide-bias" in case:
+        assert a["acc_bits"] == (48 if march == "nash-m" else 64) and a["carrier"] == "float64"
+    elif "int16-wide" in case:
         assert a["acc_bits"] == (48 if march == "nash-m" else 64) and a["carrier"] == "float64"
         if case.endswith("-hp") and march == "nash-m":
             assert qg.values[inode.outputs[0]].dtype == "qint48"

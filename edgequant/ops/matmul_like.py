@@ -10,6 +10,9 @@ Lowering ("prepare", once per node, at convert time)
    qint4, qint16; symmetric, so ``z_w = 0``, but a zero point is honoured). Bias:
    ``b_q = quantize(b, s_acc, 0, qint32)`` (A1) with ``s_acc[c] = s_x * s_w[c]`` (one float32
    product), the scale of the accumulator; the bias is the (bias-corrected) constant export wrote.
+   A bias beyond int32 at that scale (a dead channel: BN folding left weights ~0, so ``s_w`` sits
+   at its floor, next to a real bias) is stored in the wide accumulator's type (``qint48`` /
+   ``qint64``), which the bound below then routes the node to.
 2. Accumulator bound (A8): ``A = max_c sum_j |w_q[c, j] - z_w| * max|x_q - z_x| + |b_q[c]|``, the
    activation range taken from its dtype (two activations, as in matmul: ``K * max * max``). ``A``
    within the march's ``acc_bits`` -> ``attrs["acc_bits"] = 32``; else within ``wide_acc_bits`` ->
@@ -302,9 +305,14 @@ def lower_weighted(ctx, node: Node) -> None:
         b = ctx.const(b_name)
         if b is None:
             raise ctx.error(node, f"its bias {b_name!r} must be a constant")
-        if float((b.to(torch.float32) / acc_scale_t).abs().max()) >= 2 ** 31 - 1:
-            raise ctx.error(node, "its bias does not fit int32 at scale s_x * s_w")
-        b_q = quantize(b, acc_scale_t, torch.zeros(c_out, dtype=torch.int64), "qint32", 0)   # (A1)
+        b_dtype = "qint32"
+        ratio = float((b.to(torch.float32) / acc_scale_t).abs().max())
+        if ratio >= 2 ** 31 - 1:   # e.g. a dead channel: BN-folded weights ~0 put s_w at its floor
+            b_dtype = f"qint{ctx.profile.wide_acc_bits}"
+            if b_dtype not in DTYPES or ratio >= 2 ** (ctx.profile.wide_acc_bits - 1) - 1:
+                raise ctx.error(node, f"its bias reaches {ratio:.3g} steps of s_x * s_w, beyond the "
+                                      f"{ctx.profile.wide_acc_bits}-bit accumulator")
+        b_q = quantize(b, acc_scale_t, torch.zeros(c_out, dtype=torch.int64), b_dtype, 0)   # (A1)
         bound_w = bound_w + b_q.to(torch.int64).abs()
     bound = int(bound_w.max()) if bound_w.numel() else 0
     out_shape = ctx.q.values[node.outputs[0]].shape
@@ -314,7 +322,7 @@ def lower_weighted(ctx, node: Node) -> None:
     bq_name = None
     if b_q is not None:
         bq_name = ctx.add_const(_fresh(ctx, f"{node.name}.bias"), b_q,
-                                QParams("qint32", tuple(acc_scale_t.tolist()), (0,) * c_out, 0), "qint32")
+                                QParams(b_dtype, tuple(acc_scale_t.tolist()), (0,) * c_out, 0), b_dtype)
     attrs.update(conv)
     attrs.update(x_zero_point=int(x_qp.zero_point[0]), w_zero_point=_zero_point_attr(w_qp),
                  w_ch_axis=w_qp.ch_axis if len(w_qp.scale) > 1 else None)
