@@ -785,3 +785,45 @@ def test_explicit_pad_before_conv_with_asymmetric_input():
     qp = qg.values[value].qparams
     diff = (_quantize_like(env_q[value], qp).long() - env_i[value].long()).abs()
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 1e-2
+
+
+@pytest.mark.parametrize("setter", [T8, T16], ids=["int8", "int16"])
+def test_dynamic_reduction_length(setter):
+    """Attention-like ``scores @ v`` over a sequence whose length changes between calls."""
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e = nn.Embedding(30, 8)
+
+        def forward(self, ids):
+            v = self.e(ids)
+            return torch.matmul(torch.matmul(v, v.transpose(-1, -2)), v).flatten(1)   # requantized
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30, (4, 12))
+    cm = eq.prepare(Attn().eval(), ids, qconfig_setter=(setter,))
+    eq.set_fake_quantize(cm, eq.FakeQuantState.CALIBRATION)
+    cm(ids)
+    cm(torch.randint(0, 30, (4, 40)))
+    eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
+    ir = export(cm, ids)
+    qg = convert(ir, "nash-m")
+    node = [n for n in qg.nodes if n.op == "matmul"][-1]
+    per_term = 32768 * 32768 if setter is T16 else 128 * 128
+    assert node.attrs["carrier"] == "dynamic" and node.attrs["output"] == "requant"
+    if setter is T16:     # 48-bit accumulator, 16 multiplier bits left for the int16 output
+        assert node.attrs["acc_bits"] == 48 and node.attrs["max_reduction"] == (2**47 - 1) // per_term
+    else:
+        assert node.attrs["acc_bits"] == 32 and node.attrs["max_reduction"] == (2**31 - 1) // per_term
+    for length in (12, 37):
+        x = torch.randint(0, 30, (3, length))
+        _, env_q = ir(x, return_intermediates=True)
+        _, env_i = run_int(qg, [x])
+        _, env_r = run_int(qg, [x], ML.REFERENCE_KERNELS)
+        out = node.outputs[0]
+        assert torch.equal(env_i[out], env_r[out])
+        qp = qg.values[out].qparams
+        diff = (_quantize_like(env_q[out], qp).long() - env_i[out].long()).abs()
+        assert int(diff.max()) <= 1
+    short = Node(node.name, "matmul", node.inputs, node.outputs, {**node.attrs, "max_reduction": 36})
+    with pytest.raises(RuntimeError, match=r"reduction length 37 exceeds 36"):
+        ML._dynamic_carrier(short, env_i[node.inputs[0]])

@@ -23,7 +23,12 @@ Lowering ("prepare", once per node, at convert time)
    (``attrs["limb_shift"] = s``, 0 for no split) so that each partial sum stays below 2^24
    (int16 activations, long int8 reductions, large int16-scale biases: float32 convs are much
    faster than a float64 conv, 17x for a depthwise one); else ``"float64"``; else ``"int64"``
-   (``attrs["carrier"]``). A requantizing node whose ``b`` (A5.6) would fall below
+   (``attrs["carrier"]``). A matmul of two activations whose reduction length is dynamic
+   (attention's ``probs @ V`` over the sequence) is lowered for the longest ``K`` its
+   accumulator takes (``attrs["max_reduction"]``: the 32-bit one if it allows ``K >= 4096``,
+   else the wide one, keeping the multiplier's bits); ``A`` is the bound at that ``K``, the
+   carrier is ``"dynamic"`` (chosen per call from the actual ``K``), and the kernel refuses a
+   longer reduction at run time instead of overflowing. A requantizing node whose ``b`` (A5.6) would fall below
    the output's bits is refused (A7.1's 1-LSB guarantee needs ``b >= bits``).
 4. Output, one of (``attrs["output"]``):
 
@@ -373,6 +378,37 @@ def _operand(ctx, node: Node, name: str | None):
     return None, _activation_qparams(ctx, node, name), False
 
 
+_MIN_REDUCTION_32 = 1 << 12   # a dynamic reduction stays on the 32-bit accumulator if it allows this K
+
+
+def _requant_dtype(ctx, node: Node) -> str | None:
+    """The dtype a node requantizes to (its own fake-quant or its fused activation's), or None."""
+    if node.attrs.get("fq"):
+        return ctx.q.values[node.outputs[0]].qparams.dtype
+    act = _quant_node(ctx, node.attrs["fused_into"]) if node.attrs.get("fused_into") else None
+    from . import OPS
+
+    if act is not None and OPS.get(act.op) is not None and OPS[act.op].activation:
+        qp = ctx.q.values[act.outputs[0]].qparams
+        return qp.dtype if qp is not None else None
+    return None
+
+
+def _max_reduction(ctx, node: Node, per_term: int) -> int:
+    """The longest reduction whose bound ``K * per_term`` fits the 32-bit accumulator (if it takes
+    at least ``_MIN_REDUCTION_32``), else the wide one, leaving a requantizing node at least its
+    output's bits of multiplier (A5.6, A7.1). The kernel refuses longer reductions at run time."""
+    out = _requant_dtype(ctx, node)
+    mult_cap = 2 ** (63 - get_dtype(out).bits) - 1 if out is not None else 2 ** 63 - 1
+    for bits in (ctx.profile.acc_bits, ctx.profile.wide_acc_bits):
+        k = min(2 ** (bits - 1) - 1, mult_cap) // per_term
+        if k >= _MIN_REDUCTION_32 or bits == ctx.profile.wide_acc_bits:
+            if k < 1:
+                raise ctx.error(node, f"a single product ({per_term}) exceeds its accumulator")
+            return k
+    raise AssertionError("unreachable")
+
+
 def lower_matmul(ctx, node: Node) -> None:
     """matmul/bmm/mm: two activations, or one activation and one quantized constant."""
     a_name, b_name = _input_name(node, 0, "self"), _input_name(node, 1, "other")
@@ -400,13 +436,17 @@ def lower_matmul(ctx, node: Node) -> None:
     elif ca:  # per output row m: sum_k |a[m, k]| * max|b|
         bound = int(ma.sum(dim=-1).max()) * _max_abs(pb)
     else:
-        k = a_shape[-1]
-        if not isinstance(k, int):
-            raise ctx.error(node, f"its reduction length {k!r} is not static; the accumulator bound needs it")
+        k = next((d for d in (a_shape[-1], b_shape[-2] if len(b_shape) > 1 else b_shape[-1]) if isinstance(d, int)), None)
+        dynamic = k is None
+        if dynamic:   # e.g. attention's probs @ V over the sequence: the longest K the accumulator takes
+            k = _max_reduction(ctx, node, _max_abs(pa) * _max_abs(pb))
         wsum = k * _max_abs(pb)
         bound = k * _max_abs(pa) * _max_abs(pb)
     split = not ca and not pc_a and wsum is not None
     carrier = _choose_carrier(bound, wsum, _x_range(pa) if split else None)
+    if not ca and not cb and dynamic:     # the kernel picks the carrier for the K it gets, checks K <= max
+        carrier = {"carrier": "dynamic", "max_reduction": k, "x_max_abs": _max_abs(pa), "w_max_abs": _max_abs(pb),
+                   "x_range": list(_x_range(pa)) if not pc_a else None}
     attrs, mult, after = _plan_output(ctx, node, acc_scale_t.tolist(), acc_scale64, ch_axis, bound, carrier)
     names = []
     for name, q, qp, const in ((a_name, qa, pa, ca), (b_name, qb, pb, cb)):
@@ -611,10 +651,22 @@ def _finish(acc: torch.Tensor, attrs: dict, m0, shift) -> torch.Tensor:
     return dequantize(acc, torch.tensor(attrs["acc_scale"]), 0, ch)
 
 
+def _dynamic_carrier(node: Node, x: torch.Tensor) -> dict:
+    """A matmul lowered for reductions up to ``max_reduction``: check K, pick its carrier."""
+    a = node.attrs
+    k = x.shape[-1]
+    if k > a["max_reduction"]:
+        raise RuntimeError(f"node {node.name!r}: reduction length {k} exceeds {a['max_reduction']}, the longest "
+                           "for which convert checked the accumulator bound (docs/arithmetic.md A8)")
+    choice = _choose_carrier(k * a["x_max_abs"] * a["w_max_abs"], k * a["w_max_abs"],
+                             tuple(a["x_range"]) if a["x_range"] is not None else None)
+    return {**a, **choice}
+
+
 def _reduce_kernel(reference: bool):
     def kernel(g, node: Node, args):
         x, w, b, m0, shift = (list(args) + [None] * 5)[:5]
-        a = node.attrs
+        a = _dynamic_carrier(node, x) if node.attrs["carrier"] == "dynamic" else node.attrs
         return _finish(_accumulate(node.op, a, x, w, b, reference), a, m0, shift)
     kernel.__name__ = "k_reduce_reference" if reference else "k_reduce"
     return kernel
