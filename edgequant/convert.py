@@ -211,7 +211,8 @@ def k_call(g: Graph, node: Node, args):
 
 
 def k_identity(g: Graph, node: Node, args):
-    return args[0]
+    # a recorded clone/contiguous/alias/dropout runs as itself: a later view may need its layout
+    return call_target(node, args) if "target" in node.attrs else args[0]
 
 
 GENERIC_KERNELS = {"quantize": k_quantize, "dequantize": k_dequantize, "rescale": k_rescale,
@@ -234,6 +235,8 @@ def run_int_node(g: Graph, node: Node, args, callables):
     if node.op in ("segment_lut", "float_call"):
         fn = callables.get(node.attrs.get("callable_ref"))
         return fn(*args)
+    if node.attrs.get("float"):   # copied by lower_plain (index math, float code): its torch call
+        return call_target(node, args)
     k = kernels.get(node.op)
     if k is None:
         spec = OPS.get(node.op)
