@@ -219,6 +219,16 @@ def rounding_shift_right(v: torch.Tensor, shift) -> torch.Tensor:
     """
     v = v.to(torch.int64)
     n = torch.as_tensor(shift, dtype=torch.int64, device=v.device)
+    if n.numel() and 1 <= int(n.min()) and int(n.max()) <= 62:
+        # The common case, in five int64 passes without comparisons: with v = floor * 2^n + rem,
+        # (rem + (floor & 1) + 2^(n-1) - 1) >> n is 1 exactly when rem > 2^(n-1), or rem == 2^(n-1)
+        # and floor is odd (round half to even); the sum stays below 2^(n+1), so it cannot overflow.
+        floor = v >> n
+        up = v - (floor << n)
+        up += floor & 1
+        up += (torch.ones_like(n) << (n - 1)) - 1
+        up >>= n
+        return floor.add_(up)
     pos = n.clamp(0, 63)
     floor = v >> pos
     rem = v - (floor << pos)
@@ -248,11 +258,44 @@ def saturate(v: torch.Tensor, dtype: QuantDType | str) -> torch.Tensor:
     return v.clamp(dt.qmin, dt.qmax).to(dt.storage)
 
 
-def requantize(acc: torch.Tensor, m0, shift, dtype: QuantDType | str, zero_point=0) -> torch.Tensor:
+F64_EXACT = 1 << 53  # float64 holds every integer below this exactly
+
+
+def pow2(shift) -> torch.Tensor:
+    """``2^-shift`` as float64, exactly (``ldexp``), for int or tensor shifts."""
+    n = torch.as_tensor(shift, dtype=torch.int64)
+    return torch.ldexp(torch.ones(n.shape, dtype=torch.float64), -n)
+
+
+def round_shift_f64(v: torch.Tensor, shift) -> torch.Tensor:
+    """(A6) on a float64 carrier, in place: ``round(v * 2^-shift)`` with halves to even.
+
+    Precondition (the caller's bound): ``v`` holds integers of magnitude below 2^53, so ``v`` and
+    its power-of-two scaling are exact and ``torch.round`` (half to even) gives (A6) bit for bit.
+    """
+    return torch.round(v.mul_(pow2(shift)), out=v)
+
+
+def requantize(acc: torch.Tensor, m0, shift, dtype: QuantDType | str, zero_point=0,
+               bound: int | None = None) -> torch.Tensor:
     """(A7) Scale an integer accumulator by ``m0 * 2^-shift``, add ``zero_point``, saturate.
 
     ``m0``, ``shift`` and ``zero_point`` are ints or tensors broadcastable against ``acc``
-    (per-channel parameters must already be shaped for broadcasting).
+    (per-channel parameters must already be shaped for broadcasting). ``acc`` may be an integer
+    tensor or a float carrier holding exact integers. With ``bound`` (a proven ``max |acc|``)
+    and ``bound * max m0 < 2^53`` the product and the rounding run on float64, exactly and
+    several times faster than int64 (the same result bit for bit).
     """
-    y = multiply_by_quantized_multiplier(acc, m0, shift)
-    return saturate(y + torch.as_tensor(zero_point, dtype=torch.int64, device=acc.device), dtype)
+    dt = get_dtype(dtype)
+    m = torch.as_tensor(m0, dtype=torch.int64)
+    if bound is not None and m.numel() and bound * int(m.abs().max()) < F64_EXACT \
+            and int(torch.as_tensor(shift).min()) >= 0:
+        y = acc.to(torch.float64, copy=True).mul_(m.to(torch.float64))
+        y = round_shift_f64(y, shift)
+        if not (isinstance(zero_point, int) and zero_point == 0):
+            y.add_(torch.as_tensor(zero_point, dtype=torch.float64))
+        return y.clamp_(dt.qmin, dt.qmax).to(dt.storage)
+    y = multiply_by_quantized_multiplier(acc, m0, shift)  # a fresh tensor: updated in place below
+    if not (isinstance(zero_point, int) and zero_point == 0):
+        y.add_(torch.as_tensor(zero_point, dtype=torch.int64, device=acc.device))
+    return y.clamp_(dt.qmin, dt.qmax).to(dt.storage)

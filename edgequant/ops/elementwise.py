@@ -77,7 +77,8 @@ import torch
 
 from ..dtype import get_dtype
 from ..ir import Node, QParams
-from ..qmath import multiply_by_quantized_multiplier, quantize, quantize_multiplier, rounding_shift_right, saturate
+from ..qmath import F64_EXACT, multiply_by_quantized_multiplier, quantize, quantize_multiplier, round_shift_f64, \
+    rounding_shift_right, saturate
 from ..run import call_target
 from .spec import OpSpec, resolve
 
@@ -348,6 +349,7 @@ def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi
     at = _at
     bits = ctx.profile.multiplier_bits
     shifts, consts, m_pos, m_neg = [], [], [[] for _ in terms], [[] for _ in terms]
+    worst = 0
     for c in range(nch or 1):
         mags = [abs(at(t.pos, c)) for t in terms] + [abs(at(t.neg, c)) for t in terms if t.neg is not None]
         mmax = max(mags, default=0.0)
@@ -364,6 +366,7 @@ def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi
         if n < 0:
             raise ctx.error(node, f"it needs a multiplier of 2^{math.frexp(mmax)[1]} or a sum of 2^{total.bit_length()}: "
                                   "no int64 plan with a non-negative shift; the input and output scales are too far apart")
+        worst = max(worst, total)
         shifts.append(n)
         consts.append(k)
         for i in range(len(terms)):
@@ -375,7 +378,8 @@ def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi
         out_terms.append({"in": t.index, "zp": t.zp, "m0": one(m_pos[i]),
                           "m0_neg": one(m_neg[i]) if t.neg is not None else None})
     return {"kernel": "affine", "terms": out_terms, "const": one(consts), "shift": one(shifts), "axis": ax,
-            "out_zp": out_qp.zero_point[0], "lo": int(lo), "hi": int(hi), "out_dtype": out_qp.dtype}
+            "out_zp": out_qp.zero_point[0], "lo": int(lo), "hi": int(hi), "out_dtype": out_qp.dtype,
+            "bound": int(worst)}
 
 
 def rescale_plan(ctx, node: Node, op: Operand, index: int, out_qp: QParams) -> dict | None:
@@ -675,15 +679,29 @@ def _vec(v, axis: int | None) -> torch.Tensor:
 def affine(args, a: dict) -> torch.Tensor:
     """The ``affine`` kernel (module docstring)."""
     axis = a["axis"]
-    acc = _vec(a["const"], axis)
-    for t in a["terms"]:
-        v = args[t["in"]].to(torch.int64) - _vec(t["zp"], axis)
-        m = _vec(t["m0"], axis)
+    # The carrier: float64 when the plan's bound (every partial sum) is below 2^53, so every
+    # value below is an exact integer and qmath.round_shift_f64 is (A6) bit for bit; else int64.
+    f64 = a.get("bound") is not None and a["bound"] < F64_EXACT
+    carrier = torch.float64 if f64 else torch.int64
+    acc = None
+    for t in a["terms"]:  # every step after the first copy works in place on fresh tensors
+        v = args[t["in"]].to(carrier, copy=True)
+        if any(z != 0 for z in (t["zp"] if isinstance(t["zp"], list) else [t["zp"]])):
+            v -= _vec(t["zp"], axis)
+        m = _vec(t["m0"], axis).to(carrier)
         if t.get("m0_neg") is not None:
-            m = torch.where(v >= 0, m, _vec(t["m0_neg"], axis))
-        acc = acc + v * m
-    y = rounding_shift_right(acc, _vec(a["shift"], axis)) + a["out_zp"]
-    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+            m = torch.where(v >= 0, m, _vec(t["m0_neg"], axis).to(carrier))
+        v *= m
+        acc = v if acc is None else acc.add_(v)
+    if acc is None:  # no tensor term: a constant
+        acc = _vec(a["const"], axis).to(carrier)
+    elif any(c != 0 for c in (a["const"] if isinstance(a["const"], list) else [a["const"]])):
+        acc = acc + _vec(a["const"], axis).to(carrier)
+    y = round_shift_f64(acc, _vec(a["shift"], axis)) if f64 else rounding_shift_right(acc, _vec(a["shift"], axis))
+    if a["out_zp"]:
+        y.add_(a["out_zp"])
+    dt = get_dtype(a["out_dtype"])
+    return y.clamp_(max(a["lo"], dt.qmin), min(a["hi"], dt.qmax)).to(dt.storage)
 
 
 def k_affine(g, node: Node, args):

@@ -634,7 +634,7 @@ def _finish(acc: torch.Tensor, attrs: dict, m0, shift) -> torch.Tensor:
     ch, nd, mode = attrs["ch_axis"], acc.dim(), attrs["output"]
     if mode == "requant":
         m0, shift = _along(m0, ch, nd), _along(shift, ch, nd)
-        args = (attrs["out_dtype"], attrs["out_zero_point"])
+        args = (attrs["out_dtype"], attrs["out_zero_point"], attrs.get("bound"))
         per_row = acc[0].numel() if nd > 1 else acc.numel()
         if nd > 1 and ch != 0 and acc.numel() > _CHUNK:      # rows of axis 0 at a time (same values)
             y = torch.empty(acc.shape, dtype=get_dtype(attrs["out_dtype"]).storage)

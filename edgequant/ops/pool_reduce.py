@@ -6,7 +6,7 @@ kernels are integer only (int64), with qmath's half-to-even rounding.
 
 | op | integer form | LSB vs simulation |
 |---|---|---|
-| max_pool, adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
+| max_pool, adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
 | avg_pool, adaptive avg_pool | exact window sums of ``q - z`` (prefix sums, int64), then (A7) with a multiplier per output position ``s_in / (count * s_out)`` (count: torch's divisor, incl. ``count_include_pad``, ``divisor_override``, clipped windows) | <= 1 |
 | mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
 | bilinear (align_corners either way) | fixed-point weights, two roundings (below) | <= 1 |
@@ -254,12 +254,13 @@ def k_bilinear(g, node: Node, args):
 
 # == ops that only move codes ===============================================================================
 def k_carrier(g, node: Node, args):
-    """Run the recorded torch op on the codes through a float64 carrier (exact: it only moves
-    or compares values, and float64 holds every code of 32 bits or fewer)."""
+    """Run the recorded torch op on the codes through a float carrier (exact: it only moves or
+    compares values; float32 holds every code of 24 bits or fewer, float64 of 32 or fewer)."""
     from ..run import call_target
 
     x = args[0]
-    out = call_target(node, [x.to(torch.float64)] + list(args[1:]))
+    carrier = torch.float32 if x.dtype in (torch.int8, torch.uint8, torch.int16) else torch.float64
+    out = call_target(node, [x.to(carrier)] + list(args[1:]))
     if isinstance(out, (tuple, list)):
         return type(out)([out[0].to(x.dtype), *out[1:]])
     return out.to(x.dtype)
