@@ -103,11 +103,15 @@ def compare(float_model, calib_model, quantized: Graph, inputs) -> Comparison:
     _, f_env = run(ir, *xs, return_intermediates=True, fake_quant=False)
     _, s_env = run(ir, *xs, return_intermediates=True)
     _, i_env = run(quantized, *xs, return_intermediates=True)
+    hp = {o for n in ir.nodes if n.attrs.get("high_precision") for o in n.outputs}
     for node in quantized.nodes:
         for name in node.outputs:
             v = quantized.values.get(name)
             if v is None or v.qparams is None or name not in f_env or name not in s_env:
                 continue
+            sim_v = ir.values.get(name)
+            if sim_v is None or (sim_v.qparams is None and name not in hp):
+                continue  # a fused intermediate: the simulation keeps it unquantized, pre-activation
             q = i_env[name]
             if not isinstance(q, torch.Tensor) or q.is_floating_point():
                 continue
