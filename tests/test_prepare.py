@@ -257,3 +257,26 @@ def test_torch_ao_stubs_and_fixed_scale_quantstub():
     assert float(cm.eq_fq["quant"].scale) == pytest.approx(1 / 128)
     x = torch.rand(3, 8)
     assert cosine(cm(x), m(x)) > 0.999
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "conv_transpose2d", "linear"])
+def test_batch_norm_folds_into_every_conv_like_op(kind):
+    torch.manual_seed(0)
+    if kind == "conv1d":
+        layers, x = [nn.Conv1d(3, 6, 3), nn.BatchNorm1d(6)], torch.randn(4, 3, 12)
+    elif kind == "conv_transpose2d":
+        layers, x = [nn.ConvTranspose2d(3, 6, 2, stride=2), nn.BatchNorm2d(6)], torch.randn(4, 3, 5, 5)
+    else:
+        layers, x = [nn.Linear(5, 6), nn.BatchNorm1d(6)], torch.randn(8, 5)
+    bn = layers[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    model = nn.Sequential(eq.QuantStub(), *layers, nn.ReLU(), eq.DeQuantStub()).eval()
+    cm = eq.prepare(model, x, qconfig_setter=(T16,))
+    targets = {n.target for n in cm.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.batch_norm.default not in targets           # folded away
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-5, atol=1e-5)   # FLOAT state: same function
+    calibrate(cm, [x])
+    assert cosine(cm(x), model(x)) > 0.9999
