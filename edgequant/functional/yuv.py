@@ -1,0 +1,106 @@
+"""BT.601 colour conversion between RGB/BGR images and centered YUV444.
+
+Edge image pipelines deliver centered YUV444: YUV with 128 subtracted, int8 in [-128, 127].
+Two uses:
+
+- Training-time preprocessing (``rgb2centered_yuv``, ``bgr2centered_yuv``): convert a float
+  image in [0, 255] to centered YUV so the model is trained on what the device delivers
+  (recommended; no cost or loss at inference).
+- Deployment of a model trained on RGB (``centered_yuv2rgb``, ``centered_yuv2bgr``): the float
+  reference of the op that ``edgequant.deploy.insert_yuv2rgb`` inserts right after the input
+  ``quantize`` of a converted model. It converts centered YUV back to RGB, normalises with the
+  training ``mean``/``std`` and quantizes with the input QuantStub's scale ``q_scale``. Do not
+  use it in training.
+
+Swings (BT.601): ``"full"`` (Y, U, V in 0..255, JPEG/JFIF; what edge image pipelines deliver)
+and ``"studio"`` (Y in 16..235, U, V in 16..240).
+
+Rounding: every rounding is ``torch.round`` (half to even, as in ``edgequant.qmath``), every
+result is saturated to its 8-bit range. Images are NCHW (or CHW) with 3 channels on dim -3.
+"""
+from __future__ import annotations
+
+import torch
+
+# RGB -> YUV: yuv = M @ rgb + OFFSET (per swing), in float64
+_M = {
+    "full": ((0.299, 0.587, 0.114),
+             (-0.168735891647856, -0.331264108352144, 0.5),
+             (0.5, -0.418687589158345, -0.081312410841655)),
+}
+_OFFSET = {"full": (0.0, 128.0, 128.0), "studio": (16.0, 128.0, 128.0)}
+
+
+def _studio():
+    kr, kb = 0.299, 0.114
+    kg = 1 - kr - kb
+    y = torch.tensor([kr, kg, kb], dtype=torch.float64) * (219.0 / 255.0)
+    u = torch.tensor([-kr, -kg, 1 - kb], dtype=torch.float64) / (2 * (1 - kb)) * (224.0 / 255.0)
+    v = torch.tensor([1 - kr, -kg, -kb], dtype=torch.float64) / (2 * (1 - kr)) * (224.0 / 255.0)
+    return torch.stack([y, u, v])
+
+
+def yuv_matrices(swing: str = "full"):
+    """``(M, offset, M_inv)`` (float64) with ``yuv = M @ rgb + offset`` and ``rgb = M_inv @ (yuv - offset)``."""
+    if swing not in ("full", "studio"):
+        raise ValueError(f"swing must be 'full' or 'studio', got {swing!r}")
+    m = torch.tensor(_M["full"], dtype=torch.float64) if swing == "full" else _studio()
+    return m, torch.tensor(_OFFSET[swing], dtype=torch.float64), torch.linalg.inv(m)
+
+
+def _mix(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``m @ x`` over the channel dim (-3) in float64."""
+    if x.dim() < 3 or x.shape[-3] != 3:
+        raise ValueError(f"expected an image with 3 channels on dim -3 (NCHW or CHW), got shape {tuple(x.shape)}")
+    return torch.einsum("ij,...jhw->...ihw", m, x.to(torch.float64))
+
+
+def _per_channel(v, x: torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.float64).flatten()
+    if t.numel() not in (1, 3):
+        raise ValueError(f"{name} takes one or three values (one per channel), got {t.numel()}")
+    return t.expand(3).reshape(3, 1, 1)
+
+
+def rgb2centered_yuv(x: torch.Tensor, swing: str = "full") -> torch.Tensor:
+    """RGB float image in [0, 255] -> centered YUV444 (float32 holding integers in [-128, 127]).
+
+    ``round(M @ rgb + offset) - 128`` saturated to [-128, 127]; rounding half to even.
+    """
+    m, off, _ = yuv_matrices(swing)
+    yuv = _mix(x, m) + off.reshape(3, 1, 1)
+    return (torch.round(yuv) - 128).clamp_(-128, 127).to(torch.float32)
+
+
+def bgr2centered_yuv(x: torch.Tensor, swing: str = "full") -> torch.Tensor:
+    """As ``rgb2centered_yuv`` for a BGR image."""
+    return rgb2centered_yuv(x.flip(-3), swing)
+
+
+def centered_yuv2rgb(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, q_scale=1.0,
+                     qmin: int = -128, qmax: int = 127, bgr: bool = False) -> torch.Tensor:
+    """Centered YUV444 -> normalised, quantized RGB codes (deployment only).
+
+    1. ``rgb = clamp(round(M_inv @ (yuv + 128 - offset)), 0, 255)`` (the 8-bit RGB image);
+    2. ``(rgb - mean) / std`` with the training normalisation (one or three values, list or tensor);
+    3. ``clamp(round(. / q_scale), qmin, qmax)`` with the input QuantStub's scale ``q_scale``.
+
+    Returns the integer codes as a float32 tensor (the float simulation of the integer op;
+    a ``quantize`` with scale 1 passes them through unchanged, which is why the QuantStub's
+    scale becomes 1 after the op is inserted). Roundings are half to even.
+    """
+    _, off, minv = yuv_matrices(swing)
+    if bgr:
+        minv = minv.flip(0)
+    rgb = torch.round(_mix(x + 128.0, minv) - (minv @ off).reshape(3, 1, 1)).clamp_(0, 255)
+    norm = (rgb - _per_channel(mean, x, "mean")) / _per_channel(std, x, "std")
+    q_scale = torch.as_tensor(q_scale, dtype=torch.float64)
+    if q_scale.numel() != 1:
+        raise ValueError("q_scale is the QuantStub's (per-tensor) scale: one value")
+    return torch.round(norm / q_scale).clamp_(qmin, qmax).to(torch.float32)
+
+
+def centered_yuv2bgr(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, q_scale=1.0,
+                     qmin: int = -128, qmax: int = 127) -> torch.Tensor:
+    """As ``centered_yuv2rgb`` for a model trained on BGR (``mean``/``std`` in BGR order)."""
+    return centered_yuv2rgb(x, swing, mean, std, q_scale, qmin, qmax, bgr=True)
