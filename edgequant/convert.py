@@ -97,6 +97,16 @@ def int_dtype_of(qp: QParams | None) -> str | None:
 def lower_quantize(ctx: LowerCtx, node: Node) -> None:
     qp = ctx.q.values[node.outputs[0]].qparams
     ctx.set_value(node.outputs[0], qp.dtype, qp)
+    src = ctx.values.get(node.inputs[0])
+    if src is not None and src.qparams is not None:
+        # a QuantStub on an already-integer tensor (e.g. a segmentation cut point): the codes
+        # stay integer -- unchanged on the same grid, else an integer rescale
+        if src.qparams == qp:
+            ctx.emit(Node(node.name, "identity", node.inputs, node.outputs, {}, node.source))
+        else:
+            ctx.emit(Node(node.name, "rescale", node.inputs, node.outputs,
+                          _rescale_attrs(ctx, node.inputs[0], node.outputs[0]), node.source))
+        return
     ctx.emit(Node(node.name, "quantize", node.inputs, node.outputs, {}, node.source))
 
 
