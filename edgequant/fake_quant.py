@@ -145,10 +145,12 @@ class FakeQuantize(nn.Module):
             return x
         elif state == FakeQuantState.QAT and not self.fixed_scale and not self.learnable:
             self.observer(x.detach())
+            _sync_observer(self.observer)  # torch.distributed: the same range on every rank
             self.freeze_qparams()
         scale, zp = self.qparams()
         if state == FakeQuantState.QAT and self.learnable:
-            return fake_quantize_learnable(x, self.learned_scale.abs().clamp(min=1e-12), zp, self.dtype, self.ch_axis)
+            return fake_quantize_learnable(x, self.learned_scale.abs().clamp(min=1e-12), zp, self.dtype, self.ch_axis,
+                                           grad_factor=_lsq_grad_factor(x, self))
         return fake_quantize(x, scale, zp, self.dtype, self.ch_axis)
 
     # -- state dict: scales always load; observer statistics load when the observer matches --
@@ -263,6 +265,26 @@ class BiasCorrection(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def _sync_observer(observer: nn.Module) -> None:
+    from .distributed import is_distributed, sync_observer
+
+    if is_distributed():
+        sync_observer(observer)
+
+
+def _lsq_grad_factor(x: torch.Tensor, fq: FakeQuantize) -> float | None:
+    """Under torch.distributed, LSQ's ``1 / sqrt(N qmax)`` counts the global batch (N x world size),
+    so DDP (gradients averaged) trains the scale as one process with the combined batch would."""
+    from .distributed import is_distributed
+
+    if not is_distributed():
+        return None  # qmath's default from the local tensor
+    import torch.distributed as dist
+
+    per_scale = x.numel() if fq.ch_axis is None or fq.learned_scale.dim() == 0 else x.numel() // max(1, x.shape[fq.ch_axis])
+    return 1.0 / math.sqrt(max(1, per_scale * dist.get_world_size()) * max(1, fq.dtype.qmax))
+
+
 def fake_quant_modules(model: nn.Module):
     """Every ``(name, FakeQuantize)`` of ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
@@ -275,6 +297,11 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     batch-norm updates); QAT leaves ``train()``/``eval()`` to the user.
     """
     state = FakeQuantState(state)
+    from .distributed import is_distributed, sync_observers
+
+    if is_distributed() and any(fq.state != state and fq.state in (FakeQuantState.CALIBRATION, FakeQuantState.QAT)
+                                for _, fq in fake_quant_modules(model)):
+        sync_observers(model)  # every rank freezes the same statistics (edgequant/distributed.py)
     for _, fq in fake_quant_modules(model):
         fq.set_state(state)
     for m in model.modules():
