@@ -156,7 +156,9 @@ def test_split_stages_bit_identical(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
     _, q, g = quantize_model(TwoStage().eval(), x, x[:2])
-    assert (g(x) - q(x)).abs().max() < 1e-2          # the cut stub on an integer tensor stays integer
+    cut = next(n for n in g.nodes if n.name == "quant_mid")
+    assert cut.op in ("identity", "rescale")         # the cut stub on an integer tensor stays integer
+    assert (g(x) - q(x)).abs().max() < 1e-2
     stages = split(g, cut_points=["quant_mid"])
     assert len(stages) == 2
     for s in stages:
