@@ -37,6 +37,11 @@ same order):
   DDP averages their gradients; fixed scales never change;
 - ``sync_observers(model)`` explicitly, e.g. before reading qparams while still calibrating.
 
+Calibrate the unwrapped model, not through ``DistributedDataParallel``: its ``broadcast_buffers``
+copies rank 0's buffers over the other ranks' at every forward, which would overwrite their
+histogram counts before the sync. In QAT that broadcast is harmless (statistics are equal after
+every step's sync).
+
 Weight fake-quants are not synced: their qparams come from the current weights, which are
 identical on all ranks (same initial model; DDP keeps them identical).
 """
