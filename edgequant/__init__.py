@@ -17,7 +17,7 @@ from .export import export
 from .convert import convert
 from .serialize import load, save
 from .visualize import visualize
-from . import deploy, functional  # noqa: E402  (deploy registers the yuv2rgb integer kernel)
+from . import deploy, functional  # noqa: E402  (public submodules: edgequant.deploy.split, ...)
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,7 @@ overflow the march's widest accumulator; it never wraps silently.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -229,11 +230,14 @@ GENERIC_KERNELS = {"quantize": k_quantize, "dequantize": k_dequantize, "rescale"
                    "identity": k_identity, "aten": k_call}
 
 
+@functools.lru_cache(maxsize=None)
 def _family_tables():
+    """``(LOWER, INT_KERNELS)`` of every family, built once (the tables are literal dicts)."""
+    from . import deploy
     from .ops import elementwise, matmul_like, nonlinear, norm_softmax, pool_reduce, shape
 
     lower, kernels = {}, dict(GENERIC_KERNELS)
-    for fam in (matmul_like, elementwise, shape, pool_reduce, norm_softmax, nonlinear):
+    for fam in (matmul_like, elementwise, shape, pool_reduce, norm_softmax, nonlinear, deploy):
         lower.update(getattr(fam, "LOWER", {}))
         kernels.update(getattr(fam, "INT_KERNELS", {}))
     return lower, kernels

@@ -27,7 +27,6 @@ import copy
 
 import torch
 
-from .convert import GENERIC_KERNELS
 from .check import check_graph
 from .ir import Graph, Node, QParams, Value
 from .qmath import quantize_multiplier, requantize, rounding_shift_right
@@ -119,7 +118,7 @@ def k_yuv2rgb(g: Graph, node: Node, args):
                       a["out_dtype"], a["out_zero_point"])
 
 
-GENERIC_KERNELS.setdefault("yuv2rgb", k_yuv2rgb)
+INT_KERNELS = {"yuv2rgb": k_yuv2rgb}   # listed by convert._family_tables with the ops families
 
 
 # -- segmented deployment ------------------------------------------------------------------------------
