@@ -1,0 +1,31 @@
+"""Post-training quantization algorithms: ``adaround`` (learned weight rounding) and a 4-bit
+weight calibration template to use it with.
+
+| template | activations | weights | observer |
+|---|---|---|---|
+| ``calibration_4bit_weight_8bit_act_qconfig_setter`` | qint8 (int16 before layer_norm/softmax) | qint4 per channel | MSE (acts), min-max (weights) |
+
+    cm = eq.prepare(model, x, qconfig_setter=(calibration_4bit_weight_8bit_act_qconfig_setter,))
+    calibrate(cm, batches)                       # CALIBRATION, then VALIDATION
+    eq.ptq.adaround(cm, batches, {"num_step": 1000})
+"""
+from ..dtype import qint4, qint8
+from ..qconfig import get_qconfig
+from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
+from .adaround import adaround
+
+
+def _calibration_4bit_weight(site: OpSite):
+    from ..observers import MinMaxObserver, MSEObserver
+
+    dtype = _act_dtype(site, qint8)
+    return get_qconfig(observer=MSEObserver if dtype == qint8 else MinMaxObserver, out_dtype=dtype,
+                       weight_dtype=qint4)
+
+
+calibration_4bit_weight_8bit_act_qconfig_setter = TemplateSetter(
+    "calibration_4bit_weight_8bit_act_qconfig_setter", _calibration_4bit_weight,
+    "Post-training calibration: int8 activations (MSE observer), int4 per-channel weights "
+    "(min-max); the weights are meant to be rounded by edgequant.ptq.adaround.")
+
+__all__ = ["adaround", "calibration_4bit_weight_8bit_act_qconfig_setter"]

@@ -1,0 +1,296 @@
+"""AdaRound (Nagel et al., 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization").
+
+Takes a calibrated model from ``prepare`` (in VALIDATION) and calibration data; learns, for each
+conv/linear weight in topological order, whether every element rounds up or down, and writes the
+rounded weights into the model in place. Returns the same model.
+
+For one layer with weight ``w``, scale ``s`` and zero point ``z`` (those of its weight
+FakeQuantize), the soft-quantized weight is ``s * (clamp(floor(w / s) + z + h(V), qmin, qmax) - z)``
+with the rectified sigmoid ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``
+(``zeta = 1.1``, ``gamma = -0.1``), ``V`` initialised so that ``h(V)`` equals the fractional part of
+``w / s``. ``V`` minimises
+
+    || op(x_q, w_soft) - op_float(x) ||^2  +  weight * sum(1 - |2 h(V) - 1| ^ beta)
+
+where ``x_q`` is the layer's input in the model with every earlier layer already rounded (and
+activations fake-quantized) and the target is the layer's output in the float model. The
+regulariser is off for the first ``warm_up`` fraction of the steps; then ``beta`` anneals
+linearly from ``b_range[0]`` to ``b_range[1]``. Finally ``h = [V >= 0]``, the weight parameter is
+overwritten with ``s * (floor(w / s) + z + h - z)`` and the weight FakeQuantize gets a fixed
+scale (a ``FixedScaleObserver`` with the scale it had), so it reproduces the written weights
+exactly in every state, and bias correction sees no rounding shift for that layer.
+
+``custom_config_dict`` keys (defaults): ``num_batches`` (10) batches of ``data`` used,
+``num_step`` (1000) optimiser steps per layer, ``exclude_prefix`` (()) site names (a string or
+a list) left as round-to-nearest, ``warm_up`` (0.2), ``weight`` (0.01), ``b_range`` ((20, 2)),
+``lr`` (0.01, Adam), ``batch_size`` (32) samples per step, ``progress`` (True, tqdm).
+
+``data`` is a list/tuple of batches (moved to the model's device once) or a DataLoader (each
+batch moved as it is read). A batch is a tensor (the model's input), a tuple/list whose first
+items are the model's inputs (extra items such as labels are ignored), or a dict of keyword
+inputs. After the call, ``model.meta["eq_adaround"]`` holds, per site, the layer's output MSE to
+the float target on the calibration data with round-to-nearest and with AdaRound weights.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from ..fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
+from ..qmath import _as_param
+
+ZETA, GAMMA = 1.1, -0.1
+DEFAULTS = {"num_batches": 10, "num_step": 1000, "exclude_prefix": (), "warm_up": 0.2, "weight": 0.01,
+            "b_range": (20, 2), "lr": 0.01, "batch_size": 32, "progress": True}
+_OPS = {"conv1d", "conv2d", "conv3d", "linear"}
+
+
+def _op_name(node: fx.Node) -> str | None:
+    if node.op != "call_function":
+        return None
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    return name if name in _OPS else None
+
+
+def _layers(gm: fx.GraphModule):
+    """``[(site name, op node, weight-fq node, FakeQuantize, weight arg index)]`` in graph order."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not str(node.target).startswith("eq_fq."):
+            continue
+        fq = gm.get_submodule(node.target)
+        if not (isinstance(fq, FakeQuantize) and fq.is_weight):
+            continue
+        w = node.args[0]
+        if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+            continue
+        for user in node.users:
+            if _op_name(user) is not None and user.args and user.args[0] is not node:
+                idx = next(i for i, a in enumerate(user.args) if a is node)
+                name = node.meta.get("eq_name", str(node.target))
+                site = name[: -len(".weight")] if name.endswith(".weight") else name
+                out.append((site, user, node, fq, idx))
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph until the last of ``nodes``, keeping their evaluated args and outputs."""
+
+    def __init__(self, gm, nodes):
+        super().__init__(gm)
+        self.nodes, self.seen = set(nodes), {}
+        self.last = max(nodes, key=lambda n: _order(gm)[n])
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if n in self.nodes:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.seen[n] = (args, kwargs, result.detach())
+            if n is self.last:
+                raise _Stop
+        return result
+
+
+def _order(gm):
+    order = getattr(gm, "_eq_adaround_order", None)
+    if order is None or len(order) != len(gm.graph.nodes):
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        gm._eq_adaround_order = order
+    return order
+
+
+def _batches(data, num_batches, device):
+    if isinstance(data, (list, tuple)):
+        return [_to(b, device) for b in list(data)[:num_batches]]  # moved once
+
+    def gen():
+        for i, b in enumerate(data):
+            if i >= num_batches:
+                break
+            yield _to(b, device)
+    return gen()
+
+
+def _to(b, device):
+    if isinstance(b, torch.Tensor):
+        return b.to(device)
+    if isinstance(b, (list, tuple)):
+        return type(b)(_to(v, device) for v in b)
+    if isinstance(b, dict):
+        return {k: _to(v, device) for k, v in b.items()}
+    return b
+
+
+def _record(gm, nodes, batches, n_inputs):
+    """``{node: [(args, kwargs, output) per batch]}`` for ``nodes`` over ``batches``."""
+    seen = {n: [] for n in nodes}
+    placeholders = [p.target for p in gm.graph.nodes if p.op == "placeholder"]
+    for b in batches:
+        rec = _Recorder(gm, nodes)
+        if isinstance(b, dict):
+            inputs = [b[p] for p in placeholders]
+        elif isinstance(b, (list, tuple)):
+            inputs = list(b[:n_inputs])
+        else:
+            inputs = [b]
+        try:
+            with torch.no_grad():
+                rec.run(*inputs)
+        except _Stop:
+            pass
+        for n in nodes:
+            seen[n].append(rec.seen[n])
+    return seen
+
+
+def _set_states(gm, state):
+    saved = {}
+    for _, m in gm.named_modules():
+        if isinstance(m, (FakeQuantize, BiasCorrection)):
+            saved[m] = m.state
+            m.state = FakeQuantState(state) if state is not None else m.state
+    return saved
+
+
+def _restore(saved):
+    for m, s in saved.items():
+        m.state = s
+
+
+def _h(v):
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = None) -> fx.GraphModule:
+    """Learn the rounding of every conv/linear weight of ``calib_model`` (module docstring)."""
+    cfg = dict(DEFAULTS)
+    unknown = set(custom_config_dict or {}) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"adaround: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    cfg.update(custom_config_dict or {})
+    excl = cfg["exclude_prefix"]
+    excl = (excl,) if isinstance(excl, str) else tuple(excl or ())
+    gm = calib_model
+    try:
+        device = next(gm.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    batches = _batches(data, int(cfg["num_batches"]), device)
+    if not isinstance(batches, list):
+        batches = list(batches)  # a DataLoader is read once; every layer reuses the batches
+    if not batches:
+        raise ValueError("adaround: data gave no batches")
+    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    layers = [l for l in _layers(gm) if not any(l[0] == p or l[0].startswith(p) for p in excl)]
+    for _, _, _, fq, _ in layers:
+        fq.qparams()  # raises if never calibrated
+    report = {}
+    was_training = gm.training
+    gm.eval()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(layers) * int(cfg["num_step"]), desc="adaround", disable=not cfg["progress"])
+    try:
+        saved = _set_states(gm, FakeQuantState.FLOAT)
+        try:  # the float model's outputs (and biases) of every layer, in one pass
+            floats = _record(gm, [l[1] for l in layers], batches, n_inputs) if layers else {}
+        finally:
+            _restore(saved)
+        for site, op_node, wq_node, fq, widx in layers:
+            bar.set_postfix_str(site)
+            report[site] = _round_layer(gm, op_node, wq_node, fq, widx, batches, n_inputs, cfg, bar,
+                                        floats.pop(op_node))
+    finally:
+        bar.close()
+        gm.train(was_training)
+    gm.meta.setdefault("eq_adaround", {}).update(report)
+    return gm
+
+
+def _round_layer(gm, op_node, wq_node, fq, widx, batches, n_inputs, cfg, bar, floats):
+    bias_idx = next((i for i, a in enumerate(op_node.args)
+                     if isinstance(a, fx.Node) and a.op == "call_module" and str(a.target).startswith("eq_bc.")), None)
+    # inputs from the partially quantized model (its current states), targets from the float model
+    quant = _record(gm, [op_node], batches, n_inputs)[op_node]
+    bias = floats[0][0][bias_idx] if bias_idx is not None else None
+    x = torch.cat([a[0] for a, _, _ in quant]).detach()
+    y = torch.cat([out for _, _, out in floats]).detach()
+    consts, kw = list(quant[0][0]), dict(quant[0][1])
+    consts[0] = None
+    del quant, floats
+    target = op_node.target
+
+    def run(xb, w):
+        args = list(consts)
+        args[0], args[widx] = xb, w
+        if bias_idx is not None:
+            args[bias_idx] = bias
+        return target(*args, **kw)
+
+    param_owner, pname = _owner(gm, wq_node.args[0].target)
+    param = getattr(param_owner, pname)
+    w = param.detach().float()
+    scale, zp = fq.qparams()
+    s = _as_param(scale, w, fq.ch_axis)
+    z = _as_param(zp, w, fq.ch_axis)
+    qmin, qmax = fq.dtype.qmin, fq.dtype.qmax
+    w_floor = torch.floor(w / s)
+    rest = (w / s - w_floor).clamp(1e-4, 1 - 1e-4)
+    v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+
+    def weight_of(h):
+        return (torch.clamp(w_floor + z + h, qmin, qmax) - z) * s
+
+    def mse(wt):
+        with torch.no_grad():
+            return sum(float((run(x[i:i + 256], wt) - y[i:i + 256]).pow(2).sum()) for i in range(0, len(x), 256)) / y.numel()
+
+    w_rtn = (torch.clamp(torch.round(w / s) + z, qmin, qmax) - z) * s
+    mse_rtn = mse(w_rtn)
+    opt = torch.optim.Adam([v], lr=float(cfg["lr"]))
+    steps, warm = int(cfg["num_step"]), float(cfg["warm_up"])
+    b_start, b_end = (float(b) for b in cfg["b_range"])
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    bs = min(int(cfg["batch_size"]), len(x))
+    for t in range(steps):
+        idx = torch.randint(0, len(x), (bs,), generator=gen).to(x.device)
+        h = _h(v)
+        out = run(x[idx], weight_of(h))
+        loss = (out - y[idx]).pow(2).sum(1).mean() if out.dim() > 1 else (out - y[idx]).pow(2).mean()
+        if t >= warm * steps:
+            frac = (t - warm * steps) / max(1.0, (1 - warm) * steps)
+            beta = b_end + (b_start - b_end) * max(0.0, 1.0 - frac)
+            loss = loss + float(cfg["weight"]) * (1 - (2 * h - 1).abs().pow(beta)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.update(1)
+    with torch.no_grad():
+        w_new = weight_of((v >= 0).float())
+        mse_ada = mse(w_new)
+        param.data.copy_(w_new.to(param.dtype))
+    _fix_scale(fq, scale, zp)
+    return {"mse_rtn": mse_rtn, "mse_adaround": mse_ada}
+
+
+def _owner(gm, target: str):
+    path, _, name = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), name
+
+
+def _fix_scale(fq: FakeQuantize, scale, zp) -> None:
+    """Keep the weight FakeQuantize's qparams as they are (re-observing the rounded weights could
+    move the scale and break the exact reproduction)."""
+    from ..observers import FixedScaleObserver
+
+    name = getattr(fq.observer, "name", None)
+    obs = FixedScaleObserver(scale.detach().clone().cpu(), zero_point=zp.detach().clone().cpu(),
+                             dtype=fq.dtype, ch_axis=fq.ch_axis if scale.dim() else None)
+    if name is not None:
+        obs.name = name
+    fq.observer = obs.to(scale.device)
+    fq.fixed_scale = True
