@@ -83,7 +83,8 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm, nodes):
         super().__init__(gm)
         self.nodes, self.seen = set(nodes), {}
-        self.last = max(nodes, key=lambda n: _order(gm)[n])
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.last = max(nodes, key=order.__getitem__)
 
     def run_node(self, n):
         result = super().run_node(n)
@@ -93,14 +94,6 @@ class _Recorder(fx.Interpreter):
             if n is self.last:
                 raise _Stop
         return result
-
-
-def _order(gm):
-    order = getattr(gm, "_eq_adaround_order", None)
-    if order is None or len(order) != len(gm.graph.nodes):
-        order = {n: i for i, n in enumerate(gm.graph.nodes)}
-        gm._eq_adaround_order = order
-    return order
 
 
 def _batches(data, num_batches, device):
