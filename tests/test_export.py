@@ -12,19 +12,13 @@ from edgequant.export import ExportError, export
 from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16, \
     default_calibration_qconfig_setter as T8
 
-from models import trained_cnn
+from models import calibrate, trained_cnn
 from seeds import decint, smallmodel
 from test_op_coverage import CASES, _inputs
 
 
 def _calibrated(model, example, batches, setter=T8):
-    cm = eq.prepare(model, example, qconfig_setter=(setter,))
-    eq.set_fake_quantize(cm, eq.FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for b in batches:
-            cm(*b) if isinstance(b, tuple) else cm(b)
-    eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
-    return cm
+    return calibrate(eq.prepare(model, example, qconfig_setter=(setter,)), batches)
 
 
 @pytest.mark.parametrize("setter", [T8, T16], ids=["int8", "int16"])

@@ -17,21 +17,12 @@ from edgequant.qconfig_template import (
     qat_8bit_weight_16bit_fixed_act_qconfig_setter as Q16FIXED,
 )
 
-from models import ResidualCNN, accuracy, trained_cnn
+from models import ResidualCNN, accuracy, calibrate, trained_cnn
 from seeds import decint, smallmodel
 
 
 def cosine(a, b):
     return F.cosine_similarity(a.flatten().double(), b.flatten().double(), 0).item()
-
-
-def calibrate(model, batches):
-    eq.set_fake_quantize(model, eq.FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    eq.set_fake_quantize(model, eq.FakeQuantState.VALIDATION)
-    return model
 
 
 @pytest.fixture(scope="module")

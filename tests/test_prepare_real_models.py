@@ -26,6 +26,7 @@ from edgequant.qconfig_template import (
 )
 
 import real_data as data
+from models import calibrate
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +35,6 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
     """10 log10(sum ref^2 / sum (ref - test)^2), in float64."""
     ref, test = ref.double(), test.double()
     return 10 * math.log10(float(ref.pow(2).sum() / (ref - test).pow(2).sum()))
-
-
-def calibrate(cm, batches):
-    eq.set_fake_quantize(cm, eq.FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for b in batches:
-            cm(*b) if isinstance(b, tuple) else cm(b)
-    eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
-    return cm
 
 
 def fq_of(cm, node):

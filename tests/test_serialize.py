@@ -23,7 +23,7 @@ from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig
     default_calibration_qconfig_setter as T8
 from edgequant.serialize import FORMAT_VERSION, HEADER_SIZE, MAGIC, IRFileError, SerializeError, dumps, loads
 
-from models import trained_cnn
+from models import calibrate, trained_cnn
 from seeds import decint, smallmodel
 
 PACKAGE = Path(eq.__file__).resolve().parent
@@ -31,13 +31,7 @@ PACKAGE = Path(eq.__file__).resolve().parent
 
 # -- graphs the tests share (test_check_visualize imports these) ---------------------------------
 def calibrated(model, example, batches, setter=T8):
-    cm = eq.prepare(model, example, qconfig_setter=(setter,))
-    eq.set_fake_quantize(cm, eq.FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for b in batches:
-            cm(b)
-    eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
-    return cm
+    return calibrate(eq.prepare(model, example, qconfig_setter=(setter,)), batches)
 
 
 class Moves(nn.Module):
