@@ -53,6 +53,7 @@ class _Exporter:
         self.nodes: list[Node] = []
         self.inputs: list[str] = []
         self.callables: dict[str, object] = {}   # Python code kept opaque (SegmentLUT, wrapped)
+        self.writer: dict[str, int] = {}          # value name -> index in self.nodes of the node writing it
 
     # -- values -------------------------------------------------------------------------------
     def _add_value(self, name: str, val, qparams: QParams | None = None) -> str:
@@ -109,9 +110,9 @@ class _Exporter:
             outs = [self._add_value(f"{fxnode.name}.{i}", v) for i, v in enumerate(val)]
         else:
             outs = [self._add_value(fxnode.name, val, qparams)]
-        self.nodes.append(Node(name, op, tuple(inputs), tuple(outs),
-                               {"target": tstr, "args": enc_args, "kwargs": enc_kwargs, **attrs},
-                               fxnode.meta.get("eq_source", "")))
+        self._append(Node(name, op, tuple(inputs), tuple(outs),
+                          {"target": tstr, "args": enc_args, "kwargs": enc_kwargs, **attrs},
+                          fxnode.meta.get("eq_source", "")))
         return outs if isinstance(val, (tuple, list)) else outs[0]
 
     # -- the walk ---------------------------------------------------------------------------------
@@ -170,11 +171,11 @@ class _Exporter:
             self._set_qparams(ref, qp)
             self.env[node] = ref
             return
-        producer = self._producer_node(ref)
+        i = self.writer.get(ref)
+        producer = self.nodes[i] if i is not None else None
         if producer is not None and src.meta.get("eq_domain") == "quant" and len(src.users) == 1 \
                 and src.target is not quant_point and producer.attrs.get("target") != "quantize":
             self._set_qparams(ref, qp)                 # the op's own output fake-quant
-            i = self.nodes.index(producer)
             self.nodes[i] = Node(producer.name, producer.op, producer.inputs, producer.outputs,
                                  {**producer.attrs, "fq": True}, producer.source)
             self.env[node] = ref
@@ -182,14 +183,13 @@ class _Exporter:
         name = node.meta.get("eq_fq", node.name)       # a float value entering the quantized region
         out = node.name
         self._add_value(out, node.meta.get("val"), qp)
-        self.nodes.append(Node(name, "quantize", (ref,), (out,), {"fq": True}, src.meta.get("eq_source", "")))
+        self._append(Node(name, "quantize", (ref,), (out,), {"fq": True}, src.meta.get("eq_source", "")))
         self.env[node] = out
 
-    def _producer_node(self, value_name: str) -> Node | None:
-        for n in reversed(self.nodes):
-            if value_name in n.outputs:
-                return n
-        return None
+    def _append(self, n: Node) -> None:
+        for o in n.outputs:
+            self.writer[o] = len(self.nodes)
+        self.nodes.append(n)
 
     def _bias_correction(self, node: fx.Node, bc: BiasCorrection) -> None:
         x, w, wq, bias = node.args
