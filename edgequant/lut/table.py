@@ -26,6 +26,7 @@ import torch
 
 from ..dtype import get_dtype
 from ..qmath import quantize_multiplier
+from .fit import fit_nodes
 
 MODES = ("ASYM", "YSYM", "CSYM")
 STRATEGIES = ("evenly", "curvature")
@@ -174,19 +175,26 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
         bounds = _curvature_bounds(f, a_lo, a_hi, segments)
     else:
         bounds = [a_lo + (k * (a_hi - a_lo)) // segments for k in range(segments + 1)]
-    bound = min((1 << odt.bits) << frac_bits, (1 << 31) - 1)
-    entries, shifts, ends = [], [], []
+    shifts, grids = [], []
     for k in range(segments):
         b0, b1 = bounds[k], bounds[k + 1]
         p = max(0, math.ceil(math.log2(max(1, b1 - b0) / intervals))) if b1 > b0 else 0
         while intervals << p < b1 - b0:  # guard the float log2
             p += 1
-        seg, chords = _segment_entries(f, b0, b1, p, intervals)
-        entries.append(_round_clamp(seg * (1 << frac_bits), bound))
         shifts.append(p)
+        grids.append(torch.arange(b0, b1, 1 << p, dtype=torch.int64) if b1 > b0 else torch.tensor([b0]))
+    nodes = torch.cat(grids + [torch.tensor([bounds[-1]])])
+    values = fit_nodes(f.codes, nodes)                       # (T3.2)
+    bound = min((1 << odt.bits) << frac_bits, (1 << 31) - 1)
+    entries, ends, first = [], [], 0
+    for k in range(segments):
+        n_in = grids[k].numel()
+        seg, chords = _segment_entries(values[first:first + n_in + 1], bounds[k], bounds[k + 1], shifts[k],
+                                       intervals)
+        first += n_in
+        entries.append(_round_clamp(seg * (1 << frac_bits), bound))
         ends.append(chords)
-    end = f.codes(torch.tensor([bounds[-1]]))
-    entries.append(_round_clamp(end * (1 << frac_bits), bound))
+    entries.append(_round_clamp(values[-1:] * (1 << frac_bits), bound))
     # extrapolation slopes, output codes per input code, in 2^-frac_bits units
     if gradients is not None:
         g_lo, g_hi = (float(g) * in_scale / out_scale for g in gradients)
@@ -231,19 +239,17 @@ def _input_range(input_range, dividing_points, inverse_func, s_in, u_lo, u_hi, o
     return lo, hi
 
 
-def _segment_entries(f: _Func, b0: int, b1: int, p: int, intervals: int):
+def _segment_entries(v: torch.Tensor, b0: int, b1: int, p: int, intervals: int):
     """Entries of one segment over ``[b0, b1)`` with ``2^p`` codes per interval, float output codes.
 
-    Grid points at or past ``b1`` are never evaluated: the entry after the last grid point below
-    ``b1`` continues the chord from that point to ``f(b1)``, so the table is the piecewise-linear
-    interpolant of ``f`` at the grid points and at ``b1`` (continuous across segments), and ``f``
-    is never called outside the table's range. Returns the entries and the slopes (codes per
-    code) of the first and last chord.
+    ``v`` holds the node values at the grid points below ``b1`` and, last, at ``b1``. The entry
+    after the last grid point continues the chord from that point to ``b1``, so the table is
+    continuous across segments and ``f`` is never needed outside the table's range; entries past
+    it are never read. Returns the entries and the slopes (codes per code) of the first and last
+    chord.
     """
     step = 1 << p
-    n_in = max(1, -(-(b1 - b0) // step))          # grid points below b1
-    a = torch.tensor([b0 + j * step for j in range(n_in)] + [b1], dtype=torch.int64)
-    v = f.codes(a)
+    n_in = v.numel() - 1
     last, end = v[n_in - 1], v[n_in]
     span = b1 - (b0 + (n_in - 1) * step)
     slope_last = float((end - last) / span) if span > 0 else 0.0
