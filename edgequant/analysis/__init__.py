@@ -1,7 +1,23 @@
 """Analysis: where accuracy is lost between the float model, the simulation and the integer model.
 
-Never imported by the core stages; ``compare`` takes finished models and reports.
+Never imported by the core stages; every function takes finished models and reports:
+
+- ``compare(float, calib, quantized, x)``: the three stages side by side, per output and layer;
+- ``featuremap_similarity(a, b, x)``: any two stages per layer (cosine, SQNR, max error in LSB);
+- ``check_unfused_operations(model, x)``: fusions that were missed, and why;
+- ``check_qconfig(prepared)``: dtype and observer of every tensor, with warnings;
+- ``activation_histograms(prepared, batches)``: per-tensor histograms and clipping ranges;
+- ``QuantAnalysis``: worst inputs, per-layer comparison on them, op sensitivity, int16 proposal;
+- ``report(path, ...)``: all of it as one self-contained HTML file.
 """
 from .compare import Comparison, compare, cosine, sqnr
+from .histograms import activation_histograms
+from .html_report import report
+from .qconfig_check import QconfigCheck, check_qconfig
+from .quant_analysis import QuantAnalysis
+from .similarity import Similarity, featuremap_similarity
+from .unfused import check_unfused_operations
 
-__all__ = ["compare", "Comparison", "cosine", "sqnr"]
+__all__ = ["compare", "Comparison", "cosine", "sqnr", "featuremap_similarity", "Similarity",
+           "check_unfused_operations", "check_qconfig", "QconfigCheck", "activation_histograms",
+           "QuantAnalysis", "report"]
