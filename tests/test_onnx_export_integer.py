@@ -32,7 +32,7 @@ from edgequant.onnx_export.intmath import rounding_shift
 from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 from edgequant.qmath import rounding_shift_right
 
-from models import calibrate, mnist, train
+from models import calibrate, mnist
 
 
 class TableCNN(nn.Module):
@@ -78,8 +78,8 @@ def with_intermediates(model: onnx.ModelProto, names) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def table_cnn(tmp_path_factory):
     torch.manual_seed(0)
-    xtr, ytr, xte, _ = mnist()
-    model = train(TableCNN(), xtr[:2000], ytr[:2000], epochs=1)
+    xtr, _, xte, _ = mnist()
+    model = TableCNN().eval()     # bit-exactness needs no training: default init, real digits
     cm = eq.prepare(model, (xtr[:2],), qconfig_setter=(T8,))
     calibrate(cm, xtr[:512].split(128))
     gi = eq.convert(export(cm, (xtr[:2],)))
@@ -92,7 +92,7 @@ def test_int8_cnn_integer_file_equals_the_integer_model_in_onnxruntime(table_cnn
     gi, m, path, xte = table_cnn
     ops = {n.op for n in gi.nodes}
     assert {"conv2d", "add", "lut", "max_pool", "avg_pool", "linear"} <= ops
-    x = xte[:300]
+    x = xte[:100]
     ref, env = gi(x, return_intermediates=True)
     quantized = [v for v, rec in gi.values.items() if rec.qparams is not None and v not in gi.constants]
     mm = with_intermediates(m, quantized)

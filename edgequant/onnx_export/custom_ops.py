@@ -17,8 +17,6 @@ ops registered). docs/onnx.md documents each op.
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from onnx.reference.op_run import OpRun
 
@@ -35,24 +33,20 @@ def conv_accumulate(w, node, ins) -> str:
 
 
 def conv_accumulate_np(x, w, strides, pads, dilations, group, x_zero_point, w_zero_point) -> np.ndarray:
-    """The op's definition in NumPy int64: one kernel tap at a time (im2col written out)."""
+    """The op's definition in int64: the integer model's own reference sum
+    (``ops.matmul_like``'s tap-by-tap conv) on the centered codes."""
+    import torch
+
+    from ..ops.matmul_like import _ref_conv
+
     nd = w.ndim - 2
-    xc = x.astype(np.int64) - x_zero_point
+    if list(pads[:nd]) != list(pads[nd:]):
+        raise ValueError("ConvAccumulate takes symmetric pads")
     wz = np.asarray(w_zero_point, dtype=np.int64)
-    wc = w.astype(np.int64) - (wz.reshape([-1] + [1] * (nd + 1)) if wz.size > 1 else wz.reshape(()))
-    xc = np.pad(xc, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
-    n, c, size = xc.shape[0], xc.shape[1], xc.shape[2:]
-    o, k = wc.shape[0], wc.shape[2:]
-    out = [(size[i] - dilations[i] * (k[i] - 1) - 1) // strides[i] + 1 for i in range(nd)]
-    xg = xc.reshape(n, group, c // group, *size)
-    wg = wc.reshape(group, o // group, c // group, *k)
-    acc = np.zeros((n, group, o // group, *out), dtype=np.int64)
-    for tap in itertools.product(*(range(e) for e in k)):
-        win = tuple(slice(tap[i] * dilations[i], tap[i] * dilations[i] + strides[i] * (out[i] - 1) + 1, strides[i])
-                    for i in range(nd))
-        patch = xg[(slice(None),) * 3 + win]
-        acc += np.einsum("ngc...,goc->ngo...", patch, wg[(slice(None),) * 3 + tap])
-    return acc.reshape(n, o, *out)
+    xc = torch.from_numpy(x.astype(np.int64) - x_zero_point)
+    wc = torch.from_numpy(w.astype(np.int64) - (wz.reshape([-1] + [1] * (nd + 1)) if wz.size > 1 else wz.reshape(())))
+    attrs = {"stride": list(strides), "padding": list(pads[:nd]), "dilation": list(dilations), "groups": group}
+    return _ref_conv(xc, wc, attrs).numpy()
 
 
 class ConvAccumulate(OpRun):

@@ -21,3 +21,17 @@ def unsupported(node: Node, flavour: str, why: str = "") -> OnnxExportError:
         f"flavour{detail}\n  from {node.source or '<unknown source>'}\n  export the model without this op "
         "(wrap it outside the quantized region) or use the other flavour; "
         "docs/onnx.md lists the ops each flavour writes")
+
+
+def translate_nodes(b, nodes, flavour: str, step) -> None:
+    """Run ``step(node)`` for each IR node with the builder's doc string and name prefix set to
+    it; any ``ValueError`` becomes an ``OnnxExportError`` naming the node."""
+    for node in nodes:
+        b.source, b.prefix = node.source, node.name
+        try:
+            step(node)
+        except OnnxExportError:
+            raise
+        except ValueError as exc:
+            raise unsupported(node, flavour, str(exc)) from None
+    b.source, b.prefix = "", ""

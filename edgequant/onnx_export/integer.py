@@ -30,7 +30,7 @@ from ..dtype import get_dtype
 from ..ir import Graph, Node, QParams
 from . import aten, tables
 from .builder import Builder
-from .errors import unsupported
+from .errors import translate_nodes, unsupported
 from .integer_types import storage_elem, storage_np
 from .intmath import along, clamp, requantize, rounding_shift, saturate_cast, to_i64
 
@@ -62,22 +62,16 @@ class IntWriter:
             b.claim(name)
         self.names.update({n: n for n in g.inputs})
         used = {i for n in g.nodes for i in n.inputs if i is not None} | {o for o in g.outputs if isinstance(o, str)}
-        self.skip_consts = set()
         for name, t in g.constants.items():
             if name in used:
                 self.names[name] = b.initializer(name, t.numpy().astype(storage_np(g.values[name].dtype))
                                                  if g.values[name].qparams is not None else t.numpy(), g.values[name])
-        for node in g.nodes:
-            b.source, b.prefix = node.source, node.name
-            try:
-                self._node(node)
-            except ValueError as exc:
-                if "cannot export node" in str(exc):
-                    raise
-                raise unsupported(node, FLAVOUR, str(exc)) from None
-            for o in node.outputs:
-                self.names.setdefault(o, o)
-        b.source, b.prefix = "", ""
+        translate_nodes(b, g.nodes, FLAVOUR, self._step)
+
+    def _step(self, node: Node) -> None:
+        self._node(node)
+        for o in node.outputs:
+            self.names.setdefault(o, o)
 
     def _node(self, node: Node) -> None:
         ins = [self.names[i] if i is not None else None for i in node.inputs]

@@ -27,7 +27,7 @@ from ..ir import Graph, Node, QParams
 from ..qmath import quantize
 from . import aten, tables
 from .builder import Builder, value_info
-from .errors import unsupported
+from .errors import translate_nodes, unsupported
 from .integer_types import storage_elem, storage_np
 from .intmath import saturate_cast
 
@@ -78,15 +78,7 @@ class QdqWriter:
         for name, t in g.constants.items():
             if name in used:
                 self._constant(name, t)
-        for node in g.nodes:
-            b.source, b.prefix = node.source, node.name
-            try:
-                self._node(node)
-            except ValueError as exc:
-                if "cannot export node" in str(exc):
-                    raise
-                raise unsupported(node, FLAVOUR, str(exc)) from None
-        b.source, b.prefix = "", ""
+        translate_nodes(b, g.nodes, FLAVOUR, self._node)
 
     def _constant(self, name: str, t: torch.Tensor) -> None:
         v = self.g.values[name]
