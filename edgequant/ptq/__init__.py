@@ -1,5 +1,6 @@
-"""Post-training quantization algorithms: ``adaround`` (learned weight rounding) and a 4-bit
-weight calibration template to use it with.
+"""Post-training quantization algorithms: ``adaround`` (learned weight rounding), a 4-bit
+weight calibration template to use it with, ``op_sensitivity`` (a per-op sensitivity table) and
+``get_sensitive_op_qconfig_setter`` (int16 for the most sensitive ops).
 
 | template | activations | weights | observer |
 |---|---|---|---|
@@ -13,6 +14,7 @@ from ..dtype import qint4, qint8
 from ..qconfig import get_qconfig
 from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
 from .adaround import adaround
+from .sensitivity import SensitivityTable, get_sensitive_op_qconfig_setter, op_sensitivity
 
 
 def _calibration_4bit_weight(site: OpSite):
@@ -28,4 +30,5 @@ calibration_4bit_weight_8bit_act_qconfig_setter = TemplateSetter(
     "Post-training calibration: int8 activations (MSE observer), int4 per-channel weights "
     "(min-max); the weights are meant to be rounded by edgequant.ptq.adaround.")
 
-__all__ = ["adaround", "calibration_4bit_weight_8bit_act_qconfig_setter"]
+__all__ = ["adaround", "calibration_4bit_weight_8bit_act_qconfig_setter", "op_sensitivity", "SensitivityTable",
+           "get_sensitive_op_qconfig_setter"]
