@@ -152,15 +152,17 @@ def featuremap_similarity(model_a, model_b, inputs) -> Similarity:
             # both sides must hold the same tensor: a value fused away in one graph (a conv's
             # pre-activation output) has no qparams there and is skipped
             same = ov is not None and (ov.qparams is not None or name in hp)
-            if qp is None or not same or name not in va or name not in vb:
+            if (qp is None and name not in hp) or not same or name not in va or name not in vb:
                 continue
             a, b = va[name].double(), vb[name].double()
             if a.shape != b.shape or not a.numel():
                 continue
             diff = (a - b).abs()
-            lsb = diff / _step(qp, diff)
+            # a high-precision output has no grid before convert: its LSB is unknown there
+            lsb = diff / _step(qp, diff) if qp is not None else torch.full_like(diff, math.nan)
             result.rows.append({"name": site.get(node.name, (node.name,))[0], "node": node.name, "value": name,
-                                "op": site.get(node.name, (None, node.op))[1], "dtype": qp.dtype,
+                                "op": site.get(node.name, (None, node.op))[1],
+                                "dtype": qp.dtype if qp is not None else "qint32",
                                 "cosine": cosine(a, b), "sqnr": sqnr(a, b), "max_abs": float(diff.max()),
                                 "max_lsb": float(lsb.max()), "mean_lsb": float(lsb.mean())})
     return result
