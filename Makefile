@@ -19,9 +19,11 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m edgequant.demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edgequant demo
 
 test: $(STAMP)
+	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
