@@ -9,8 +9,8 @@ fits in the bins (and at least what it was), so the data always span more than h
 When new data do not fit, ``w`` doubles as often as needed: every new bin is the union of
 ``2**d`` old bins, so counts move whole and never split. The grid is therefore a function of
 (the largest ``log2_width`` seen, ``min_val``, ``max_val``) only, which makes merging two
-histograms produce the grid that observing both streams produces, with the same counts except
-for values within ``2**-12`` of a bin edge, which float32 binning may put in the neighbouring bin.
+histograms produce the grid that observing both streams produces, with the same counts (each
+value's bin is computed exactly, see ``add_``).
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from torch import nn
 
 EMPTY_LOG2 = -(1 << 30)  # log2_width of a histogram that has seen nothing (neutral for "max")
 MIN_LOG2 = -120          # keeps w and the window edges normal float32 numbers
-_CHUNK = 1 << 24         # values per torch.histc call: its float32 counts are exact up to 2**24
-_F32_MAX = float(torch.finfo(torch.float32).max)
+_BLOCK = (1 << 15) - 1   # values binned per step: under torch's grain size, so each op runs on the calling thread
 
 
 def fit_log2_width(lo: float, hi: float, bins: int, at_least: int) -> int:
@@ -123,20 +122,36 @@ class Histogram(nn.Module):
     def add_(self, x: torch.Tensor, lo: float, hi: float) -> None:
         """Count the values of ``x`` (finite, float32/float64, with min ``lo`` and max ``hi``).
 
-        One ``torch.histc`` pass over the window ``[k0 w, (k0 + bins) w)``, whose edges are exact
-        float32 numbers: histc's ``(v - left) * bins / (right - left)`` only rounds in the
-        subtraction, so a value can land one bin off only within ``2**-12`` bin of an edge.
-        (A pipeline of scale, cast and ``bincount`` costs half as much on an idle machine but
-        runs four parallel regions instead of one and loses when other processes hold the cores.)
+        A value's bin is ``floor(x / w) - k0``: ``x * 2**-e`` is exact (a power of two) and so
+        is subtracting the integer ``k0`` (the result lies in ``[0, bins)``), so every normal
+        float lands in its true bin, and truncating to an integer is that floor. The data go
+        through in chunks of ``_BLOCK`` values into two small reused buffers (scaled values,
+        int16 bin indices) and ``torch.bincount``: the buffers stay in cache and memory does not
+        grow with the tensor. Each op is smaller than torch's parallel grain, so it runs on the
+        calling thread and never waits at a parallel region for a core another process holds.
+        Measured on 16x{96,144,480,1152}xHxW activations under load: half the CPU time of one
+        ``torch.histc`` call (which also rounds each value's offset from the left edge, so it
+        could put a value one bin off within ``2**-12`` bin of an edge; this binning cannot).
+        Subnormal inputs may land one bin off when ``e > 0`` (their scaled value underflows).
         """
         self.align_(lo, hi, EMPTY_LOG2)
         e, k0 = self.window
-        left, right = math.ldexp(k0, e), math.ldexp(k0 + self.bins, e)
         flat = x.reshape(-1)
-        if max(abs(left), abs(right)) > _F32_MAX:
-            flat = flat.double()  # the window edges do not fit in float32
-        for chunk in flat.split(_CHUNK):  # histc counts in float32, exact up to 2**24 per bin
-            self.counts += torch.histc(chunk, self.bins, left, right)
+        if max(abs(k0), abs(k0 + self.bins)) > (1 << 23) or e > 100 or e < -100:
+            flat = flat.double()  # far from float32's comfortable range: scale in float64
+        scale = math.ldexp(1.0, -e)
+        offset = torch.tensor(float(-k0), dtype=flat.dtype, device=flat.device)
+        block = min(flat.numel(), _BLOCK)
+        scaled = torch.empty(block, dtype=flat.dtype, device=flat.device)
+        index = torch.empty(block, dtype=torch.int16 if self.bins <= 32767 else torch.int64, device=flat.device)
+        counts = torch.zeros(self.bins, dtype=torch.int64, device=flat.device)
+        for chunk in flat.split(_BLOCK):
+            n = chunk.numel()
+            y = torch.add(offset, chunk, alpha=scale, out=scaled[:n])
+            i = index[:n]
+            i.copy_(y)
+            counts += torch.bincount(i, minlength=self.bins)
+        self.counts += counts.to(self.counts)
 
     def merge_(self, other: Histogram) -> None:
         """Add ``other``'s counts (re-binned exactly onto the common grid)."""

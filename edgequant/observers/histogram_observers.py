@@ -1,7 +1,7 @@
 """Observers that keep a histogram and search it for a clipping range: percentile, MSE, KL.
 
-Each takes tensors batch by batch (per tensor only) and costs one min/max pass and one
-``torch.histc`` pass per batch; memory is one bounded ``Histogram`` (2048 float64 counts by
+Each takes tensors batch by batch (per tensor only) and costs one min/max pass and one exact
+binning pass (``Histogram.add_``) per batch; memory is one bounded ``Histogram`` (2048 float64 counts by
 default) whatever the number of batches. ``calculate_qparams()`` searches the histogram only
 (``clip_search``) and returns ``scale_from_range`` of the range found.
 """
