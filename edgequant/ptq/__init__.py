@@ -1,5 +1,6 @@
 """Post-training quantization algorithms: ``adaround`` (learned weight rounding), a 4-bit
-weight calibration template to use it with, ``op_sensitivity`` (a per-op sensitivity table) and
+weight calibration template to use it with, ``auto_calibrate`` (per tensor, the calibration
+strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a per-op sensitivity table) and
 ``get_sensitive_op_qconfig_setter`` (int16 for the most sensitive ops).
 
 | template | activations | weights | observer |
@@ -14,6 +15,7 @@ from ..dtype import qint4, qint8
 from ..qconfig import get_qconfig
 from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
 from .adaround import adaround
+from .auto_calibrate import auto_calibrate
 from .sensitivity import SensitivityTable, get_sensitive_op_qconfig_setter, op_sensitivity
 
 
@@ -30,5 +32,5 @@ calibration_4bit_weight_8bit_act_qconfig_setter = TemplateSetter(
     "Post-training calibration: int8 activations (MSE observer), int4 per-channel weights "
     "(min-max); the weights are meant to be rounded by edgequant.ptq.adaround.")
 
-__all__ = ["adaround", "calibration_4bit_weight_8bit_act_qconfig_setter", "op_sensitivity", "SensitivityTable",
+__all__ = ["adaround", "auto_calibrate", "calibration_4bit_weight_8bit_act_qconfig_setter", "op_sensitivity", "SensitivityTable",
            "get_sensitive_op_qconfig_setter"]

@@ -4,7 +4,7 @@ Takes a prepared model (``prepare``) and calibration batches. ``op_units(gm)`` g
 model's fake quantization by op site (the names qconfig setters and ``prepare`` use): each
 ``OpUnit`` holds the op's weight, input and output ``FakeQuantize`` modules and the graph
 position from which they can change anything. ``Sweep`` runs the graph once per batch up to a
-cursor, keeping only the values still needed after it (each value is dropped after its last
+cursor (``execution_order``), keeping only the values still needed after it (each value is dropped after its last
 use), so that the rest of the graph can be run from the cursor as often as a search needs
 without recomputing what lies before it; ``advance`` moves the cursor forward (with whatever
 fake-quant states are set at that time), ``outputs`` runs the rest and returns the model's
@@ -60,17 +60,44 @@ def _site_of(fq_name: str, sites: set[str]) -> tuple[str, str] | None:
     return None
 
 
+def execution_order(gm: fx.GraphModule) -> list[fx.Node]:
+    """The graph's nodes in an order that runs them correctly, with every constant node (one that
+    depends on no input: parameters and their fake quantization) moved to just before its first
+    user, so that an op's weight fake-quant comes right before the op, after the op's inputs."""
+    nodes = list(gm.graph.nodes)
+    const: dict[fx.Node, bool] = {}
+    for n in nodes:
+        const[n] = n.op == "get_attr" or (n.op in ("call_function", "call_method", "call_module")
+                                          and all(const[a] for a in n.all_input_nodes))
+    order: list[fx.Node] = []
+    emitted: set[fx.Node] = set()
+
+    def emit(n: fx.Node) -> None:
+        if n not in emitted:
+            for a in n.all_input_nodes:
+                emit(a)
+            emitted.add(n)
+            order.append(n)
+
+    for n in nodes:
+        if not const[n] and n.op != "output":
+            emit(n)
+    for n in nodes:  # constants that no computed value uses, then the output
+        emit(n)
+    return order
+
+
 def op_units(gm: fx.GraphModule) -> list[OpUnit]:
-    """Every op site of ``gm`` that has a FakeQuantize, ordered by ``start`` (graph order)."""
+    """Every op site of ``gm`` that has a FakeQuantize, ordered by ``start`` (``execution_order``)."""
     meta = getattr(gm, "meta", {}).get("edgequant")
     if meta is None:
         raise ValueError("expected a model returned by edgequant.prepare (its meta has no 'edgequant' entry)")
     sites = set(meta["sites"])
-    index = {n: i for i, n in enumerate(gm.graph.nodes)}
+    index = {n: i for i, n in enumerate(execution_order(gm))}
     ops = {n.meta["eq_name"]: ("quantize" if n.meta.get("eq_spec") is None else n.meta["eq_spec"].name)
            for n in gm.graph.nodes if n.meta.get("eq_site")}
     units: dict[str, OpUnit] = {}
-    for node in gm.graph.nodes:
+    for node in index:
         if node.op != "call_module" or "eq_fq" not in node.meta:
             continue
         fq = gm.get_submodule(node.target)
@@ -144,7 +171,7 @@ class Sweep:
 
     def __init__(self, gm: fx.GraphModule, batches: list):
         self.gm = gm
-        self.nodes = list(gm.graph.nodes)
+        self.nodes = execution_order(gm)
         index = {n: i for i, n in enumerate(self.nodes)}
         self.dead_after: list[list[fx.Node]] = [[] for _ in self.nodes]
         for i, n in enumerate(self.nodes):
