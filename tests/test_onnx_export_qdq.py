@@ -2,7 +2,7 @@
 
 - the residual CNN (tests/models.py, int8): logits cosine >= 0.9999 and argmax agreement
   >= 99.9 % on 1,000 held-out MNIST digits, at a batch size other than the traced one;
-- EfficientNet-Lite0 (int8, per-channel weights) on held-out photo crops and all-MiniLM-L6-v2
+- EfficientNet-Lite0 (int8 per-channel weights, int16 activations) on held-out photo crops and all-MiniLM-L6-v2
   (int16 activations; sentence embeddings and last hidden states) on held-out sentences (slow);
 - the file's structure: opset 21, QuantizeLinear/DequantizeLinear with int8 weights per output
   channel, a dynamic batch dim, ``onnx.checker`` with ``full_check``; an op with no translation
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import edgequant as eq
 from edgequant.export import export
 from edgequant.onnx_export import OnnxExportError, export_onnx
+from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16
 from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 
 from models import calibrate, trained_cnn
@@ -70,7 +71,7 @@ def test_cnn_qdq_structure(cnn):
     g = export(cm)
     n_fq = sum(1 for n in g.nodes if n.op == "quantize" or n.attrs.get("fq"))
     assert ops.count("QuantizeLinear") >= n_fq
-    assert ops.count("Conv") == 5 and "MatMul" in ops
+    assert ops.count("Conv") == 5 and "Gemm" in ops
     inits = {t.name: t for t in m.graph.initializer}
     w = inits["stem.0.weight.q"]
     assert w.data_type == onnx.TensorProto.INT8
@@ -88,3 +89,55 @@ def test_an_op_without_translation_names_itself(cnn, tmp_path):
     node.attrs["target"] = "aten.fractional_max_pool2d.default"
     with pytest.raises(OnnxExportError, match=r"max_pool.*fractional_max_pool2d"):
         export_onnx(g, tmp_path / "bad.onnx", flavour="qdq")
+
+
+# -- real pretrained models (slow) ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_efficientnet_lite0_qdq_matches_the_simulation_in_onnxruntime(tmp_path):
+    """int8 per-channel weights, int16 activations: logits cosine and top-1 agreement on held-out crops."""
+    import real_data as data
+
+    torch.manual_seed(0)
+    model = data.load_efficientnet_lite0()
+    calib, test = data.calibration_images(32), data.held_out_images(24)
+    with torch.no_grad():
+        cm = eq.prepare(model, calib[:2], qconfig_setter=(T16,))
+        calibrate(cm, calib.split(16))
+        ref = torch.cat([cm(x) for x in test.split(12)])
+    m = export_onnx(cm, tmp_path / "effnet_qdq.onnx", (calib[:2],), flavour="qdq")
+    assert sum(n.op_type == "Conv" for n in m.graph.node) == 49
+    s = session(tmp_path / "effnet_qdq.onnx")
+    got = torch.from_numpy(np.concatenate([s.run(None, {m.graph.input[0].name: x.numpy()})[0] for x in test.split(12)]))
+    cos, agree = agreement(ref, got)
+    print(f"\nEfficientNet-Lite0 (int8 weights, int16 activations) QDQ in ONNX Runtime vs VALIDATION on {len(test)} "
+          f"held-out crops: cosine {cos:.7f}, top-1 agreement {agree:.4f}")
+    assert cos >= 0.9999 and agree >= 0.999
+
+
+@pytest.mark.slow
+def test_minilm_qdq_matches_the_simulation_in_onnxruntime(tmp_path):
+    """int16 activations; the table ops (GELU, tanh, softmax, layer norm) run their integer
+    kernels between Q and DQ: last hidden states and sentence embeddings on held-out sentences."""
+    import real_data as data
+
+    torch.manual_seed(0)
+    st = data.load_minilm()
+    bert = st[0].auto_model.eval()
+    ex = data.tokenize(st, data.CALIBRATION_SENTENCES[:4])
+    with torch.no_grad():
+        cm = eq.prepare(bert, ex, qconfig_setter=(T16,))
+        calibrate(cm, [data.tokenize(st, data.CALIBRATION_SENTENCES[i:i + 8]) for i in range(0, 16, 8)])
+    m = export_onnx(cm, tmp_path / "minilm_qdq.onnx", ex, flavour="qdq")
+    assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask"]
+    s = session(tmp_path / "minilm_qdq.onnx")
+    ids, mask = data.tokenize(st, data.TEST_SENTENCES[:12])        # another batch size and length than traced
+    with torch.no_grad():
+        ref = cm(ids, mask)
+    got = s.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    hidden, pooled = torch.from_numpy(got[0]), torch.from_numpy(got[1])
+    cos_hidden = agreement(ref[0], hidden)[0]
+    cos_pooled = agreement(ref[1], pooled)[0]
+    emb = F.cosine_similarity(data.sentence_embeddings(ref[0], mask), data.sentence_embeddings(hidden, mask), dim=1)
+    print(f"\nMiniLM int16 QDQ in ONNX Runtime vs VALIDATION on {len(ids)} held-out sentences: last hidden state "
+          f"cosine {cos_hidden:.7f}, sentence-embedding cosine min {emb.min():.7f}, pooler cosine {cos_pooled:.7f}")
+    assert cos_hidden >= 0.9999 and cos_pooled >= 0.9999 and emb.min() >= 0.9999

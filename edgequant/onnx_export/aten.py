@@ -96,12 +96,18 @@ def conv(c: Ctx, out):
 
 
 def linear(c: Ctx, out):
+    """``Gemm(transB=1)`` on the input flattened to 2-D. (A DequantizeLinear weight feeding a
+    ``MatMul`` is fused by ONNX Runtime into ``MatMulNBits``, which may compute with 8-bit
+    activations and so no longer matches the simulation; ``Gemm`` keeps the float product.)"""
     args, kw = c.args()
     x, w, bias = args[0], args[1], _arg(args, kw, 2, "bias")
-    wt = c.b.op("Transpose", [w], perm=[1, 0])
-    if not bias:
-        return c.b.op("MatMul", [x, wt], out)
-    return c.b.op("Add", [c.b.op("MatMul", [x, wt]), bias], out)
+    inputs = [w, bias] if bias else [w]
+    if c.rank_of(x) == 2:
+        return c.b.op("Gemm", [x] + inputs, out, transB=1)
+    k = c.b.op("Shape", [w], start=1, end=2)
+    y = c.b.op("Gemm", [c.b.op("Reshape", [x, c.b.op("Concat", [c.b.i64([-1]), k], axis=0)])] + inputs, transB=1)
+    shape = c.b.op("Concat", [c.b.op("Shape", [x], start=0, end=-1), c.b.op("Shape", [w], start=0, end=1)], axis=0)
+    return c.b.op("Reshape", [y, shape], out)
 
 
 def _binary(onnx_op):

@@ -41,6 +41,7 @@ class Builder:
         self.custom_used = False
         self.source = ""      # the IR source line of the node being translated (doc_string)
         self.prefix = ""      # the IR node name, prefix of the helper tensors it writes
+        self.strict = True
 
     def fresh(self, base: str) -> str:
         base = f"{self.prefix}/{base}" if self.prefix else base
@@ -70,7 +71,7 @@ class Builder:
         """An initializer holding ``value`` (NumPy array or number) of ``dtype``."""
         arr = np.asarray(value, dtype=dtype)
         name = self.fresh(base)
-        self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        self.inits[name] = numpy_helper.from_array(np.array(arr, order="C", copy=True), name)
         return name
 
     def i64(self, value, base: str = "i64") -> str:
@@ -79,7 +80,7 @@ class Builder:
     def initializer(self, name: str, arr: np.ndarray, v: Value | None = None) -> str:
         """A named initializer (an IR constant), annotated with its quantization when known."""
         self.claim(name)
-        tp = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        tp = numpy_helper.from_array(np.array(arr, order="C", copy=True), name)
         if v is not None:
             tp.doc_string, props = annotation(v)
             helper.set_metadata_props(tp, props)
@@ -98,7 +99,7 @@ class Builder:
                                   opset_imports=opsets)
         model.ir_version = IR_VERSION_ONNX
         helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True) \
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=self.strict, data_prop=True) \
             if not self.custom_used else model
         onnx.checker.check_model(model, full_check=True)
         return model

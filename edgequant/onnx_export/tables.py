@@ -23,7 +23,7 @@ from .builder import Builder
 from .errors import unsupported
 from .intmath import clamp
 
-SUPPORTED = ("table",)
+SUPPORTED = ("table", "softmax", "layer_norm")
 
 
 def supported(lut: dict) -> bool:
@@ -48,6 +48,18 @@ def _check_shift(node: Node, n) -> None:
     n = np.asarray(n)
     if n.size and (int(n.min()) < 1 or int(n.max()) > 62):
         raise unsupported(node, "onnx", f"a table shift of {int(n.min())}..{int(n.max())} is outside 1..62")
+
+
+def _slope(slope) -> tuple[int, int]:
+    """An extrapolation multiplier ``(m0, n)`` with ``n`` brought into ``1..62`` without changing
+    ``A6(dist * m0, n)``: ``n > 62`` gives 0 (``|dist * m0| < 2^48``: the distance is a 17-bit
+    code difference, ``m0`` has 31 bits), ``n < 1`` is an exact left shift."""
+    m0, n = int(slope[0]), int(slope[1])
+    if n > 62:
+        return 0, 1
+    if n < 1:
+        return m0 << (1 - n), 1
+    return m0, n
 
 
 def table_values(b: Builder, a: str, t: LutTable, node: Node) -> str:
@@ -77,12 +89,12 @@ def table_values(b: Builder, a: str, t: LutTable, node: Node) -> str:
     val = b.op("Add", [b.op("Mul", [e0, pw]), b.op("Mul", [b.op("Sub", [e1, e0]), frac])])
     y_in = shift_by_pow2(b, val, b.op("Gather", [b.i64(_pow2(shifts + fb)), seg], axis=0))
     # extrapolation (T4): anchor + A6(dist * m0, sh), then A6(., F)
-    _check_shift(node, [t.slope_lo[1], t.slope_hi[1], fb])
+    (m_lo, s_lo), (m_hi, s_hi) = _slope(t.slope_lo), _slope(t.slope_hi)
     below = b.op("Less", [a, b.i64(starts[0])])
     anchor = b.op("Where", [below, b.i64(e_np[0]), b.i64(e_np[-1])])
     dist = b.op("Sub", [a, b.op("Where", [below, b.i64(starts[0]), b.i64(starts[nseg])])])
-    m0 = b.op("Where", [below, b.i64(t.slope_lo[0]), b.i64(t.slope_hi[0])])
-    sh = b.op("Where", [below, b.i64(_pow2(t.slope_lo[1])), b.i64(_pow2(t.slope_hi[1]))])
+    m0 = b.op("Where", [below, b.i64(m_lo), b.i64(m_hi)])
+    sh = b.op("Where", [below, b.i64(_pow2(s_lo)), b.i64(_pow2(s_hi))])
     v = b.op("Add", [anchor, shift_by_pow2(b, b.op("Mul", [dist, m0]), sh)])
     y_out = shift_by_pow2(b, v, b.i64(_pow2(fb)))
     return b.op("Where", [inside, y_in, y_out])
@@ -103,13 +115,86 @@ def apply_table(b: Builder, q: str, t: LutTable, node: Node) -> str:
     return clamp(b, v, dt.qmin, dt.qmax)
 
 
+def shift_dynamic(b: Builder, v: str, n: str) -> str:
+    """(A6) by a per-element shift tensor ``n`` of any sign: ``n <= 0`` is an exact left shift,
+    ``n > 62`` gives 0 (every value shifted here is below 2^62 in magnitude)."""
+    pw = b.i64(_pow2(np.arange(63)), "pow2")
+    right = shift_by_pow2(b, v, b.op("Gather", [pw, clamp(b, n, 1, 62)], axis=0))
+    left = b.op("Mul", [v, b.op("Gather", [pw, clamp(b, b.op("Neg", [n]), 0, 62)], axis=0)])
+    right = b.op("Where", [b.op("Greater", [n, b.i64(62)]), b.i64(0), right])
+    return b.op("Where", [b.op("LessOrEqual", [n, b.i64(0)]), left, right])
+
+
+def bit_length(b: Builder, v: str) -> str:
+    """The bit length of positive int64 values: how many of 2^0 .. 2^62 are at most ``v`` (exact)."""
+    ge = b.op("GreaterOrEqual", [b.op("Unsqueeze", [v, b.i64([-1])]), b.i64(_pow2(np.arange(63)), "pow2")])
+    return b.op("ReduceSum", [b.op("Cast", [ge], to=TensorProto.INT64), b.i64([-1])], keepdims=0)
+
+
+def normalise(b: Builder, v: str, bits: int, even: bool = False) -> tuple[str, str]:
+    """``composite._normalise``: ``v = m * 2^k`` with ``m`` of ``bits`` bits (A6-rounded), ``k`` even if asked."""
+    k = b.op("Sub", [bit_length(b, v), b.i64(bits)])
+    if even:
+        k = b.op("Sub", [k, b.op("Mod", [k, b.i64(2)], fmod=0)])     # 2 * floor(k / 2)
+    return shift_dynamic(b, v, k), k
+
+
+def _saturated(b: Builder, y: str, out_zero: int, out_dtype: str) -> str:
+    dt = get_dtype(out_dtype)
+    return clamp(b, b.op("Add", [y, b.i64(out_zero)]) if out_zero else y, dt.qmin, dt.qmax)
+
+
+def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], node: Node) -> str:
+    """``composite.softmax_int`` (docs/arithmetic.md T6)."""
+    from ..lut.composite import RECIP_BITS
+
+    exp_t, rec_t = tabs
+    axes = b.i64([p["dim"]])
+    u = b.op("Sub", [q, b.i64(p["in_zero"])])
+    d = b.op("Sub", [u, b.op("ReduceMax", [u, axes], keepdims=1)])
+    e = table_values(b, d, exp_t, node)
+    m, k = normalise(b, b.op("ReduceSum", [e, axes], keepdims=1), 15)
+    r = table_values(b, m, rec_t, node)
+    prod = b.op("Mul", [b.op("Mul", [e, r]), b.i64(p["m0"])])
+    y = shift_dynamic(b, prod, b.op("Add", [k, b.i64(p["shift"] + RECIP_BITS)]))
+    return _saturated(b, y, p["out_zero"], p["out_dtype"])
+
+
+def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
+    """``composite.layer_norm_int`` (docs/arithmetic.md T7) over the last ``n`` elements."""
+    from ..lut.composite import RSQRT_BITS, XHAT_BITS
+    from .intmath import rounding_shift
+
+    (rs_t,) = tabs
+    n = p["n"]
+    last = b.i64([-1])
+    u = b.op("Sub", [b.op("Reshape", [q, b.i64([-1, n])]), b.i64(p["in_zero"])])
+    su = b.op("ReduceSum", [u, last], keepdims=1)
+    c = b.op("Sub", [b.op("Mul", [u, b.i64(n)]), su])
+    sq = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [u, u]), last], keepdims=1), b.i64(n)])
+    dvar = b.op("Add", [b.op("Sub", [sq, b.op("Mul", [su, su])]), b.i64(p["eps"])])
+    m, k = normalise(b, clamp(b, dvar, 1, None), 15, even=True)
+    r = table_values(b, m, rs_t, node)
+    xh = shift_dynamic(b, b.op("Mul", [c, r]), b.op("Add", [b.op("Div", [k, b.i64(2)]), b.i64(RSQRT_BITS - XHAT_BITS)]))
+    g0, gn, b0 = (consts[key].to(torch.int64).numpy() for key in ("g0", "gn", "b0"))
+    y = rounding_shift(b, b.op("Add", [b.op("Mul", [xh, b.i64(g0)]), b.i64(b0)]), gn)
+    y = _saturated(b, y, p["out_zero"], p["out_dtype"])
+    return b.op("Reshape", [y, b.op("Shape", [q])])
+
+
 def emit(b: Builder, lut: dict, codes: list[str], extra: list[torch.Tensor], node: Node) -> str:
-    """The output codes (int64) of a table op whose input codes are ``codes``."""
-    if lut["kind"] != "table":
-        raise unsupported(node, "onnx", f"table op kind {lut['kind']!r} has no integer ONNX translation yet")
+    """The output codes (int64, saturated) of a table op whose input codes are ``codes`` (int64)."""
     nt = len(lut["tables"])
-    t = LutTable.from_attrs(lut["tables"][0], extra[:nt][0])
-    return apply_table(b, codes[0], t, node)
+    tabs = [LutTable.from_attrs(a, e) for a, e in zip(lut["tables"], extra[:nt])]
+    consts = dict(zip(lut["consts"], extra[nt:]))
+    kind = lut["kind"]
+    if kind == "table":
+        return apply_table(b, codes[0], tabs[0], node)
+    if kind == "softmax":
+        return softmax(b, codes[0], lut["params"], tabs, node)
+    if kind == "layer_norm":
+        return layer_norm(b, codes[0], lut["params"], tabs, consts, node)
+    raise unsupported(node, "onnx", f"table op kind {kind!r} has no integer ONNX translation")
 
 
 __all__ = ["emit", "supported", "n_extra", "apply_table", "shift_by_pow2"]
