@@ -27,7 +27,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/observers.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

