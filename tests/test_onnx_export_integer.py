@@ -136,3 +136,64 @@ def test_rounding_shift_in_onnx_matches_qmath_on_ties():
     got = session(m).run(None, {"v": v.numpy()})[0]
     want = rounding_shift_right(v, torch.from_numpy(shifts))
     assert np.array_equal(got, want.numpy())
+
+
+def test_int16_cnn_integer_file_uses_the_custom_conv_and_equals_the_integer_model_under_the_reference_evaluator(
+        tmp_path):
+    """int16 activations: ConvInteger cannot take them and float32 is not exact for these sums, so
+    the convs are ``ai.edgequant.ConvAccumulate``; ONNX Runtime refuses the domain, the reference
+    evaluator with ``REFERENCE_OPS`` reproduces the integer model bit for bit."""
+    from onnx.reference import ReferenceEvaluator
+
+    from edgequant.onnx_export.custom_ops import REFERENCE_OPS
+    from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16
+
+    torch.manual_seed(0)
+    xtr, _, xte, _ = mnist()
+    cm = eq.prepare(TableCNN(c=8).eval(), (xtr[:2],), qconfig_setter=(T16,))
+    calibrate(cm, xtr[:256].split(128))
+    gi = eq.convert(export(cm, (xtr[:2],)))
+    m = export_onnx(gi, tmp_path / "cnn_int16.onnx", flavour="integer")
+    onnx.checker.check_model(onnx.load(tmp_path / "cnn_int16.onnx"), full_check=True)
+    custom = [n for n in m.graph.node if n.domain == "ai.edgequant"]
+    assert len(custom) == 3 and {n.op_type for n in custom} == {"ConvAccumulate"}
+    assert any(o.domain == "ai.edgequant" for o in m.opset_import)
+    x = xte[:3]
+    got = ReferenceEvaluator(m, new_ops=REFERENCE_OPS).run(None, {"x": x.numpy()})[0]
+    assert torch.equal(torch.from_numpy(got), gi(x))
+    with pytest.raises(Exception, match="ConvAccumulate|ai.edgequant"):
+        session(m)
+
+
+@pytest.mark.slow
+def test_minilm_int16_integer_file_equals_the_integer_model(tmp_path):
+    """MiniLM (int8 weights, int16 activations): the integer file under the reference evaluator
+    (two short sentences; it is slow) and in ONNX Runtime equals the integer model bit for bit."""
+    import real_data as data
+    from onnx.reference import ReferenceEvaluator
+
+    from edgequant.onnx_export.custom_ops import REFERENCE_OPS
+    from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16
+
+    torch.manual_seed(0)
+    st = data.load_minilm()
+    bert = st[0].auto_model.eval()
+    ex = data.tokenize(st, data.CALIBRATION_SENTENCES[:4])
+    with torch.no_grad():
+        cm = eq.prepare(bert, ex, qconfig_setter=(T16,))
+        calibrate(cm, [data.tokenize(st, data.CALIBRATION_SENTENCES[i:i + 8]) for i in range(0, 16, 8)])
+    gi = eq.convert(export(cm, ex))
+    m = export_onnx(gi, tmp_path / "minilm_int.onnx", flavour="integer")
+    ops = {n.op for n in gi.nodes}
+    assert {"softmax", "layer_norm", "lut", "matmul", "linear", "embedding"} <= ops
+    ids, mask = data.tokenize(st, ["A dog chased the ball.", "How many moons does Jupiter have?"])
+    with torch.no_grad():
+        out = gi(ids, mask)
+    ref = [out.last_hidden_state, out.pooler_output] if hasattr(out, "last_hidden_state") else list(out)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    by_reference = ReferenceEvaluator(m, new_ops=REFERENCE_OPS).run(None, feeds)
+    by_ort = session(m).run(None, feeds)
+    for r, a, b in zip(ref, by_reference, by_ort):
+        assert torch.equal(torch.from_numpy(a), r) and torch.equal(torch.from_numpy(b), r)
+    print(f"\nMiniLM int16 integer file: {sum(t.numel() for t in ref)} output values equal to the integer model "
+          "under the reference evaluator and ONNX Runtime")

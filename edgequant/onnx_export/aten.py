@@ -277,6 +277,11 @@ def embedding(c: Ctx, out):
 def masked_fill(c: Ctx, out):
     args, _ = c.args()
     x, mask, v = args
+    dt = c.dtype_of(x)
+    if dt in ("int8", "int16"):          # ONNX Runtime's Where has no 8/16-bit integer kernel: an exact int32 carrier
+        wide = c.b.op("Cast", [x], to=_ONNX_DTYPE["int32"])
+        v = v if isinstance(v, Ref) else c.b.const(np.asarray(v, dtype=np.int32))
+        return c.b.op("Cast", [c.b.op("Where", [mask, v, wide])], out, to=_ONNX_DTYPE[dt])
     v = v if isinstance(v, Ref) else c.scalar(v, x)
     return c.b.op("Where", [mask, v, x], out)
 

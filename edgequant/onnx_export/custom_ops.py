@@ -58,3 +58,19 @@ class ConvAccumulate(OpRun):
 
 
 REFERENCE_OPS = [ConvAccumulate]
+
+
+class GatherElements(OpRun):
+    """The standard ``GatherElements`` for ``ReferenceEvaluator``: onnx's own reference uses
+    ``np.choose``, which takes at most 32 choices, and fails on longer axes (a position-id buffer
+    of 512 entries); ``np.take_along_axis`` is the op's definition."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = 0 if axis is None else int(axis)
+        idx = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, idx, axis=axis),)
+
+
+REFERENCE_OPS = [ConvAccumulate, GatherElements]
