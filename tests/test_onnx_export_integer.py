@@ -17,11 +17,8 @@ import copy
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from onnx import helper
 
 import edgequant as eq
@@ -33,35 +30,7 @@ from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 from edgequant.qmath import rounding_shift_right
 
 from models import calibrate, mnist
-
-
-class TableCNN(nn.Module):
-    """Conv+BN+ReLU, a conv with SiLU on a residual branch, max pooling, a strided conv with a
-    sigmoid, global average pooling and a linear head."""
-
-    def __init__(self, c=16):
-        super().__init__()
-        self.quant = eq.QuantStub()
-        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-        self.act = nn.SiLU()
-        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
-        self.head = nn.Linear(2 * c, 10)
-        self.dequant = eq.DeQuantStub()
-
-    def forward(self, x):
-        x = self.stem(self.quant(x))
-        x = x + self.act(self.conv(x))
-        x = F.max_pool2d(x, 2)
-        x = torch.sigmoid(self.down(x))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.dequant(self.head(x))
-
-
-def session(model: onnx.ModelProto):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+from onnx_export_models import TableCNN, prepared_minilm, session
 
 
 def with_intermediates(model: onnx.ModelProto, names) -> onnx.ModelProto:
@@ -173,15 +142,7 @@ def test_minilm_int16_integer_file_equals_the_integer_model(tmp_path):
     from onnx.reference import ReferenceEvaluator
 
     from edgequant.onnx_export.custom_ops import REFERENCE_OPS
-    from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16
-
-    torch.manual_seed(0)
-    st = data.load_minilm()
-    bert = st[0].auto_model.eval()
-    ex = data.tokenize(st, data.CALIBRATION_SENTENCES[:4])
-    with torch.no_grad():
-        cm = eq.prepare(bert, ex, qconfig_setter=(T16,))
-        calibrate(cm, [data.tokenize(st, data.CALIBRATION_SENTENCES[i:i + 8]) for i in range(0, 16, 8)])
+    st, cm, ex = prepared_minilm()
     gi = eq.convert(export(cm, ex))
     m = export_onnx(gi, tmp_path / "minilm_int.onnx", flavour="integer")
     ops = {n.op for n in gi.nodes}

@@ -13,7 +13,6 @@ number. ``-s`` prints the measured values.
 """
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,12 +24,7 @@ from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig
 from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 
 from models import calibrate, trained_cnn
-
-
-def session(path):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+from onnx_export_models import prepared_minilm, session
 
 
 def agreement(ref: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
@@ -120,13 +114,7 @@ def test_minilm_qdq_matches_the_simulation_in_onnxruntime(tmp_path):
     kernels between Q and DQ: last hidden states and sentence embeddings on held-out sentences."""
     import real_data as data
 
-    torch.manual_seed(0)
-    st = data.load_minilm()
-    bert = st[0].auto_model.eval()
-    ex = data.tokenize(st, data.CALIBRATION_SENTENCES[:4])
-    with torch.no_grad():
-        cm = eq.prepare(bert, ex, qconfig_setter=(T16,))
-        calibrate(cm, [data.tokenize(st, data.CALIBRATION_SENTENCES[i:i + 8]) for i in range(0, 16, 8)])
+    st, cm, ex = prepared_minilm()
     m = export_onnx(cm, tmp_path / "minilm_qdq.onnx", ex, flavour="qdq")
     assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask"]
     s = session(tmp_path / "minilm_qdq.onnx")

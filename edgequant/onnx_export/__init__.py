@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto
 
 from ..ir import Graph
+from ..visualize import _PLAIN_ELEM, elem_type
 from .builder import Builder, value_info
 from .errors import OnnxExportError
 
@@ -63,9 +64,6 @@ def _outputs(g: Graph, b: Builder, names: dict, elem_of) -> list:
 
 def export_onnx(model, path: str | os.PathLike, example_inputs=None, flavour: str = "qdq") -> onnx.ModelProto:
     """Write ``model`` as a runnable ONNX file of ``flavour`` (see the module docstring)."""
-    from .. import visualize as _v  # noqa: F401
-    import importlib
-    visualize = importlib.import_module("edgequant.visualize")
 
     if flavour not in FLAVOURS:
         raise OnnxExportError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -76,13 +74,13 @@ def export_onnx(model, path: str | os.PathLike, example_inputs=None, flavour: st
         b, names = qdq.build(g)
 
         def elem_of(v):
-            return visualize._PLAIN_ELEM.get(v.dtype, TensorProto.FLOAT)
+            return _PLAIN_ELEM.get(v.dtype, TensorProto.FLOAT)
     else:
         from . import integer
 
         g = _graph(model, example_inputs, "int")
         b, names = integer.build(g)
-        elem_of = visualize.elem_type
+        elem_of = elem_type
     inputs = [value_info(g.values[i], elem_of(g.values[i])) for i in g.inputs]
     outputs = _outputs(g, b, names, elem_of)
     props = {"edgequant.flavour": flavour, "edgequant.march": str(g.meta.get("march")),

@@ -23,7 +23,6 @@ the graph's value types are those of the integer model. A kernel with no transla
 from __future__ import annotations
 
 import numpy as np
-import torch
 from onnx import TensorProto
 
 from ..dtype import get_dtype
@@ -32,7 +31,7 @@ from . import aten, tables
 from .builder import Builder
 from .errors import translate_nodes, unsupported
 from .integer_types import storage_elem, storage_np
-from .intmath import along, clamp, requantize, rounding_shift, saturate_cast, to_i64
+from .intmath import along, requantize, rounding_shift, saturate_cast, to_i64
 
 FLAVOUR = "integer"
 _STORAGE_NAME = {"qint4": "int8", "qint8": "int8", "quint8": "uint8", "qint16": "int16", "qint32": "int32",

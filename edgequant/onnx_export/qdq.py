@@ -26,9 +26,9 @@ from onnx import TensorProto
 from ..ir import Graph, Node, QParams
 from ..qmath import quantize
 from . import aten, tables
-from .builder import Builder, value_info
+from .builder import Builder
 from .errors import translate_nodes, unsupported
-from .integer_types import storage_elem, storage_np
+from .integer_types import storage_np
 from .intmath import saturate_cast
 
 FLAVOUR = "qdq"
