@@ -175,7 +175,8 @@ def quantize(spec: str = typer.Argument(..., help="module:function returning (mo
     np.savez(out / "example_inputs.npz", **{n: t.detach().numpy() for n, t in zip(ir.inputs, _as_tuple(example_inputs))})
     (out / "quantize.json").write_text(json.dumps({"spec": spec, "template": template, "march": march,
                                                    "calib_batches": len(used)}, indent=1))
-    files = [out / "prepared.safetensors", out / "quant.eqm", out / "model.eqm", *onnx_paths, out / "example_inputs.npz"]
+    files = [out / "prepared.safetensors", out / "quant.eqm", out / "model.eqm", *onnx_paths, out / "example_inputs.npz",
+             out / "quantize.json"]
     if report:
         from .analysis import report as write_report
 
@@ -296,7 +297,7 @@ def summary(model: Path = typer.Argument(..., help="a saved model (.eqm)")):
 def demo(out: Optional[Path] = typer.Option(None, help="output directory (default: a new temporary one)"),
          calib_images: int = typer.Option(32, help="calibration crops"),
          test_images: int = typer.Option(48, help="held-out crops"),
-         sensitivity: bool = typer.Option(True, help="include per-op sensitivity in the report")):
+         sensitivity: bool = typer.Option(False, help="add per-op sensitivity to the report (several minutes)")):
     """EfficientNet-Lite0 on scikit-image photographs: float -> calibrated -> integer -> ONNX, with a report."""
     from .demo import main as run_demo
 

@@ -45,7 +45,7 @@ def test_broken_layer_is_found_first_and_int16_or_its_observer_restores_accuracy
     acc_float, acc_good, acc_bad = accuracy(model, xte, yte), accuracy(good, xte, yte), accuracy(bad, xte, yte)
     assert acc_bad < acc_good - 10, "the broken range must cost accuracy for the test to mean anything"
 
-    qa = QuantAnalysis(model, bad, xtr[:256].split(64), num_batches=2)
+    qa = QuantAnalysis(model, bad, xtr[:256].split(64), num_batches=1)
     table = qa.sensitivity()
     assert table.rows[0].name == layer, str(table)
     assert layer in qa.propose_int16()
@@ -91,7 +91,7 @@ def test_featuremap_similarity_matches_the_models_outputs_and_integer_bounds(cnn
     assert si.rows[-1]["max_abs"] == pytest.approx(float((s - i).abs().max()), rel=1e-5)
     # each op is within 0-1 LSB of the simulation (ops/ docstrings); differences propagate, as in
     # tests/test_int_*.py the whole-model check allows 4 LSB
-    assert all(r["max_lsb"] <= 4.0 for r in si.rows if r["dtype"] != "qint32"), str(si)
+    assert all(r["max_lsb"] <= 4 + 1e-3 for r in si.rows if r["dtype"] != "qint32"), str(si)
     same = featuremap_similarity(quantized, quantized, x)
     assert all(r["sqnr"] == math.inf and r["max_lsb"] == 0 for r in same.rows)
     assert {r["name"] for r in fs.rows} == {r["name"] for r in si.rows}

@@ -86,7 +86,7 @@ def test_compare_float_spec_quant_and_integer_files(quantized_dir, tmp_path):
     text = invoke("compare", out / "quant.eqm", out / "model.eqm", out / "example_inputs.npz",
                   "--json", tmp_path / "c.json")
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
-    assert rows and all(r["max_lsb"] <= 4 for r in rows if r["dtype"] != "qint32")
+    assert rows and all(r["max_lsb"] <= 4 + 1e-3 for r in rows if r["dtype"] != "qint32")
     assert "quant vs int" in text
     text = invoke("compare", SPEC, out, out / "example_inputs.npz")    # float model vs the calibrated one
     assert "float vs prepared" in text and "down.0" in text
@@ -105,7 +105,7 @@ def test_quantize_refuses_a_bad_spec_by_name(tmp_path):
 
 
 def test_demo_small(tmp_path):
-    text = invoke("demo", "--out", tmp_path, "--calib-images", 8, "--test-images", 4, "--no-sensitivity")
+    text = invoke("demo", "--out", tmp_path, "--calib-images", 8, "--test-images", 4)
     assert "integer model (saved, reloaded)" in text and "top-1 acc" in text
     for name in ("efficientnet_lite0.eqm", "report.html", "efficientnet_lite0.int.picture.onnx"):
         assert (tmp_path / name).exists() and str(tmp_path / name) in text

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 import edgequant as eq
+from edgequant.analysis import report
 from edgequant.qconfig_template import default_calibration_qconfig_setter
 from models import calibrate
 
@@ -54,8 +55,8 @@ def page(tmp_path_factory):
     data = [torch.randn(16, 3, 12, 12) for _ in range(4)]
     calib = calibrate(eq.prepare(model, data[0][:2], qconfig_setter=(default_calibration_qconfig_setter,)), data)
     quantized = eq.convert(eq.export(calib), eq.March.NASH_M)
-    path = eq.analysis.report(tmp / "report.html", model, calib, quantized, data,
-                              tables={"accuracy": [{"stage": "float", "agreement %": 100.0}]})
+    path = report(tmp / "report.html", model, calib, quantized, data,
+                  tables={"accuracy": [{"stage": "float", "agreement %": 100.0}]})
     return tmp, path
 
 

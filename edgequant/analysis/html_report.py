@@ -37,7 +37,7 @@ img{max-width:100%;border:1px solid #ddd;margin:4px}"""
 
 def _png(fig: Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)   # fixed margins: "tight" layouts cost seconds of text layout
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img alt="plot" src="data:image/png;base64,{data}">'
 
@@ -63,7 +63,8 @@ def _table(rows: list[dict], columns: list[str] | None = None, limit: int = 400)
 
 def _sqnr_plot(series: dict[str, list[dict]]) -> str:
     names = [r["name"] for r in next(iter(series.values()))]
-    fig = Figure(figsize=(max(6, 0.18 * len(names) + 2), 3.6))
+    fig = Figure(figsize=(max(6, 0.18 * len(names) + 2), 4.6))
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.35)
     ax = fig.add_subplot()
     for label, rows in series.items():
         by = {r["name"]: finite(r["sqnr"]) for r in rows}
@@ -78,7 +79,8 @@ def _sqnr_plot(series: dict[str, list[dict]]) -> str:
 
 def _sensitivity_plot(table, k: int = 30) -> str:
     rows = table.rows[:k]
-    fig = Figure(figsize=(7, 0.22 * len(rows) + 1))
+    fig = Figure(figsize=(8, 0.22 * len(rows) + 1.2))
+    fig.subplots_adjust(left=0.35, right=0.97, top=1 - 0.4 / (0.22 * len(rows) + 1.2), bottom=0.5 / (0.22 * len(rows) + 1.2))
     ax = fig.add_subplot()
     ax.barh(range(len(rows)), [finite(r.value) for r in rows], color="#c55")
     ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=7)
@@ -95,11 +97,11 @@ def _grid(items: list, draw, per_fig: int = 12, cols: int = 3) -> str:
         chunk = items[start:start + per_fig]
         nrows = -(-len(chunk) // cols)
         fig = Figure(figsize=(11, 2.4 * nrows))
+        fig.subplots_adjust(left=0.05, right=0.98, top=1 - 0.25 / nrows, bottom=0.3 / nrows, hspace=0.55, wspace=0.25)
         for i, item in enumerate(chunk):
             ax = fig.add_subplot(nrows, cols, i + 1)
             draw(ax, item)
             ax.tick_params(labelsize=6)
-        fig.tight_layout()
         out.append(_png(fig))
     return "".join(out)
 
