@@ -81,6 +81,8 @@ class IntWriter:
         kernel = a.get("kernel")
         if kernel in _KERNELS:
             return _KERNELS[kernel](self, node, ins, out)
+        if kernel is not None:
+            raise unsupported(node, FLAVOUR, f"its integer kernel {kernel!r} has no ONNX translation yet")
         if node.op in _OPS:
             return _OPS[node.op](self, node, ins, out)
         if node.op in ("segment_lut", "float_call"):
