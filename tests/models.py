@@ -3,10 +3,14 @@
 The CNN has what real edge CNNs have: Conv+BN+ReLU6, a depthwise conv, a residual add,
 pooling and a linear head, with a QuantStub/DeQuantStub around it. ``trained_cnn()`` trains it
 once per machine (a few seconds) and caches the weights in ``.pytest_cache`` (loaded with
-``weights_only=True``).
+``weights_only=True``). Training is deterministic: the initial weights come from a fixed seed,
+the data order from its own generator, and it runs on one thread with
+``torch.use_deterministic_algorithms``, so every machine and process trains the same network
+(one on which 4-bit round-to-nearest weights clearly lose accuracy: tests/test_adaround.py).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
@@ -78,30 +82,51 @@ def accuracy(model, x, y, batch=500) -> float:
     return 100.0 * (pred == y).float().mean().item()
 
 
-def train(model, x, y, epochs=4, lr=3e-3, batch=64, seed=0):
+@contextlib.contextmanager
+def deterministic(seed: int):
+    """Seed torch's global generator; run on one thread with deterministic algorithms (restored after)."""
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(strict)
+        torch.set_num_threads(threads)
+
+
+def train(model, x, y, epochs=4, lr=3e-3, batch=64, seed=0):
+    """Adam on shuffled mini-batches; the order comes from a generator seeded with ``seed``."""
+    with deterministic(seed):
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), batch):
+                idx = perm[i:i + batch]
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
     return model.eval()
+
+
+CNN_SEED = 2  # initial weights and data order of trained_cnn()
 
 
 def trained_cnn():
     """The trained ResidualCNN and the MNIST split; weights cached across test runs."""
     data = mnist()
-    key = hashlib.sha1(inspect.getsource(ResidualCNN).encode() + inspect.getsource(train).encode()).hexdigest()[:12]
+    source = inspect.getsource(ResidualCNN) + inspect.getsource(train) + inspect.getsource(deterministic)
+    key = hashlib.sha1(f"{source}{CNN_SEED}".encode()).hexdigest()[:12]
     path = CACHE / f"cnn-{key}.pt"
-    model = ResidualCNN()
+    with deterministic(CNN_SEED):
+        model = ResidualCNN()
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        train(model, data[0], data[1])
+        train(model, data[0], data[1], seed=CNN_SEED)
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(model.state_dict(), tmp)

@@ -58,8 +58,7 @@ def test_adaround_recovers_half_of_the_rtn_accuracy_loss(models):
     model, rtn, ada, (_, _, xte, yte) = models
     f, r, a = accuracy(model, xte, yte), accuracy(rtn, xte, yte), accuracy(ada, xte, yte)
     print(f"float {f:.2f}  4-bit RTN {r:.2f}  4-bit AdaRound {a:.2f}")
-    if r >= f - 1.0:  # a CNN trained in another process may lose almost nothing to 4-bit rounding
-        pytest.skip(f"this training loses {f - r:.2f} points to 4-bit round-to-nearest: nothing to recover")
+    assert r <= f - 1.0  # the deterministic training of tests/models.py: RTN really loses accuracy
     assert a - r >= 0.5 * (f - r)
 
 
