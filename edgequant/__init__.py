@@ -17,7 +17,8 @@ from .export import export
 from .convert import convert
 from .serialize import load, save
 from .visualize import visualize
-from . import deploy, functional  # noqa: E402  (public submodules: edgequant.deploy.split, ...)
+from .onnx_export import export_onnx
+from . import analysis, deploy, functional, ptq  # noqa: E402  (public submodules: edgequant.deploy.split, ...)
 
 __version__ = "0.1.0"
 
@@ -29,5 +30,5 @@ __all__ = [
     "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
     "prepare", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
     "KLObserver", "FixedScaleObserver", "shrink_range",
-    "export", "convert", "save", "load", "visualize",
+    "export", "convert", "save", "load", "visualize", "export_onnx",
 ]
