@@ -58,7 +58,7 @@ def _record_histograms(gm: fx.GraphModule, fqs: list[FakeQuantize], batches: lis
         rec = MixObserver(bins=bins, dtype=fq.dtype, symmetric=getattr(fq.observer, "symmetric", True))
         rec.name = fq.name
         recorders[fq] = rec
-        hooks.append(fq.register_forward_pre_hook(lambda m, args, rec=rec: rec(args[0])))
+        hooks.append(fq.register_forward_pre_hook(lambda m, args, rec=rec: rec(args[0]) if args[0].is_floating_point() else None))
     state = FakeQuantState.FLOAT if calibrated else FakeQuantState.CALIBRATION
     saved = set_states(gm, state, state)
     try:
