@@ -6,6 +6,8 @@
 - ``TableCNN``: an int8 MNIST CNN with convs, a residual add, SiLU and sigmoid tables, max and
   average pooling and a linear head.
 """
+import functools
+
 import onnx
 import onnxruntime as ort
 import torch
@@ -26,8 +28,10 @@ def session(model):
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
+@functools.lru_cache(maxsize=1)
 def prepared_minilm():
-    """``(st, cm, example_inputs)``: MiniLM prepared with int16 activations and calibrated."""
+    """``(st, cm, example_inputs)``: MiniLM prepared with int16 activations and calibrated (once per
+    test process: both ONNX test files read it and neither changes it)."""
     import real_data as data
 
     torch.manual_seed(0)

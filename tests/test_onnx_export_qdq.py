@@ -94,10 +94,10 @@ def test_efficientnet_lite0_qdq_matches_the_simulation_in_onnxruntime(tmp_path):
 
     torch.manual_seed(0)
     model = data.load_efficientnet_lite0()
-    calib, test = data.calibration_images(32), data.held_out_images(24)
+    calib, test = data.calibration_images(16), data.held_out_images(24)
     with torch.no_grad():
         cm = eq.prepare(model, calib[:2], qconfig_setter=(T16,))
-        calibrate(cm, calib.split(16))
+        calibrate(cm, calib.split(8))
         ref = torch.cat([cm(x) for x in test.split(12)])
     m = export_onnx(cm, tmp_path / "effnet_qdq.onnx", (calib[:2],), flavour="qdq")
     assert sum(n.op_type == "Conv" for n in m.graph.node) == 49

@@ -41,7 +41,6 @@ class Builder:
         self.custom_used = False
         self.source = ""      # the IR source line of the node being translated (doc_string)
         self.prefix = ""      # the IR node name, prefix of the helper tensors it writes
-        self.strict = True
 
     def fresh(self, base: str) -> str:
         base = f"{self.prefix}/{base}" if self.prefix else base
@@ -99,7 +98,7 @@ class Builder:
                                   opset_imports=opsets)
         model.ir_version = IR_VERSION_ONNX
         helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=self.strict, data_prop=True) \
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True) \
             if not self.custom_used else model
         onnx.checker.check_model(model, full_check=True)
         return model
