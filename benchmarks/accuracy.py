@@ -30,27 +30,35 @@ def _why(exc: BaseException) -> str:
     return text[:160].replace("|", "/")
 
 
-def rows_for(w: W.Workload) -> list[tuple[str, dict | str, float]]:
-    """``(toolkit row, scores or the failure, seconds)`` for every flow on ``w``."""
+def rows_for(w: W.Workload, only: str = "") -> list[tuple[str, dict | str, float]]:
+    """``(toolkit row, scores or the failure, seconds)`` for every flow on ``w`` (whose label contains ``only``)."""
     ref = w.run(w.model)
     rows = []
 
     def add(label, make_fn):
+        if only not in label and label != "float":
+            return
         start = time.perf_counter()
         try:
             fn = make_fn()
             rows.append((label, w.score(ref, w.run(fn)), time.perf_counter() - start))
         except Exception as exc:  # a peer (or we) failing on a model is a result, not a crash
             rows.append((label, f"failed: {_why(exc)}", time.perf_counter() - start))
-        print(f"  {w.name}: {label} ({rows[-1][2]:.0f} s)", file=sys.stderr, flush=True)
+        print(f"  {w.name}: {label} ({rows[-1][2]:.0f} s): {rows[-1][1]}", file=sys.stderr, flush=True)
 
     add("float", lambda: w.model)
     for tname, setter in W.TEMPLATES.items():
         holder = {}
+        if only and only not in f"edgequant {tname}, simulation" + f"edgequant {tname}, integer model":
+            continue
         add(f"edgequant {tname}, simulation", lambda: holder.setdefault("cm", W.edgequant_calibrated(w, setter)))
+        if "cm" not in holder and only in f"edgequant {tname}, integer model":
+            holder["cm"] = W.edgequant_calibrated(w, setter)
         if "cm" in holder:
             add(f"edgequant {tname}, integer model", lambda: W.edgequant_integer(w, holder["cm"]))
     add("torch.ao FX, HistogramObserver, per-channel", lambda: W.torch_ao_fx(w, "histogram"))
+    if only and "ONNX Runtime" not in only:
+        return rows
     with W.temp_dir() as tmp:
         float_onnx = os.path.join(tmp, "float.onnx")
         try:
@@ -95,19 +103,21 @@ def verdict(w: W.Workload, rows) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="efficientnet,minilm,cnn")
+    ap.add_argument("--only", default="", help="run only the rows whose label contains this text (and float)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     verdicts = []
     print("## Accuracy against float\n")
     for key in args.models.split(","):
         w = W.WORKLOADS[key]()
-        rows = rows_for(w)
+        rows = rows_for(w, args.only)
         print(table(w, rows) + "\n", flush=True)
         verdicts.append(verdict(w, rows))
     print("Acceptance check:\n")
     for v in verdicts:
         print(f"- {v}")
-    print(f"\ncommand: python benchmarks/accuracy.py --models {args.models}\n")
+    only = f" --only '{args.only}'" if args.only else ""
+    print(f"\ncommand: python benchmarks/accuracy.py --models {args.models}{only}\n")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(HERE)
 BENCHMARKS = [  # (script, full arguments, --quick arguments)
     ("accuracy.py", [], []),
     ("calib_speed.py", ["--images", "32", "--reps", "3"], ["--images", "16", "--reps", "1"]),
-    ("memory.py", ["--batches", "1,4,12", "--batch-size", "4"], ["--batches", "1,4", "--batch-size", "2"]),
+    ("memory.py", ["--batches", "1,4,8", "--batch-size", "2"], ["--batches", "1,4", "--batch-size", "2"]),
     ("integer_speed.py", ["--reps", "5", "--batch", "16"], ["--reps", "2", "--batch", "8"]),
     ("qat_speed.py", ["--steps", "8"], ["--steps", "2"]),
     ("observers.py", ["--reps", "5"], ["--reps", "2"]),
