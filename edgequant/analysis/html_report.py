@@ -24,9 +24,15 @@ import io
 import math
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from .similarity import finite
+
+
+def _figure(*args, **kwargs):
+    """A matplotlib figure without pyplot (no GUI backend); imported late so that
+    ``import edgequant.analysis`` stays light."""
+    from matplotlib.figure import Figure as _Figure
+
+    return _Figure(*args, **kwargs)
 
 _CSS = """body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
@@ -35,7 +41,7 @@ th{background:#eee}h2{border-bottom:2px solid #446;margin-top:32px}.warn{color:#
 img{max-width:100%;border:1px solid #ddd;margin:4px}"""
 
 
-def _png(fig: Figure) -> str:
+def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)   # fixed margins: "tight" layouts cost seconds of text layout
     data = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -63,7 +69,7 @@ def _table(rows: list[dict], columns: list[str] | None = None, limit: int = 400)
 
 def _sqnr_plot(series: dict[str, list[dict]]) -> str:
     names = [r["name"] for r in next(iter(series.values()))]
-    fig = Figure(figsize=(max(6, 0.18 * len(names) + 2), 4.6))
+    fig = _figure(figsize=(max(6, 0.18 * len(names) + 2), 4.6))
     fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.35)
     ax = fig.add_subplot()
     for label, rows in series.items():
@@ -79,7 +85,7 @@ def _sqnr_plot(series: dict[str, list[dict]]) -> str:
 
 def _sensitivity_plot(table, k: int = 30) -> str:
     rows = table.rows[:k]
-    fig = Figure(figsize=(8, 0.22 * len(rows) + 1.2))
+    fig = _figure(figsize=(8, 0.22 * len(rows) + 1.2))
     fig.subplots_adjust(left=0.35, right=0.97, top=1 - 0.4 / (0.22 * len(rows) + 1.2), bottom=0.5 / (0.22 * len(rows) + 1.2))
     ax = fig.add_subplot()
     ax.barh(range(len(rows)), [finite(r.value) for r in rows], color="#c55")
@@ -96,7 +102,7 @@ def _grid(items: list, draw, per_fig: int = 12, cols: int = 3) -> str:
     for start in range(0, len(items), per_fig):
         chunk = items[start:start + per_fig]
         nrows = -(-len(chunk) // cols)
-        fig = Figure(figsize=(11, 2.4 * nrows))
+        fig = _figure(figsize=(11, 2.4 * nrows))
         fig.subplots_adjust(left=0.05, right=0.98, top=1 - 0.25 / nrows, bottom=0.3 / nrows, hspace=0.55, wspace=0.25)
         for i, item in enumerate(chunk):
             ax = fig.add_subplot(nrows, cols, i + 1)
