@@ -107,7 +107,7 @@ class QuantAnalysis:
         return self.layers
 
     # -- sensitivity ---------------------------------------------------------------------------
-    def sensitivity(self, num_batches: int | None = None, progress: bool = False):
+    def sensitivity(self, num_batches: int | None = None, progress: bool = True):
         """Per-op sensitivity (``edgequant.ptq.sensitivity.op_sensitivity``) on the data set."""
         from ..ptq.sensitivity import op_sensitivity
 
