@@ -52,8 +52,8 @@ def _computing_consumers(node: fx.Node) -> list[str]:
             out.append(spec.name)
         elif u.op == "output":
             out.append("output")
-        elif u.op == "call_module" and str(u.target).startswith("eq_bc."):
-            continue  # the bias correction records the conv's input: not a reader of its own
+        elif u.op == "call_module" and str(u.target).startswith(("eq_bc.", "_guards")):
+            continue  # bias correction (records the conv's input) and torch.export's shape guards
         elif u.meta.get("eq_fq") is None:
             out.append(getattr(u.target, "__name__", str(u.target)).replace("_point", "").split(".")[-1])
     return sorted(set(out))
