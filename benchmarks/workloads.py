@@ -9,7 +9,8 @@ are the tests' (``tests/real_data.py``, ``tests/models.py``); nothing is downloa
 The peers, each given the float model and the same batches:
 
 - ``torch_ao_fx(workload, observer)``: torch.ao.quantization FX PTQ, per-channel int8 weights,
-  quint8 activations with full range (``reduce_range=False``), run as torch's integer model.
+  quint8 activations with ``reduce_range=True`` (7 bits, torch.ao's x86 default: its u8 x s8 kernels
+  pair products in int16 and saturate with full-range activations), run as torch's integer model.
 - ``onnx_runtime(workload, method)``: ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``:
   the dynamo exporter needs onnxscript) then ONNX Runtime ``quantize_static``, QDQ, per-channel.
 """
@@ -152,7 +153,7 @@ def torch_ao_qconfig(observer: str = "histogram"):
     from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
 
     act = {"histogram": HistogramObserver, "minmax": MinMaxObserver}[observer]
-    qconfig = QConfig(activation=act.with_args(dtype=torch.quint8, reduce_range=False),
+    qconfig = QConfig(activation=act.with_args(dtype=torch.quint8, reduce_range=True),
                       weight=default_per_channel_weight_observer)
     return QConfigMapping().set_global(qconfig)
 
