@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgequant.dtype import get_dtype, qint8, qint16, quint8
-from edgequant.observers import (OBSERVERS, FixedScaleObserver, KLObserver, MinMaxObserver,
+from edgequant.observers import (OBSERVERS, FixedScaleObserver, KLObserver, MinMaxObserver, MixObserver,
                                  MovingAverageMinMaxObserver, MSEObserver, PercentileObserver, shrink_range)
 from edgequant.observers.clip_search import BinErrors, LevelErrors, kl_divergences
 from edgequant.qmath import scale_from_range
@@ -142,7 +142,8 @@ def test_fixed_scale_observer():
 
 
 def test_table_and_dtype_names():
-    assert set(OBSERVERS.values()) == set(ALL) | {FixedScaleObserver}
+    # every observer a qconfig can name; MixObserver is tested in test_mix_observer.py
+    assert set(OBSERVERS.values()) == set(ALL) | {FixedScaleObserver, MixObserver}
     assert MinMaxObserver(dtype="qint16").dtype == qint16
     with pytest.raises(ValueError):
         MinMaxObserver(dtype="int7")
