@@ -14,7 +14,7 @@ What is reduced (``REDUCTIONS`` of each observer, docs/observers.md "Merging"):
 - histogram observers (percentile, MSE, KL): phase 1 reduces ``min_val`` (MIN), ``max_val``
   (MAX), ``log2_width`` (MAX), every rank re-bins onto that shared grid (``Histogram.align_``,
   exact), phase 2 sums the counts (float64 integers: exact). Equals one process observing every
-  batch within one bin (values within ``2**-12`` bin of an edge may land in the neighbour);
+  batch (binning is exact);
 - ``BiasCorrection``: ``input_sum`` and ``count`` are summed.
 
 Sums are not idempotent, so each module remembers what it held after its last sync and only

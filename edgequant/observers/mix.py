@@ -1,7 +1,7 @@
 """Mix observer: per tensor, the best of several calibration strategies by the op's own output error.
 
 Takes tensors batch by batch into one bounded histogram (as the percentile, MSE and KL
-observers do: one min/max pass and one ``torch.histc`` pass per batch, 2048 float64 counts);
+observers do: one min/max pass and one exact binning pass per batch, 2048 float64 counts);
 ``calculate_qparams()`` asks every member strategy for its range on that histogram, measures
 each range by the squared error it gives the op's output, ``sum_j n_j (Q(c_j) - c_j)^2`` over
 the histogram's bins (``clip_search.BinErrors``: the quantization grid of the range, each bin's
