@@ -21,7 +21,7 @@ from torch import nn
 
 EMPTY_LOG2 = -(1 << 30)  # log2_width of a histogram that has seen nothing (neutral for "max")
 MIN_LOG2 = -120          # keeps w and the window edges normal float32 numbers
-_BLOCK = (1 << 15) - 1   # values binned per step: under torch's grain size, so each op runs on the calling thread
+_BLOCK = 1 << 18   # values binned per step: 1 MiB float32 buffers; fewer, larger bincount calls
 
 
 def fit_log2_width(lo: float, hi: float, bins: int, at_least: int) -> int:
@@ -122,16 +122,17 @@ class Histogram(nn.Module):
     def add_(self, x: torch.Tensor, lo: float, hi: float) -> None:
         """Count the values of ``x`` (finite, float32/float64, with min ``lo`` and max ``hi``).
 
-        A value's bin is ``floor(x / w) - k0``: ``x * 2**-e`` is exact (a power of two) and so
-        is subtracting the integer ``k0`` (the result lies in ``[0, bins)``), so every normal
-        float lands in its true bin, and truncating to an integer is that floor. The data go
-        through in chunks of ``_BLOCK`` values into two small reused buffers (scaled values,
-        int16 bin indices) and ``torch.bincount``: the buffers stay in cache and memory does not
-        grow with the tensor. Each op is smaller than torch's parallel grain, so it runs on the
-        calling thread and never waits at a parallel region for a core another process holds.
-        Measured on 16x{96,144,480,1152}xHxW activations under load: half the CPU time of one
-        ``torch.histc`` call (which also rounds each value's offset from the left edge, so it
-        could put a value one bin off within ``2**-12`` bin of an edge; this binning cannot).
+        A value's bin is ``floor(x / w) - k0``: ``x * 2**-e`` is exact (a power of two), its
+        floor is exact, and subtracting the integer ``k0`` from that integer is exact (both are
+        below ``2**24``), so every normal float lands in its true bin. (Subtracting ``k0``
+        before the floor would round: ``x * 2**-e - k0`` can need more bits than float32 has.) The data go
+        through in chunks of ``_BLOCK`` values into two reused buffers (scaled values, int16 bin
+        indices) and ``torch.bincount``, so memory does not grow with the tensor. Chunks of 2^18 values: on EfficientNet-Lite0 (16 crops, idle 2
+        cores) calibration costs 1.62x the float forward against 2.02x with chunks of 2^15, whose
+        per-call overhead (bincount's own min/max, the zeroed result) dominated. Binning costs
+        about half the CPU time of one ``torch.histc`` call (which also rounds each value's
+        offset from the left edge, so it could put a value one bin off within ``2**-12`` bin of
+        an edge; this binning cannot).
         Subnormal inputs may land one bin off when ``e > 0`` (their scaled value underflows).
         """
         self.align_(lo, hi, EMPTY_LOG2)
@@ -147,7 +148,9 @@ class Histogram(nn.Module):
         counts = torch.zeros(self.bins, dtype=torch.int64, device=flat.device)
         for chunk in flat.split(_BLOCK):
             n = chunk.numel()
-            y = torch.add(offset, chunk, alpha=scale, out=scaled[:n])
+            y = torch.mul(chunk, scale, out=scaled[:n])   # exact: a power of two
+            torch.floor(y, out=y)                          # exact
+            y.add_(offset)                                 # integers below 2**24: exact
             i = index[:n]
             i.copy_(y)
             counts += torch.bincount(i, minlength=self.bins)
