@@ -19,16 +19,6 @@ from ..ir import Value
 
 CUSTOM_DOMAIN = "ai.edgequant"
 
-_NP_ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
-            np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
-            np.dtype(np.int16): TensorProto.INT16, np.dtype(np.int8): TensorProto.INT8,
-            np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.bool_): TensorProto.BOOL}
-
-
-def np_elem(dtype) -> int:
-    """The ONNX element type of a NumPy dtype."""
-    return _NP_ELEM[np.dtype(dtype)]
-
 
 class Builder:
     """Collects nodes and initializers; ``op`` appends a node and returns its output name(s)."""

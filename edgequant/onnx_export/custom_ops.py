@@ -57,8 +57,6 @@ class ConvAccumulate(OpRun):
                                    list(w_zero_point)),)
 
 
-REFERENCE_OPS = [ConvAccumulate]
-
 
 class GatherElements(OpRun):
     """The standard ``GatherElements`` for ``ReferenceEvaluator``: onnx's own reference uses

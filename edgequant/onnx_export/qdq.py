@@ -48,16 +48,25 @@ def _check_qdq_type(qp: QParams, what: str) -> None:
                          "(ONNX QuantizeLinear); use the integer flavour for other types")
 
 
+def _axis(qp: QParams, rank: int) -> dict:
+    return {} if qp.ch_axis is None else {"axis": qp.ch_axis % rank}
+
+
 def q(b: Builder, x: str, qp: QParams, rank: int) -> str:
     s, z = qparam_consts(b, qp)
-    kw = {} if qp.ch_axis is None else {"axis": qp.ch_axis % rank}
-    return b.op("QuantizeLinear", [x, s, z], **kw)
+    return b.op("QuantizeLinear", [x, s, z], **_axis(qp, rank))
 
 
 def dq(b: Builder, xq: str, qp: QParams, rank: int, out=1) -> str:
     s, z = qparam_consts(b, qp)
-    kw = {} if qp.ch_axis is None else {"axis": qp.ch_axis % rank}
-    return b.op("DequantizeLinear", [xq, s, z], out, **kw)
+    return b.op("DequantizeLinear", [xq, s, z], out, **_axis(qp, rank))
+
+
+def qdq(b: Builder, x: str, qp: QParams, rank: int, out) -> str:
+    """A QuantizeLinear/DequantizeLinear pair sharing one scale and one zero-point initializer."""
+    s, z = qparam_consts(b, qp)
+    kw = _axis(qp, rank)
+    return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, s, z], **kw), s, z], out, **kw)
 
 
 class QdqWriter:
@@ -111,7 +120,7 @@ class QdqWriter:
             qp = g.values[out].qparams
             _check_qdq_type(qp, f"the output of {node.name!r}")
         if node.op == "quantize":
-            self.names[out] = dq(b, q(b, ins[0], qp, self.rank(out)), qp, self.rank(out), [out])
+            self.names[out] = qdq(b, ins[0], qp, self.rank(out), [out])
             return
         if node.op == "dequantize":
             self.names[out] = b.op("Identity", [ins[0]], [out])
@@ -131,7 +140,7 @@ class QdqWriter:
         for o in node.outputs:
             self.names[o] = o
         if fq:
-            self.names[out] = dq(b, q(b, raw[0], qp, self.rank(out)), qp, self.rank(out), [out])
+            self.names[out] = qdq(b, raw[0], qp, self.rank(out), [out])
 
     def _table(self, node: Node, ins: list) -> None:
         """Quantize the inputs, run the table's integer kernel, dequantize (bit for bit the simulation)."""

@@ -17,7 +17,7 @@ from onnx import TensorProto
 
 from ..dtype import get_dtype
 from ..ir import Node
-from ..lut.ir_ops import n_extra
+from ..lut.ir_ops import n_extra, unpack
 from ..lut.table import LutTable
 from .builder import Builder
 from .errors import unsupported
@@ -184,9 +184,8 @@ def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, 
 
 def emit(b: Builder, lut: dict, codes: list[str], extra: list[torch.Tensor], node: Node) -> str:
     """The output codes (int64, saturated) of a table op whose input codes are ``codes`` (int64)."""
-    nt = len(lut["tables"])
-    tabs = [LutTable.from_attrs(a, e) for a, e in zip(lut["tables"], extra[:nt])]
-    consts = dict(zip(lut["consts"], extra[nt:]))
+    p = unpack(lut, extra)
+    tabs, consts = p["tables"], p["consts"]
     kind = lut["kind"]
     if kind == "table":
         return apply_table(b, codes[0], tabs[0], node)
