@@ -36,8 +36,10 @@ def _as_tuple(b) -> tuple:
 
 
 def _outputs(model, xs: tuple) -> torch.Tensor:
+    from ..ptq.sweep import float_leaves
+
     with torch.no_grad():
-        leaves = [t for t in pytree.tree_leaves(model(*xs)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        leaves = float_leaves(model(*xs))
     return torch.cat([t.reshape(t.shape[0], -1).double() for t in leaves], 1)
 
 

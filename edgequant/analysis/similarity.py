@@ -25,7 +25,7 @@ from ..export import export
 from ..ir import Graph
 from ..qmath import dequantize
 from ..run import run
-from .compare import cosine, sqnr
+from .compare import _step, cosine, sqnr
 
 
 @dataclass
@@ -106,15 +106,6 @@ def stage_values(model, inputs) -> tuple[Graph, dict[str, torch.Tensor]]:
     return g, out
 
 
-def _step(qp, t: torch.Tensor) -> torch.Tensor:
-    s = qp.scale_tensor().double()
-    if qp.ch_axis is not None and s.numel() > 1:
-        shape = [1] * t.dim()
-        shape[qp.ch_axis % t.dim()] = -1
-        s = s.reshape(shape)
-    return s
-
-
 def _sites(g: Graph) -> dict[str, tuple[str, str]]:
     """``{node name: (site, op)}``, the op site that owns the node's output: an activation
     fused into a conv reports as the conv (``stem.2`` -> ``stem.0``), the name setters and
@@ -159,7 +150,7 @@ def featuremap_similarity(model_a, model_b, inputs) -> Similarity:
                 continue
             diff = (a - b).abs()
             # a high-precision output has no grid before convert: its LSB is unknown there
-            lsb = diff / _step(qp, diff) if qp is not None else torch.full_like(diff, math.nan)
+            lsb = diff / _step(qp, diff).double() if qp is not None else torch.full_like(diff, math.nan)
             result.rows.append({"name": site.get(node.name, (node.name,))[0], "node": node.name, "value": name,
                                 "op": site.get(node.name, (None, node.op))[1],
                                 "dtype": qp.dtype if qp is not None else "qint32",
