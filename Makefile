@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml constraints.txt
+$(STAMP): $(PY) pyproject.toml constraints.txt edgequant/observers/_binning.c
 	$(PIP) install -c constraints.txt torch==2.13.0
 	$(PIP) install -c constraints.txt -e ".[all]"
 	touch $(STAMP)

@@ -333,6 +333,55 @@ def test_histogram_bins_every_value_exactly_across_chunks():
     assert got.sum() == x.numel()
 
 
+BINNING_CASES = {
+    "randn": lambda g: torch.randn(300_001, generator=g) * 3 + 0.5,
+    "after relu6 (runs of 0 and 6)": lambda g: (torch.randn(300_001, generator=g) * 4).clamp(0, 6),
+    "dyadic (values on bin edges)": lambda g: torch.randint(-5000, 9000, (300_001,), generator=g).float() / 64,
+    "far from zero": lambda g: torch.rand(300_001, generator=g) * 1e-3 + 7.0e5,
+    "tiny negative": lambda g: -torch.rand(300_001, generator=g) * 1e-30,
+    "non-contiguous": lambda g: torch.randn(1001, 600, generator=g).t()[::2],
+}
+
+
+@pytest.mark.parametrize("case", BINNING_CASES)
+def test_compiled_and_torch_binning_both_equal_numpy(case, monkeypatch):
+    from edgequant.observers import histogram as hmod
+
+    assert hmod._binning is not None, "the compiled binning kernel was not built: reinstall with a C compiler"
+    x = BINNING_CASES[case](gen(16))
+    lo, hi = float(x.min()), float(x.max())
+    results = {}
+    for path, split in (("compiled, one thread", 1 << 40), ("compiled, two threads", 1), ("torch", None)):
+        if split is None:
+            monkeypatch.setattr(hmod, "_binning", None)
+        else:
+            monkeypatch.setattr(hmod, "_SPLIT", split)
+        h = hmod.Histogram()
+        h.add_(x, lo, hi)
+        results[path] = h
+    h = results["torch"]
+    expected = numpy_histogram(x.flatten().numpy(), int(h.log2_width), h.bins)
+    first = int(np.nonzero(h.counts.numpy())[0][0])  # the window starts at floor(min / w) here too
+    assert first == 0
+    for path, got in results.items():
+        assert got.window == h.window, path
+        assert np.array_equal(got.counts.numpy(), expected[:h.bins]), path
+        assert got.counts.sum() == x.numel(), path
+
+
+def test_compiled_binning_splits_large_tensors_in_two_and_stays_exact(monkeypatch):
+    from edgequant.observers import histogram as hmod
+
+    assert hmod.native_threads(1 << 21) == (2 if torch.get_num_threads() > 1 else 1)
+    assert hmod.native_threads(1000) == 1
+    x = torch.randn((1 << 20) + 3, generator=gen(17))
+    h1, h2 = hmod.Histogram(), hmod.Histogram()
+    h1.add_(x, float(x.min()), float(x.max()))
+    monkeypatch.setattr(hmod, "_binning", None)
+    h2.add_(x, float(x.min()), float(x.max()))
+    assert torch.equal(h1.counts, h2.counts)
+
+
 def test_histogram_counts_stay_exact_beyond_float32_integers():
     obs = PercentileObserver()
     obs(torch.zeros((1 << 24) + 5))  # one bin gets more than 2**24 counts

@@ -21,7 +21,18 @@ from torch import nn
 
 EMPTY_LOG2 = -(1 << 30)  # log2_width of a histogram that has seen nothing (neutral for "max")
 MIN_LOG2 = -120          # keeps w and the window edges normal float32 numbers
-_BLOCK = 1 << 18   # values binned per step: 1 MiB float32 buffers; fewer, larger bincount calls
+_BLOCK = 1 << 18   # values binned per step by the torch path: 1 MiB float32 buffers
+_SPLIT = 1 << 20   # the compiled kernel counts tensors of at least this many values on two threads
+
+try:  # the compiled kernel (edgequant/observers/_binning.c); optional at install time
+    from . import _binning
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _binning = None
+
+
+def native_threads(n: int) -> int:
+    """Threads the compiled kernel uses for ``n`` values: two for large tensors when torch may use two."""
+    return 2 if n >= _SPLIT and torch.get_num_threads() > 1 else 1
 
 
 def fit_log2_width(lo: float, hi: float, bins: int, at_least: int) -> int:
@@ -125,21 +136,35 @@ class Histogram(nn.Module):
         A value's bin is ``floor(x / w) - k0``: ``x * 2**-e`` is exact (a power of two), its
         floor is exact, and subtracting the integer ``k0`` from that integer is exact (both are
         below ``2**24``), so every normal float lands in its true bin. (Subtracting ``k0`` before
-        the floor would round: ``x * 2**-e - k0`` can need more bits than float32 has.) The data
-        go through in chunks of ``_BLOCK`` values into two reused buffers (scaled values, int16
-        bin indices) and ``torch.bincount``, so memory does not grow with the tensor. Chunks of
-        2^18 values keep bincount's per-call overhead (its own min/max, the zeroed result) small:
-        on EfficientNet-Lite0 (16 crops, idle cores) calibration with the int8 template costs
-        1.2-1.5x the float forward, against 2.0x with chunks of 2^15. Unlike ``torch.histc``,
-        which rounds each value's offset from the left edge and so can put a value one bin off
-        near an edge, this binning is exact.
-        Subnormal inputs may land one bin off when ``e > 0`` (their scaled value underflows).
+        the floor would round: ``x * 2**-e - k0`` can need more bits than float32 has.) Unlike
+        ``torch.histc``, which rounds each value's offset from the left edge and so can put a
+        value one bin off near an edge, this binning is exact. Subnormal inputs may land one bin
+        off when ``e > 0`` (their scaled value underflows).
+
+        float32 tensors on the CPU go through the compiled kernel ``_binning.add_float32`` (one
+        pass, no temporaries, the GIL released); anything else, or an install without the
+        kernel, through ``_add_torch``. Both apply the rule above and give the same counts.
         """
         self.align_(lo, hi, EMPTY_LOG2)
         e, k0 = self.window
-        flat = x.reshape(-1)
-        if max(abs(k0), abs(k0 + self.bins)) > (1 << 23) or e > 100 or e < -100:
-            flat = flat.double()  # far from float32's comfortable range: scale in float64
+        flat = x.detach().reshape(-1)
+        wide = max(abs(k0), abs(k0 + self.bins)) > (1 << 23) or e > 100 or e < -100
+        if _binning is not None and not wide and flat.dtype == torch.float32 and flat.device.type == "cpu":
+            flat = flat.contiguous()
+            counts = torch.zeros(self.bins, dtype=torch.int64)
+            threads = native_threads(flat.numel())
+            _binning.add_float32(flat.data_ptr(), flat.numel(), math.ldexp(1.0, -e), k0, self.bins,
+                                 counts.data_ptr(), threads)
+        else:
+            counts = self._add_torch(flat.double() if wide else flat, e, k0)
+        self.counts += counts.to(self.counts)
+
+    def _add_torch(self, flat: torch.Tensor, e: int, k0: int) -> torch.Tensor:
+        """The binning rule of ``add_`` in torch ops: int64 counts of ``flat`` on the window ``(e, k0)``.
+
+        The data go through in chunks of ``_BLOCK`` values into two reused buffers (scaled
+        values, int16 bin indices) and ``torch.bincount``, so memory does not grow with the tensor.
+        """
         scale = math.ldexp(1.0, -e)
         offset = torch.tensor(float(-k0), dtype=flat.dtype, device=flat.device)
         block = min(flat.numel(), _BLOCK)
@@ -154,7 +179,7 @@ class Histogram(nn.Module):
             i = index[:n]
             i.copy_(y)
             counts += torch.bincount(i, minlength=self.bins)
-        self.counts += counts.to(self.counts)
+        return counts
 
     def merge_(self, other: Histogram) -> None:
         """Add ``other``'s counts (re-binned exactly onto the common grid)."""
