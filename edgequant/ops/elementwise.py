@@ -220,6 +220,28 @@ def operand(ctx, node: Node, a):
     return Operand(name, qp, bound)
 
 
+def activation_range(target: str, get):
+    """The real bounds ``(lo, hi)`` of a relu/relu6/hardtanh/clamp/clamp_min/clamp_max call.
+
+    ``target`` is the aten overload's name (``"aten.clamp.default"``); ``get(index, name,
+    default)`` returns the call's argument at position ``index`` or keyword ``name``, so this
+    reads converter IR nodes and torch.fx nodes alike. An absent bound is ``None``; a bound is
+    returned as ``get`` gives it (a number, or whatever stands for a tensor). Returns ``None``
+    for any other target (e.g. ``aten.clamp.Tensor``).
+    """
+    if target.startswith("aten.relu"):
+        return 0.0, (6.0 if target == "aten.relu6.default" else None)
+    if target == "aten.hardtanh.default":
+        return get(1, "min_val", -1.0), get(2, "max_val", 1.0)
+    if target == "aten.clamp.default":
+        return get(1, "min", None), get(2, "max", None)
+    if target == "aten.clamp_min.default":
+        return get(1, "min", None), None
+    if target == "aten.clamp_max.default":
+        return None, get(1, "max", None)
+    return None
+
+
 def activation_bounds(ctx, act: Node, qp: QParams) -> tuple[int, int]:
     """The integer clamp ``(lo, hi)`` on ``qp``'s grid of a relu/relu6/hardtanh/clamp node.
 
@@ -227,21 +249,10 @@ def activation_bounds(ctx, act: Node, qp: QParams) -> tuple[int, int]:
     """
     dt = get_dtype(qp.dtype)
     t = act.attrs.get("target", "")
-    lo_r = hi_r = None
-    if t.startswith("aten.relu"):
-        lo_r = 0.0
-        if t == "aten.relu6.default":
-            hi_r = 6.0
-    elif t == "aten.hardtanh.default":
-        lo_r, hi_r = scalar(arg(act, 1, "min_val", -1.0)), scalar(arg(act, 2, "max_val", 1.0))
-    elif t == "aten.clamp.default":
-        lo_r, hi_r = scalar(arg(act, 1, "min")), scalar(arg(act, 2, "max"))
-    elif t == "aten.clamp_min.default":
-        lo_r = scalar(arg(act, 1, "min"))
-    elif t == "aten.clamp_max.default":
-        hi_r = scalar(arg(act, 1, "max"))
-    else:
+    bounds = activation_range(t, lambda i, name, default: scalar(arg(act, i, name, default)))
+    if bounds is None:
         raise ctx.error(act, f"{t} has no scalar bounds to apply as an integer clamp")
+    lo_r, hi_r = bounds
     if any(is_input(v) for v in (lo_r, hi_r)):
         raise ctx.error(act, "a clamp with tensor bounds cannot be fused into its producer")
     lo = dt.qmin if lo_r is None else quantize_value(lo_r, qp)
