@@ -5,7 +5,7 @@ stage of the pipeline (see README.md).
 """
 from .capture import CaptureError, wrap
 from .dtype import QuantDType, qint4, qint8, qint16, qint32, quint8
-from .fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
+from .fake_quant import FakeQuantize, FakeQuantState, calibrate, set_fake_quantize
 from .march import March, get_march, set_march
 from .observers import (FixedScaleObserver, KLObserver, MinMaxObserver, MovingAverageMinMaxObserver,
                         MSEObserver, PercentileObserver, shrink_range)
@@ -26,7 +26,7 @@ __all__ = [
     "QuantDType", "qint4", "qint8", "quint8", "qint16", "qint32",
     "March", "set_march", "get_march",
     "quantize", "dequantize", "fake_quantize", "quantize_multiplier", "requantize",
-    "FakeQuantize", "FakeQuantState", "set_fake_quantize", "QConfig", "get_qconfig",
+    "FakeQuantize", "FakeQuantState", "set_fake_quantize", "calibrate", "QConfig", "get_qconfig",
     "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
     "prepare", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
     "KLObserver", "FixedScaleObserver", "shrink_range",

@@ -95,21 +95,19 @@ def _prepare(model, example_inputs, template: str, march: str):
 
 
 def _calibrate(calib, batches, n: int) -> list:
-    """Run up to ``n`` batches through ``calib`` in CALIBRATION (progress bar); returns them."""
-    import torch
-    from tqdm.auto import tqdm
+    """Calibrate ``calib`` on up to ``n`` batches (progress bar); returns the batches used."""
+    from itertools import islice
 
-    from . import FakeQuantState, set_fake_quantize
+    from . import calibrate
 
     used = []
-    set_fake_quantize(calib, FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        for b in tqdm(batches, total=n, desc="calibration", unit="batch"):
-            if len(used) >= n:
-                break
-            calib(*_as_tuple(b))
+
+    def first_n():
+        for b in islice(batches, n):
             used.append(b)
-    set_fake_quantize(calib, FakeQuantState.VALIDATION)
+            yield _as_tuple(b)
+
+    calibrate(calib, first_n(), progress=True)
     if not used:
         _fail("the calibration iterable gave no batches")
     return used

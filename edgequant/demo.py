@@ -133,9 +133,7 @@ def _onnx(calib, quantized, example, out: Path, test_x: torch.Tensor) -> tuple[l
 
 def main(out_dir=None, calib_images: int = 32, test_images: int = 48, sensitivity: bool = False) -> dict:
     """Run the demo (module docstring); returns ``{"rows": table rows, "files": paths written}``."""
-    from tqdm.auto import tqdm
-
-    from . import FakeQuantState, March, convert, export, load, prepare, save, set_fake_quantize
+    from . import March, calibrate, convert, export, load, prepare, save
     from .analysis import report
     from .qconfig_template import default_calibration_qconfig_setter
 
@@ -150,12 +148,7 @@ def main(out_dir=None, calib_images: int = 32, test_images: int = 48, sensitivit
     rows = [_row("float", ref, ref, labels)]
 
     calib = prepare(model, calib_x[:2], qconfig_setter=(default_calibration_qconfig_setter,))
-    set_fake_quantize(calib, FakeQuantState.CALIBRATION)
-    batches = list(calib_x.split(8))
-    with torch.no_grad():
-        for xb in tqdm(batches, desc="calibration", unit="batch"):
-            calib(xb)
-    set_fake_quantize(calib, FakeQuantState.VALIDATION)
+    calibrate(calib, list(calib_x.split(8)), progress=True)
     rows.append(_row("int8 simulation (calibrated)", _logits(calib, test_x), ref, labels))
     print(f"[{time.time() - t0:5.1f} s] calibrated and simulated")
 

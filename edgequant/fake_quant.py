@@ -12,6 +12,7 @@ resulting ``scale``/``zero_point`` buffers, and behaves according to its ``FakeQ
 
 ``set_fake_quantize(model, state)`` switches every FakeQuantize of a model at once; leaving
 CALIBRATION (or QAT) freezes the observers' current ranges into ``scale``/``zero_point``.
+``calibrate(model, batches)`` is the usual calibration: CALIBRATION, every batch, VALIDATION.
 
 A ``BiasCorrection`` sits on the bias of a conv/linear whose weight is fake-quantized. Rounding
 the weights shifts the mean of each output channel by ``sum (w_q - w) * E[x]``; a depthwise or
@@ -317,3 +318,27 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     if state in (FakeQuantState.CALIBRATION, FakeQuantState.VALIDATION):
         model.eval()
     return model
+
+
+def calibrate(model: nn.Module, batches, progress: bool | str = False) -> nn.Module:
+    """Calibrate ``model``: set CALIBRATION, run every batch under ``torch.no_grad()``, set
+    VALIDATION (which freezes the observed ranges); returns ``model``.
+
+    A batch is a tensor (the model's single input), a tuple/list of inputs or a dict of keyword
+    inputs. ``progress``: a tqdm bar (True, or a str for its label; the total is ``len(batches)``
+    when ``batches`` has one).
+    """
+    set_fake_quantize(model, FakeQuantState.CALIBRATION)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress if isinstance(progress, str) else "calibration", unit="batch")
+    with torch.no_grad():
+        for b in batches:
+            if isinstance(b, dict):
+                model(**b)
+            elif isinstance(b, (tuple, list)):
+                model(*b)
+            else:
+                model(b)
+    return set_fake_quantize(model, FakeQuantState.VALIDATION)

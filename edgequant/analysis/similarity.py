@@ -66,16 +66,12 @@ def stage_kind(model) -> str:
 
 def _float_graph(model: nn.Module, xs: tuple) -> Graph:
     from ..prepare import prepare
-    from ..fake_quant import FakeQuantState, set_fake_quantize
+    from ..fake_quant import calibrate
     from ..qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter
 
     calib = prepare(model, xs, qconfig_setter=(calibration_8bit_weight_16bit_act_qconfig_setter,),
                     bias_correction=False)
-    set_fake_quantize(calib, FakeQuantState.CALIBRATION)
-    with torch.no_grad():
-        calib(*xs)
-    set_fake_quantize(calib, FakeQuantState.VALIDATION)
-    return export(calib)
+    return export(calibrate(calib, [xs]))
 
 
 def stage_values(model, inputs) -> tuple[Graph, dict[str, torch.Tensor]]:

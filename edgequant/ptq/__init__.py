@@ -8,7 +8,7 @@ strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a p
 | ``calibration_4bit_weight_8bit_act_qconfig_setter`` | qint8 (int16 before layer_norm/softmax) | qint4 per channel | MSE (acts), min-max (weights) |
 
     cm = eq.prepare(model, x, qconfig_setter=(calibration_4bit_weight_8bit_act_qconfig_setter,))
-    calibrate(cm, batches)                       # CALIBRATION, then VALIDATION
+    eq.calibrate(cm, batches)                    # CALIBRATION, then VALIDATION
     eq.ptq.adaround(cm, batches, {"num_step": 1000})
 """
 from ..dtype import qint4, qint8
