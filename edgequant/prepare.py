@@ -12,6 +12,10 @@ Takes the user's ``nn.Module`` (left untouched), example inputs and qconfig sett
     insert_fake_quant(gm, qconfigs)          # FakeQuantize on outputs, weights, float inputs;
                                              # BiasCorrection on conv/linear biases
 
+An op site (``OpSite``) tells the templates the op, its consumers, whether it has a weight and
+whether its output is non-negative by construction (``_nonnegative``: its group ends in a relu,
+relu6, or clamp/hardtanh whose lower bound is a number >= 0; int8 templates make it quint8).
+
 The quantized region starts at QuantStubs and ends at DeQuantStubs. A model without any stub
 (e.g. a Hugging Face transformer) is quantized whole: float inputs are quantized where the
 graph starts, integer inputs (token ids, masks) stay integer, embeddings become quantized
@@ -36,6 +40,7 @@ from .fuse import fold_batch_norms, mark_fusions
 from .lut.sim import attach_tables
 from .march import get_march, March
 from .nn.stubs import QuantStub, dequant_point, quant_point
+from .ops.elementwise import activation_range
 from .qconfig import FakeQuantSpec, QConfig
 from .qconfig_template import OpSite, apply_setters
 
@@ -195,9 +200,23 @@ def op_sites(gm: fx.GraphModule) -> list[OpSite]:
             consumers=tuple(sorted({(u.meta.get("eq_spec").name if u.meta.get("eq_spec") else str(u.target))
                                     for u in node.users})),
             has_weight=spec is not None and spec.weight_arg is not None,
+            nonnegative=_nonnegative(node),
         ))
         node.meta["eq_site"] = True
     return sites
+
+
+def _nonnegative(node: fx.Node) -> bool:
+    """True if ``node``'s group output (``_output_node``) is a relu/relu6/hardtanh/clamp whose
+    lower bound is a number >= 0, so the output is non-negative by construction."""
+    out = _output_node(node)
+    spec = out.meta.get("eq_spec")
+    if spec is None or not spec.activation or out.op != "call_function":
+        return False
+    bounds = activation_range(str(out.target), lambda i, name, default: out.args[i] if len(out.args) > i
+                              else out.kwargs.get(name, default))
+    lo = bounds[0] if bounds is not None else None
+    return isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo >= 0
 
 
 # -- fake-quant insertion ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .dtype import qint8, qint16
+from .dtype import qint8, qint16, quint8
 from .qconfig import QConfig, get_qconfig
 
 
@@ -51,6 +51,9 @@ class OpSite:
     module_type: str              # class name of the module called ("" for functions)
     consumers: tuple[str, ...]    # canonical op names that read this op's output
     has_weight: bool
+    # True when the output is non-negative by construction: it is (or passes a fused) relu,
+    # relu6, or hardtanh/clamp whose lower bound is a number >= 0. Int8 templates give it quint8.
+    nonnegative: bool = False
 
 
 QconfigSetter = Callable[[Sequence[OpSite], dict], dict]
@@ -83,7 +86,13 @@ NEEDS_INT16_INPUT = frozenset({"layer_norm", "softmax", "log_softmax"})
 
 
 def _act_dtype(site: OpSite, act_dtype):
-    return qint16 if act_dtype == qint8 and NEEDS_INT16_INPUT.intersection(site.consumers) else act_dtype
+    """int8 templates: int16 for tensors feeding ``NEEDS_INT16_INPUT``, else quint8 for
+    non-negative outputs (all 256 codes on ``[0, max]``: one more bit than qint8's 128)."""
+    if act_dtype != qint8:
+        return act_dtype
+    if NEEDS_INT16_INPUT.intersection(site.consumers):
+        return qint16
+    return quint8 if site.nonnegative else qint8
 
 
 def _calibration(act_dtype):
@@ -91,7 +100,7 @@ def _calibration(act_dtype):
         from .observers import MinMaxObserver, MSEObserver
 
         dtype = _act_dtype(site, act_dtype)
-        observer = MSEObserver if dtype == qint8 else MinMaxObserver
+        observer = MinMaxObserver if dtype == qint16 else MSEObserver
         return get_qconfig(observer=observer, out_dtype=dtype, weight_dtype=qint8)
     return make
 

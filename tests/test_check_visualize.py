@@ -259,7 +259,7 @@ def test_visualize_cnn_quant_level(cnn, tmp_path):
     relu = tensor_infos(m)["hardtanh"]                   # the stem's fused Conv+BN+ReLU6 output
     assert relu.type.tensor_type.elem_type == TensorProto.FLOAT
     assert json.loads(props(relu)["edgequant.scale"]) == [ir.values["hardtanh"].qparams.scale[0]]
-    assert f"qint8 scale={ir.values['hardtanh'].qparams.scale[0]:.6g}" in relu.doc_string
+    assert f"quint8 scale={ir.values['hardtanh'].qparams.scale[0]:.6g}" in relu.doc_string   # a ReLU6 output: unsigned
     w = {t.name: t for t in m.graph.initializer}["stem.0.weight"]
     assert w.data_type == TensorProto.FLOAT and props(w)["edgequant.ch_axis"] == "0"
     assert np.array_equal(onnx.numpy_helper.to_array(w), ir.constants["stem.0.weight"].numpy())

@@ -66,10 +66,16 @@ def test_cnn_integer_model_per_layer_agreement(template):
     # Each op alone is within 1 LSB (tests/test_int_*.py); across the whole model the rare 1-LSB
     # differences propagate and a conv can amplify one (sum |w| * s_in / s_out > 1), so a later
     # layer may differ by a few LSB on a few elements; a systematic error would show as tens of
-    # LSB on most elements. (Measured on two trainings: <= 2 and <= 3 LSB, <= 8.1 % of elements.)
+    # LSB on most elements. (Measured with signed int8 on two trainings: <= 2 and <= 3 LSB, <= 8.1 %
+    # of elements.) With quint8 ReLU outputs (int8 template): <= 3 LSB, <= 21.4 % of elements, nearly
+    # all inherited from one depthwise channel: on MNIST's constant background its exact value sits
+    # 0.006 LSB below a tie, and the int32 bias's rounding at s_x * s_w (<= M/2 = 0.012 LSB there,
+    # ops/matmul_like.py) carries it across, so 2.7 % of the dw outputs differ by 1 LSB and the
+    # pointwise conv, the residual add and two more convs spread it.
+    share = 0.25 if template == "int8" else 0.15
     for row in report.layers:
         if row["dtype"] == "qint32":
             continue  # a high-precision accumulator: its LSB is s_x * s_w, compared at the output
         assert row["max_lsb_sim_int"] <= 4.01, row   # measured in float32 (rounding noise ~0.002 LSB)
-        assert row["share_differ"] <= 0.15, row
+        assert row["share_differ"] <= share, row
     assert report.outputs[0]["cos_sim_int"] > 0.999

@@ -149,7 +149,7 @@ def test_module_name_setter_overrides_and_rejects_unknown_names(cnn):
     model, (xtr, *_ ) = cnn
     int16 = eq.get_qconfig(out_dtype=eq.qint16)
     cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8, ModuleNameQconfigSetter({"down": int16})))
-    assert cm.eq_fq["down__0"].dtype == eq.qint16 and cm.eq_fq["stem__0"].dtype == eq.qint8
+    assert cm.eq_fq["down__0"].dtype == eq.qint16 and cm.eq_fq["stem__0"].dtype == eq.quint8  # ReLU6 output
     with pytest.raises(ValueError, match="'nope' matches no quantizable op"):
         eq.prepare(model, xtr[:2], qconfig_setter=(T8, ModuleNameQconfigSetter({"nope": int16})))
     with pytest.raises(TypeError, match="qconfig_setter"):
@@ -157,6 +157,48 @@ def test_module_name_setter_overrides_and_rejects_unknown_names(cnn):
     with pytest.raises(ValueError, match="qconfig_setter"):
         eq.prepare(model, xtr[:2])
 
+
+_ACTIVATIONS = {  # name: (activation after a conv, non-negative by construction)
+    "relu": (F.relu, True),
+    "relu6": (F.relu6, True),
+    "clamp_min_0.5": (lambda x: torch.clamp(x, min=0.5), True),
+    "hardtanh_0_2": (lambda x: F.hardtanh(x, 0.0, 2.0), True),
+    "hardtanh": (F.hardtanh, False),
+    "clamp_-1_1": (lambda x: torch.clamp(x, -1.0, 1.0), False),
+    "clamp_max_3": (lambda x: torch.clamp(x, max=3.0), False),
+    "leaky_relu": (F.leaky_relu, False),
+    "sigmoid": (torch.sigmoid, False),
+}
+
+
+class _ConvAct(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.quant, self.conv, self.dequant = eq.QuantStub(), nn.Conv2d(3, 8, 3, padding=1), eq.DeQuantStub()
+        self.act = act
+
+    def forward(self, x):
+        return self.dequant(self.act(self.conv(self.quant(x))))
+
+
+@pytest.mark.parametrize("template", [T8, Q8], ids=["calibration", "qat"])
+@pytest.mark.parametrize("act", list(_ACTIVATIONS))
+def test_int8_templates_give_quint8_to_nonnegative_outputs_only(act, template):
+    fn, nonneg = _ACTIVATIONS[act]
+    torch.manual_seed(0)
+    model, x = _ConvAct(fn).eval(), torch.randn(8, 3, 6, 6) * 2
+    cm = eq.prepare(model, x[:2], qconfig_setter=(template,))
+    out_fq = [fq for fq in cm.eq_fq.values() if not fq.is_weight][-1]   # the model output's fake-quant
+    assert out_fq.dtype == (eq.quint8 if nonneg else eq.qint8)
+    assert {fq.dtype for k, fq in cm.eq_fq.items() if not fq.is_weight and fq is not out_fq} == {eq.qint8}
+    calibrate(cm, [x])
+    qm = eq.convert(eq.export(cm, x[:2]), eq.March.NASH_M)
+    assert [r["dtype"] for r in qm.summary() if r["name"] == "conv"] == [str(out_fq.dtype)]
+    if nonneg:  # zero point 0, all 256 codes on [0, max]
+        assert int(out_fq.zero_point) == 0
+    with torch.no_grad():
+        sim, out = cm(x), qm(x)
+    assert (sim - out).abs().max() <= float(out_fq.scale) * 1.01   # integer model within 1 LSB
 
 # -- errors ------------------------------------------------------------------------------------------------
 class _Cumsum(nn.Module):
