@@ -15,7 +15,6 @@ the float forward pass of the same runtime. Then conversion time: edgequant ``ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -79,7 +78,7 @@ def ort_calibration(w, float_onnx, method, tmp):
     reader_cls = type("Reader", (W._Reader, CalibrationDataReader), {})
 
     def run():
-        with contextlib.redirect_stdout(sys.stderr):  # its progress messages are not results
+        with W.ort_quiet():  # its progress messages are not results
             calibrator.collect_data(reader_cls(w, w.calib))
             calibrator.compute_data()
         if hasattr(calibrator, "clear_collected_data"):

@@ -92,7 +92,8 @@ def _first(out):
 # ---- the workloads ---------------------------------------------------------------------------------
 def efficientnet_lite0(n_calib: int = 32, n_test: int = 56) -> Workload:
     """ImageNet EfficientNet-Lite0; crops of some scikit-image photographs calibrate, others test."""
-    model = real_data.load_efficientnet_lite0()
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # its "Loaded pretrained weights" print
+        model = real_data.load_efficientnet_lite0()
     calib = [(x,) for x in real_data.calibration_images(n_calib).split(16)]
     test = [(x,) for x in real_data.held_out_images(n_test).split(28)]
 
@@ -108,6 +109,9 @@ def efficientnet_lite0(n_calib: int = 32, n_test: int = 56) -> Workload:
 
 def minilm() -> Workload:
     """all-MiniLM-L6-v2 (BertModel); sentence embeddings of held-out sentences."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # its weight-loading bar is not a result
     st = real_data.load_minilm()
     bert = st[0].auto_model.eval()
     tok = lambda s: tuple(real_data.tokenize(st, s))  # noqa: E731
@@ -217,6 +221,17 @@ class _Reader:
         return next(self.feeds, None)
 
 
+@contextlib.contextmanager
+def ort_quiet():
+    """ONNX Runtime's progress prints (stdout) and C++ warnings are dropped; errors still raise
+    and its Python loggers still print errors (the root logger is at ERROR)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
+
+
 def ort_session(path: str):
     import onnxruntime as ort
 
@@ -231,7 +246,8 @@ def ort_preprocessed(float_onnx: str) -> str:
 
     pre = float_onnx.replace(".onnx", ".pre.onnx")
     if not os.path.exists(pre):
-        quant_pre_process(float_onnx, pre)
+        with ort_quiet():
+            quant_pre_process(float_onnx, pre)
     return pre
 
 
@@ -242,7 +258,7 @@ def onnx_runtime_quantized(w: Workload, float_onnx: str, method: str, out_dir: s
 
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(w, w.calib)
     out = os.path.join(out_dir, f"q_{method}.onnx")
-    with contextlib.redirect_stdout(sys.stderr):  # its progress messages are not results
+    with ort_quiet():
         quantize_static(ort_preprocessed(float_onnx), out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, method))
