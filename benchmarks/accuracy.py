@@ -59,17 +59,17 @@ def rows_for(w: W.Workload, only: str = "") -> list[tuple[str, dict | str, float
     add("torch.ao FX, HistogramObserver, per-channel", lambda: W.torch_ao_fx(w, "histogram"))
     if only and "ONNX Runtime" not in only:
         return rows
+    settings = [(m, ()) for m in ORT_METHODS] + [(m, w.ort_op_types) for m in ORT_METHODS if w.ort_op_types]
     with W.temp_dir() as tmp:
         float_onnx = os.path.join(tmp, "float.onnx")
         try:
             W.export_onnx(w, float_onnx)
         except Exception as exc:
-            for m in ORT_METHODS:
-                rows.append((f"ONNX Runtime QDQ {m}, per-channel", f"failed: export: {_why(exc)}", 0.0))
+            for m, ops in settings:
+                rows.append((W.ort_label(m, ops), f"failed: export: {_why(exc)}", 0.0))
         else:
-            for m in ORT_METHODS:
-                add(f"ONNX Runtime QDQ {m}, per-channel",
-                    lambda: W.ort_runner(w, W.onnx_runtime_quantized(w, float_onnx, m, tmp)))
+            for m, ops in settings:
+                add(W.ort_label(m, ops), lambda: W.ort_runner(w, W.onnx_runtime_quantized(w, float_onnx, m, tmp, ops)))
     return rows
 
 

@@ -20,8 +20,10 @@ The peers, each given the float model and the same batches:
   levels); fake-quantizing only that tensor with torch.ao's own qparams (all else float) drops the
   logit SQNR to 2.1 dB, only the 33 tensors feeding a ReLU6 to 0.8 dB, every other activation to
   8.0 dB. The float model is left as shipped: this is what torch.ao does with it.
-- ``onnx_runtime(workload, method)``: ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``:
-  the dynamo exporter needs onnxscript) then ONNX Runtime ``quantize_static``, QDQ, per-channel.
+- ``onnx_runtime_quantized(workload, float_onnx, method, out_dir, op_types)``:
+  ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``: the dynamo exporter needs
+  onnxscript) then ONNX Runtime ``quantize_static``: QDQ, per-channel, int8, every op it can
+  quantize or only ``op_types`` (``Workload.ort_op_types`` adds such a setting).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import copy
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -69,6 +72,7 @@ class Workload:
     closeness: str                         # the metric that says how close to float (higher is closer)
     labels: torch.Tensor | None = None
     notes: dict = field(default_factory=dict)
+    ort_op_types: tuple = ()               # an extra ONNX Runtime setting quantizing only these op types
 
     def run(self, fn, batches=None) -> torch.Tensor:
         """``features`` of ``fn(*inputs)`` over ``batches`` (default: the held-out ones), concatenated."""
@@ -251,17 +255,24 @@ def ort_preprocessed(float_onnx: str) -> str:
     return pre
 
 
-def onnx_runtime_quantized(w: Workload, float_onnx: str, method: str, out_dir: str) -> str:
-    """``quantize_static`` (QDQ, per-channel, int8 activations and weights) with ``method``."""
+def ort_label(method: str, op_types: tuple = ()) -> str:
+    """The row label of an ONNX Runtime setting (and, sanitised, its quantized model's file name)."""
+    ops = f", only {'/'.join(op_types)} quantized" if op_types else ", every op"
+    return f"ONNX Runtime QDQ {method}, per-channel{ops}"
+
+
+def onnx_runtime_quantized(w: Workload, float_onnx: str, method: str, out_dir: str, op_types: tuple = ()) -> str:
+    """``quantize_static`` (QDQ, per-channel, int8 activations and weights) with ``method``, of every
+    op it can quantize or only ``op_types`` (the others stay float)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(w, w.calib)
-    out = os.path.join(out_dir, f"q_{method}.onnx")
+    out = os.path.join(out_dir, re.sub(r"[^A-Za-z0-9]+", "_", ort_label(method, op_types)).strip("_") + ".onnx")
     with ort_quiet():
         quantize_static(ort_preprocessed(float_onnx), out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method))
+                        calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=list(op_types) or None)
     return out
 
 
