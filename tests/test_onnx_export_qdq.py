@@ -1,7 +1,9 @@
 """export_onnx(..., flavour="qdq"): the QDQ file in ONNX Runtime against our VALIDATION simulation.
 
-- the residual CNN (tests/models.py, int8): logits cosine >= 0.9999 and argmax agreement
-  >= 99.9 % on all 5,000 MNIST digits of the subset, at a batch size other than the traced one;
+- the residual CNN (tests/models.py, int8 with quint8 ReLU outputs): with ORT's QDQ fusions off
+  (the file as written) logits cosine >= 0.99999 and argmax agreement >= 99.9 % on all 5,000
+  MNIST digits of the subset, at a batch size other than the traced one; with ORT's default
+  fusions (its own integer QLinearConv) cosine >= 0.9999 and agreement >= 99 %;
 - EfficientNet-Lite0 (int8 per-channel weights, int16 activations) on held-out photo crops and all-MiniLM-L6-v2
   (int16 activations; sentence embeddings and last hidden states) on held-out sentences (slow);
 - the file's structure: opset 21, QuantizeLinear/DequantizeLinear with int8 weights per output
@@ -13,6 +15,7 @@ number. ``-s`` prints the measured values.
 """
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,10 +55,22 @@ def test_cnn_qdq_matches_the_simulation_in_onnxruntime(cnn):
         ref = torch.cat([cm(b) for b in x.split(1000)])
     got = torch.from_numpy(session(path).run(None, {"x": x.numpy()})[0])
     cos, agree = agreement(ref, got)
+    # The file itself: ORT with its QDQ fusions off runs DequantizeLinear -> float op -> QuantizeLinear
+    # as written (measured: cosine 1.0000000, agreement 1.0000).
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
+    as_written = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    cos_w, agree_w = agreement(ref, torch.from_numpy(as_written.run(None, {"x": x.numpy()})[0]))
     print(f"\nresidual CNN QDQ in ONNX Runtime vs VALIDATION on {len(x)} MNIST digits: cosine {cos:.7f}, "
-          f"argmax agreement {agree:.4f}")
+          f"argmax agreement {agree:.4f}; QDQ fusions off: cosine {cos_w:.7f}, agreement {agree_w:.4f}")
     assert got.shape == ref.shape
-    assert cos >= 0.9999 and agree >= 0.999
+    assert cos_w >= 0.99999 and agree_w >= 0.999
+    # By default ORT fuses the quint8 (ReLU-output) convs into QLinearConv, its own integer kernel,
+    # whose requantization rounds differently from the float simulation; 1-LSB flips compound
+    # (measured: cosine 0.9999337, agreement 0.9934; with signed int8 activations ORT fused no conv:
+    # 0.99999, 0.9996).
+    assert cos >= 0.9999 and agree >= 0.99
 
 
 def test_cnn_qdq_structure(cnn):
