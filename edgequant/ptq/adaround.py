@@ -13,7 +13,9 @@ with the rectified sigmoid ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0
     || op(x_q, w_soft) - op_float(x) ||^2  +  weight * sum(1 - |2 h(V) - 1| ^ beta)
 
 where ``x_q`` is the layer's input in the model with every earlier layer already rounded (and
-activations fake-quantized) and the target is the layer's output in the float model. The
+activations fake-quantized) and the target is the layer's output in the float model. Both come
+from one run of the graph each (``edgequant.ptq.sweep.Sweep``), which stops before each layer
+and goes on once it is rounded, so the cost of running the model does not grow with depth. The
 regulariser is off for the first ``warm_up`` fraction of the steps; then ``beta`` anneals
 linearly from ``b_range[0]`` to ``b_range[1]``. Finally ``h = [V >= 0]``, the weight parameter is
 overwritten with ``s * (floor(w / s) + z + h - z)`` and the weight FakeQuantize gets a fixed
@@ -36,8 +38,9 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from ..fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
+from ..fake_quant import FakeQuantize, FakeQuantState
 from ..qmath import _as_param
+from .sweep import Sweep, batches_of, model_device, restore, set_states
 
 ZETA, GAMMA = 1.1, -0.1
 DEFAULTS = {"num_batches": 10, "num_step": 1000, "exclude_prefix": (), "warm_up": 0.2, "weight": 0.01,
@@ -73,85 +76,15 @@ def _layers(gm: fx.GraphModule):
     return out
 
 
-class _Stop(Exception):
-    pass
-
-
-class _Recorder(fx.Interpreter):
-    """Runs the graph until the last of ``nodes``, keeping their evaluated args and outputs."""
-
-    def __init__(self, gm, nodes):
-        super().__init__(gm)
-        self.nodes, self.seen = set(nodes), {}
-        order = {n: i for i, n in enumerate(gm.graph.nodes)}
-        self.last = max(nodes, key=order.__getitem__)
-
-    def run_node(self, n):
-        result = super().run_node(n)
-        if n in self.nodes:
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            self.seen[n] = (args, kwargs, result.detach())
-            if n is self.last:
-                raise _Stop
-        return result
-
-
-def _batches(data, num_batches, device):
-    if isinstance(data, (list, tuple)):
-        return [_to(b, device) for b in list(data)[:num_batches]]  # moved once
-
-    def gen():
-        for i, b in enumerate(data):
-            if i >= num_batches:
-                break
-            yield _to(b, device)
-    return gen()
-
-
-def _to(b, device):
-    if isinstance(b, torch.Tensor):
-        return b.to(device)
-    if isinstance(b, (list, tuple)):
-        return type(b)(_to(v, device) for v in b)
-    if isinstance(b, dict):
-        return {k: _to(v, device) for k, v in b.items()}
-    return b
-
-
-def _record(gm, nodes, batches, n_inputs):
-    """``{node: [(args, kwargs, output) per batch]}`` for ``nodes`` over ``batches``."""
-    seen = {n: [] for n in nodes}
-    placeholders = [p.target for p in gm.graph.nodes if p.op == "placeholder"]
-    for b in batches:
-        rec = _Recorder(gm, nodes)
-        if isinstance(b, dict):
-            inputs = [b[p] for p in placeholders]
-        elif isinstance(b, (list, tuple)):
-            inputs = list(b[:n_inputs])
-        else:
-            inputs = [b]
-        try:
-            with torch.no_grad():
-                rec.run(*inputs)
-        except _Stop:
-            pass
-        for n in nodes:
-            seen[n].append(rec.seen[n])
-    return seen
-
-
-def _set_states(gm, state):
-    saved = {}
-    for _, m in gm.named_modules():
-        if isinstance(m, (FakeQuantize, BiasCorrection)):
-            saved[m] = m.state
-            m.state = FakeQuantState(state) if state is not None else m.state
-    return saved
-
-
-def _restore(saved):
-    for m, s in saved.items():
-        m.state = s
+def _float_io(sweep: Sweep, layers) -> dict:
+    """``{op node: [(args, kwargs, output) per batch]}`` of every layer, in one pass of ``sweep``
+    (run with the states set now: FLOAT, before any weight is rounded)."""
+    out = {}
+    for _, op_node, *_ in layers:
+        sweep.advance(max(sweep.cursor, sweep.index[op_node]))
+        with torch.no_grad():
+            out[op_node] = [(args, kw, op_node.target(*args, **kw).detach()) for args, kw in sweep.inputs_of(op_node)]
+    return out
 
 
 def _h(v):
@@ -168,16 +101,7 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     excl = cfg["exclude_prefix"]
     excl = (excl,) if isinstance(excl, str) else tuple(excl or ())
     gm = calib_model
-    try:
-        device = next(gm.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    batches = _batches(data, int(cfg["num_batches"]), device)
-    if not isinstance(batches, list):
-        batches = list(batches)  # a DataLoader is read once; every layer reuses the batches
-    if not batches:
-        raise ValueError("adaround: data gave no batches")
-    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    batches = batches_of(data, int(cfg["num_batches"]), model_device(gm))  # read once, reused by every layer
     layers = [l for l in _layers(gm) if not any(l[0] == p or l[0].startswith(p) for p in excl)]
     for _, _, _, fq, _ in layers:
         fq.qparams()  # raises if never calibrated
@@ -188,14 +112,20 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
 
     bar = tqdm(total=len(layers) * int(cfg["num_step"]), desc="adaround", disable=not cfg["progress"])
     try:
-        saved = _set_states(gm, FakeQuantState.FLOAT)
-        try:  # the float model's outputs (and biases) of every layer, in one pass
-            floats = _record(gm, [l[1] for l in layers], batches, n_inputs) if layers else {}
+        saved = set_states(gm, FakeQuantState.FLOAT, FakeQuantState.FLOAT)
+        try:  # the float model's inputs and outputs (and biases) of every layer, in one pass
+            sweep = Sweep(gm, batches)
+            layers.sort(key=lambda l: sweep.index[l[1]])
+            floats = _float_io(sweep, layers)
         finally:
-            _restore(saved)
+            restore(saved)
+        # the partially rounded model, run once: the cursor stops where a layer's rounding starts
+        # to matter (its weight fake-quant) and moves on only after the layer is rounded
+        sweep = Sweep(gm, batches)
         for site, op_node, wq_node, fq, widx in layers:
             bar.set_postfix_str(site)
-            report[site] = _round_layer(gm, op_node, wq_node, fq, widx, batches, n_inputs, cfg, bar,
+            sweep.advance(max(sweep.cursor, sweep.index[wq_node]))
+            report[site] = _round_layer(gm, op_node, wq_node, fq, widx, sweep.inputs_of(op_node), cfg, bar,
                                         floats.pop(op_node))
     finally:
         bar.close()
@@ -204,13 +134,13 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     return gm
 
 
-def _round_layer(gm, op_node, wq_node, fq, widx, batches, n_inputs, cfg, bar, floats):
+def _round_layer(gm, op_node, wq_node, fq, widx, quant, cfg, bar, floats):
+    """Learn one layer's rounding from ``quant`` (per batch, its ``(args, kwargs)`` in the partially
+    rounded model, current states) and ``floats`` (per batch, ``(args, kwargs, output)`` in float)."""
     bias_idx = next((i for i, a in enumerate(op_node.args)
                      if isinstance(a, fx.Node) and a.op == "call_module" and str(a.target).startswith("eq_bc.")), None)
-    # inputs from the partially quantized model (its current states), targets from the float model
-    quant = _record(gm, [op_node], batches, n_inputs)[op_node]
     bias = floats[0][0][bias_idx] if bias_idx is not None else None
-    x = torch.cat([a[0] for a, _, _ in quant]).detach()
+    x = torch.cat([a[0] for a, _ in quant]).detach()
     y = torch.cat([out for _, _, out in floats]).detach()
     consts, kw = list(quant[0][0]), dict(quant[0][1])
     consts[0] = None

@@ -7,9 +7,10 @@ position from which they can change anything. ``Sweep`` runs the graph once per 
 cursor (``execution_order``), keeping only the values still needed after it (each value is dropped after its last
 use), so that the rest of the graph can be run from the cursor as often as a search needs
 without recomputing what lies before it; ``advance`` moves the cursor forward (with whatever
-fake-quant states are set at that time), ``outputs`` runs the rest and returns the model's
-float outputs per batch. ``set_states`` / ``restore`` save and set the states of every
-FakeQuantize and BiasCorrection.
+fake-quant states are set at that time), ``inputs_of`` gives one node's evaluated arguments
+per batch, ``outputs`` runs the rest and returns the model's float outputs per batch.
+``set_states`` / ``restore`` save and set the states of every FakeQuantize and BiasCorrection;
+``batches_of`` / ``model_device`` read calibration data onto the model's device.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from ..fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
-from .adaround import _to
 
 
 @dataclass
@@ -138,6 +138,16 @@ def restore(saved: dict) -> None:
         m.state = state
 
 
+def _to(b, device):
+    if isinstance(b, torch.Tensor):
+        return b.to(device)
+    if isinstance(b, (list, tuple)):
+        return type(b)(_to(v, device) for v in b)
+    if isinstance(b, dict):
+        return {k: _to(v, device) for k, v in b.items()}
+    return b
+
+
 def batches_of(data, num_batches: int | None, device) -> list:
     """The first ``num_batches`` (all if None) batches of a list/tuple or DataLoader, on ``device``."""
     out = []
@@ -172,7 +182,7 @@ class Sweep:
     def __init__(self, gm: fx.GraphModule, batches: list):
         self.gm = gm
         self.nodes = execution_order(gm)
-        index = {n: i for i, n in enumerate(self.nodes)}
+        self.index = index = {n: i for i, n in enumerate(self.nodes)}
         self.dead_after: list[list[fx.Node]] = [[] for _ in self.nodes]
         for i, n in enumerate(self.nodes):
             last = max([index[u] for u in n.users], default=i)
@@ -222,6 +232,19 @@ class Sweep:
         for env in self.envs:
             self._run(env, self.cursor, to)
         self.cursor = to
+
+    def inputs_of(self, node: fx.Node) -> list[tuple[tuple, dict]]:
+        """Per batch, the evaluated ``(args, kwargs)`` of ``node`` (at or after the cursor), from a
+        copy of each batch's environment run up to it (the cursor stays)."""
+        stop = self.index[node]
+        if stop < self.cursor:
+            raise ValueError(f"the sweep is at node {self.cursor}, past {node.name} ({stop})")
+        out = []
+        for env in self.envs:
+            env = dict(env)
+            self._run(env, self.cursor, stop)
+            out.append(self.interp.fetch_args_kwargs_from_env(node))
+        return out
 
     def outputs(self) -> list[list[torch.Tensor]]:
         """Run the rest of the graph from the cursor for every batch (the cursor stays);
