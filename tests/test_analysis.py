@@ -95,6 +95,10 @@ def test_featuremap_similarity_matches_the_models_outputs_and_integer_bounds(cnn
     same = featuremap_similarity(quantized, quantized, x)
     assert all(r["sqnr"] == math.inf and r["max_lsb"] == 0 for r in same.rows)
     assert {r["name"] for r in fs.rows} == {r["name"] for r in si.rows}
+    # compare_per_layer runs each stage once and gives both comparisons (repr: NaN LSBs compare equal)
+    qa = QuantAnalysis(model, good, [x], quantized)
+    assert repr(qa.compare_per_layer(x).rows) == repr(fs.rows)
+    assert repr(qa.layers_int.rows) == repr(si.rows) and qa.layers_int.kind_a == si.kind_a == "prepared"
 
 
 class _Unfused(nn.Module):

@@ -28,7 +28,7 @@ from torch.utils import _pytree as pytree
 
 from .compare import cosine, sqnr
 from .histograms import activation_histograms
-from .similarity import Similarity, featuremap_similarity
+from .similarity import Similarity, stage, stage_similarity
 
 
 def _as_tuple(b) -> tuple:
@@ -103,9 +103,11 @@ class QuantAnalysis:
             if self.bad_inputs is None:
                 self.auto_find_bad_case()
             inputs = self.bad_inputs
-        self.layers = featuremap_similarity(self.float_model, self.calib_model, inputs)
+        reference = stage(self.float_model, inputs)
+        simulation = stage(self.calib_model, inputs)  # exported and run once for both comparisons
+        self.layers = stage_similarity(reference, simulation)
         if self.quantized is not None:
-            self.layers_int = featuremap_similarity(self.calib_model, self.quantized, inputs)
+            self.layers_int = stage_similarity(simulation, stage(self.quantized, inputs))
         return self.layers
 
     # -- sensitivity ---------------------------------------------------------------------------

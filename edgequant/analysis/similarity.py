@@ -12,6 +12,8 @@ quantization (the VALIDATION simulation, bit for bit); a quant-level graph is ru
 way; an integer graph is run and every integer tensor dequantized with its own qparams; a
 float module is prepared afresh (no bias correction, min-max ranges from ``inputs``) and its
 graph run without fake quantization, which is the float network with batch norms folded.
+``stage(model, inputs)`` runs one stage; ``stage_similarity(a, b)`` compares two stages already
+run, so that one run serves several comparisons (``QuantAnalysis.compare_per_layer``).
 """
 from __future__ import annotations
 
@@ -123,13 +125,22 @@ _ACTIVATIONS = ("relu", "relu6", "clamp", "hardtanh")
 def featuremap_similarity(model_a, model_b, inputs) -> Similarity:
     """Per-layer cosine, SQNR and max error (absolute and in LSB) of ``model_b`` against
     ``model_a`` on ``inputs`` (see the module docstring for what each model may be)."""
-    ga, va = stage_values(model_a, inputs)
-    gb, vb = stage_values(model_b, inputs)
+    return stage_similarity(stage(model_a, inputs), stage(model_b, inputs))
+
+
+def stage(model, inputs) -> tuple[str, Graph, dict[str, torch.Tensor]]:
+    """``(stage_kind, graph, values)`` of one stage run on ``inputs`` (``stage_values``)."""
+    return (stage_kind(model), *stage_values(model, inputs))
+
+
+def stage_similarity(a: tuple[str, Graph, dict], b: tuple[str, Graph, dict]) -> Similarity:
+    """``featuremap_similarity`` of two stages already run (``stage``), ``a`` the reference."""
+    (kind_a, ga, va), (kind_b, gb, vb) = a, b
     # the quantized tensors: those with qparams in the graph that knows them (an integer graph
     # has qparams only on integer values; fused intermediates have none anywhere)
     ref = gb if gb.level == "int" else ga if ga.level == "int" else gb
     other = ga if ref is gb else gb
-    result = Similarity(stage_kind(model_a), stage_kind(model_b))
+    result = Similarity(kind_a, kind_b)
     site = _sites(ga if ga.level == "quant" else gb)
     hp = {o for n in other.nodes if n.attrs.get("high_precision") for o in n.outputs}
     for node in ref.nodes:
