@@ -8,6 +8,8 @@ Runtime's CPU provider and ``onnx.reference`` compute exactly, so (A6) half-to-e
 reproduced bit for bit (docs/arithmetic.md, A6: ``floor = v >> n``, ``t = v - floor * 2^n``,
 ``+1`` when ``t > 2^(n-1)`` or ``t == 2^(n-1)`` and ``floor`` is odd, in the single division
 ``(t + (floor & 1) + 2^(n-1) - 1) // 2^n``, as ``qmath.rounding_shift_right`` does).
+``rounding_shift`` shifts by constants; ``shift_by_pow2`` is its node chain, which ``tables``
+also uses with per-element powers of two.
 """
 from __future__ import annotations
 
@@ -41,16 +43,23 @@ def rounding_shift(b: Builder, v: str, shift: np.ndarray) -> str:
     n = np.maximum(shift, 0)
     if not n.any():
         return v
-    p = np.left_shift(np.int64(1), n)
-    odd_mask = (n > 0).astype(np.int64)
-    bias = np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)) - 1, 0)
-    p_c = b.i64(p, "pow2")
-    rem = b.op("Mod", [v, p_c], fmod=0)                       # floor remainder, 0 <= rem < 2^n
-    floor = b.op("Div", [b.op("Sub", [v, rem]), p_c])         # exact division of a multiple
+    half_m1 = np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)) - 1, 0)
+    odd_mask = None if (n > 0).all() else b.i64((n > 0).astype(np.int64))   # n == 0: v itself
+    return shift_by_pow2(b, v, b.i64(np.left_shift(np.int64(1), n), "pow2"), b.i64(half_m1), odd_mask)
+
+
+def shift_by_pow2(b: Builder, v: str, p: str, half_m1: str | None = None, odd_mask: str | None = None) -> str:
+    """(A6) ``round(v / p)`` half to even on int64, for ``p`` (an ONNX name: a constant or a
+    per-element tensor) a power of two ``>= 2``. ``half_m1`` names ``p / 2 - 1`` (computed from
+    ``p`` when None); where ``odd_mask`` (0/1) is 0, ``p`` may be 1 with ``half_m1`` 0 (no shift)."""
+    if half_m1 is None:
+        half_m1 = b.op("Sub", [b.op("Div", [p, b.i64(2)]), b.i64(1)])
+    rem = b.op("Mod", [v, p], fmod=0)                       # floor remainder, 0 <= rem < p
+    floor = b.op("Div", [b.op("Sub", [v, rem]), p])         # exact division of a multiple
     odd = b.op("Mod", [floor, b.i64(2)], fmod=0)
-    if not odd_mask.all():
-        odd = b.op("Mul", [odd, b.i64(odd_mask)])
-    up = b.op("Div", [b.op("Add", [b.op("Add", [rem, odd]), b.i64(bias)]), p_c])
+    if odd_mask is not None:
+        odd = b.op("Mul", [odd, odd_mask])
+    up = b.op("Div", [b.op("Add", [b.op("Add", [rem, odd]), half_m1]), p])
     return b.op("Add", [floor, up])
 
 

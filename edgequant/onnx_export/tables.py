@@ -21,7 +21,7 @@ from ..lut.ir_ops import n_extra, unpack
 from ..lut.table import LutTable
 from .builder import Builder
 from .errors import unsupported
-from .intmath import clamp
+from .intmath import clamp, rounding_shift, shift_by_pow2
 
 SUPPORTED = ("table", "softmax", "layer_norm")
 
@@ -32,16 +32,6 @@ def supported(lut: dict) -> bool:
 
 def _pow2(n) -> np.ndarray:
     return np.left_shift(np.int64(1), np.asarray(n, dtype=np.int64))
-
-
-def shift_by_pow2(b: Builder, v: str, p: str) -> str:
-    """(A6) ``round(v / p)`` half to even, for a per-element power of two ``p >= 2`` (int64)."""
-    half_m1 = b.op("Sub", [b.op("Div", [p, b.i64(2)]), b.i64(1)])
-    rem = b.op("Mod", [v, p], fmod=0)
-    floor = b.op("Div", [b.op("Sub", [v, rem]), p])
-    odd = b.op("Mod", [floor, b.i64(2)], fmod=0)
-    up = b.op("Div", [b.op("Add", [b.op("Add", [rem, odd]), half_m1]), p])
-    return b.op("Add", [floor, up])
 
 
 def _check_shift(node: Node, n) -> None:
@@ -163,7 +153,6 @@ def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], node: Node) -> st
 def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
     """``composite.layer_norm_int`` (docs/arithmetic.md T7) over the last ``n`` elements."""
     from ..lut.composite import RSQRT_BITS, XHAT_BITS
-    from .intmath import rounding_shift
 
     (rs_t,) = tabs
     n = p["n"]
@@ -196,4 +185,4 @@ def emit(b: Builder, lut: dict, codes: list[str], extra: list[torch.Tensor], nod
     raise unsupported(node, "onnx", f"table op kind {kind!r} has no integer ONNX translation")
 
 
-__all__ = ["emit", "supported", "n_extra", "apply_table", "shift_by_pow2"]
+__all__ = ["emit", "supported", "n_extra", "apply_table"]
