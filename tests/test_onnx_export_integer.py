@@ -107,6 +107,19 @@ def test_rounding_shift_in_onnx_matches_qmath_on_ties():
     assert np.array_equal(got, want.numpy())
 
 
+def test_storage_types_follow_quant_dtype_storage():
+    """The integer file stores each quantized type as QuantDType.storage does (qint48/qint64 in int64)."""
+    from edgequant.dtype import DTYPES
+    from edgequant.onnx_export.integer_types import storage_elem, storage_name, storage_np
+
+    for name, dt in DTYPES.items():
+        assert np.dtype(storage_np(name)) == np.dtype(str(dt.storage).removeprefix("torch.")), name
+        assert storage_name(name) == np.dtype(storage_np(name)).name, name
+        assert storage_elem(name) == helper.np_dtype_to_tensor_dtype(np.dtype(storage_np(name))), name
+    assert (storage_name("qint48"), storage_name("qint64"), storage_name("qint4")) == ("int64", "int64", "int8")
+    assert storage_name("float32") == "float32"
+
+
 def test_int16_cnn_integer_file_uses_the_custom_conv_and_equals_the_integer_model_under_the_reference_evaluator(
         tmp_path):
     """int16 activations: ConvInteger cannot take them and float32 is not exact for these sums, so

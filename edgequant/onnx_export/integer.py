@@ -30,12 +30,10 @@ from ..ir import Graph, Node, QParams
 from . import aten, tables
 from .builder import Builder
 from .errors import translate_nodes, unsupported
-from .integer_types import storage_elem, storage_np
+from .integer_types import storage_elem, storage_name, storage_np
 from .intmath import along, requantize, rounding_shift, saturate_cast, to_i64
 
 FLAVOUR = "integer"
-_STORAGE_NAME = {"qint4": "int8", "qint8": "int8", "quint8": "uint8", "qint16": "int16", "qint32": "int32",
-                 "qint48": "int64", "qint64": "int64"}
 _SPATIAL = {"conv1d": 1, "conv2d": 2}
 
 
@@ -49,8 +47,7 @@ class IntWriter:
         return len(self.g.values[name].shape)
 
     def storage(self, name: str) -> str:
-        dt = self.g.values[name].dtype
-        return _STORAGE_NAME.get(dt, dt)
+        return storage_name(self.g.values[name].dtype)
 
     def const_np(self, name: str | None) -> np.ndarray | None:
         return None if name is None else self.g.constants[name].numpy()
