@@ -4,7 +4,7 @@ Independent checks: every candidate's error in the report equals the L2 distance
 outputs of a plain forward with the earlier ops quantized as chosen, the op itself quantized
 with the qparams that an ordinary calibration with that strategy's observer gives, and the
 later ops float; the result survives state_dict, export and convert. On EfficientNet-Lite0 the
-searched model's logits, on its 12 calibration crops and on 16 held-out crops, are at least as
+searched model's logits, on its 32 calibration crops and on 16 held-out crops, are at least as
 close to float (SQNR) as those of the best single strategy calibrated the ordinary way for every
 layer.
 """
@@ -26,8 +26,10 @@ STRATEGIES = {"minmax": (MinMaxObserver, {}), "percentile": (PercentileObserver,
 
 
 def template(strategy):
+    """T8's dtypes (quint8 on ReLU outputs) with ``strategy``'s observer on every activation."""
     cls, kwargs = STRATEGIES[strategy]
-    return TemplateSetter(strategy, lambda site: eq.get_qconfig(observer=cls, observer_kwargs=kwargs),
+    return TemplateSetter(strategy, lambda site: eq.get_qconfig(observer=cls, observer_kwargs=kwargs,
+                                                                out_dtype=T8([site], {})[site.name].out_dtype),
                           f"every activation calibrated by {strategy}")
 
 
@@ -118,7 +120,9 @@ def test_efficientnet_lite0_search_is_at_least_as_close_to_float_as_the_best_sin
     import real_data as data
 
     model = data.load_efficientnet_lite0()
-    calib, test = data.calibration_images(12), data.held_out_images(16)
+    # 32 crops: once ReLU outputs became quint8 the search overfit 12 crops (auto 23.21 / 22.50 dB vs
+    # MSE 21.86 / 22.70 on calibration / held-out crops) and 24 (22.95 / 22.59 vs 22.21 / 22.61)
+    calib, test = data.calibration_images(32), data.held_out_images(16)
     with torch.no_grad():
         ref_calib, ref_test = model(calib), model(test)
     base = eq.prepare(model, calib[:1], qconfig_setter=(T8,))
