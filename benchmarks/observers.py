@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ref_fwd, ref_qp = results[REFERENCE]
     shape = "x".join(map(str, args.shape))
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print("## Observer cost against torch.ao's HistogramObserver\n")
     print(f"Observers on a {shape} float32 activation, {torch.get_num_threads()} threads, "
           f"median of {args.reps} (torch {torch.__version__}, load average {load})\n")
     print("| observer | forward ms | forward / ao Histogram | calculate_qparams ms | qparams / ao Histogram |")

@@ -167,7 +167,8 @@ def mnist_cnn() -> Workload:
 
     def score(ref, q):
         return {"test accuracy %": 100.0 * (q.argmax(1) == yte).float().mean().item(),
-                "agreement with float %": 100.0 * (q.argmax(1) == ref.argmax(1)).float().mean().item()}
+                "agreement with float %": 100.0 * (q.argmax(1) == ref.argmax(1)).float().mean().item(),
+                "logit SQNR dB": sqnr_db(ref, q)}
 
     return Workload("residual CNN (MNIST)", model, calib, test, ["x"], {"x": {0: "batch"}},
                     lambda out, b: _first(out).float(), score, "agreement with float %", labels=yte,
