@@ -37,7 +37,8 @@ def machine() -> list[str]:
     mem = next((int(line.split()[1]) / 2**20 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0.0)
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "onnx", "onnxruntime", "numpy"))
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "edgequant", "benchmarks"],
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "edgequant", "benchmarks",
+                            ":(exclude)benchmarks/results.md"],  # the file being written is not a change to the code
                            capture_output=True, text=True).stdout.strip()
     return [f"- machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}",
             f"- versions: Python {platform.python_version()}, {versions}, edgequant at {commit}"
