@@ -20,7 +20,10 @@ zero-sum (edge-detecting) kernel with large weights can shift it by much more th
 activation grid step. In CALIBRATION it records ``E[x]`` (per input channel and kernel offset,
 so padding is accounted for); in VALIDATION the op uses ``bias - shift``, the bias the integer
 model is given (bias correction, Nagel et al. 2019, "Data-Free Quantization", section 4.2, with
-the expectation measured on the calibration data). Once a model enters QAT, the bias is trained
+the expectation measured on the calibration data). VALIDATION also rounds that bias to the
+accumulator grid ``s_x * s_w`` by (A1), as export stores it in int32, once ``prepare`` has bound
+the input's and weight's fake-quants (``bind_grid``): the simulation then adds the bias the
+integer model adds, and a value near a rounding tie no longer lands on different sides. Once a model enters QAT, the bias is trained
 instead and the correction stays off for good.
 """
 from __future__ import annotations
@@ -257,14 +260,39 @@ class BiasCorrection(nn.Module):
             d = dw.reshape(g, o // g, c // g, -1)
             return torch.einsum("gock,gck->go", d, mean.reshape(g, c // g, -1)).reshape(o).to(w.dtype)
 
+    def bind_grid(self, x_fq: FakeQuantize, w_fq: FakeQuantize) -> None:
+        """The fake-quants of the op's input and weight: VALIDATION then puts the bias on the
+        accumulator grid ``s_x * s_w`` (``grid_bias``). Kept in a tuple, so they are references,
+        not submodules (no second copy in the state dict)."""
+        self._grid = (x_fq, w_fq)
+
+    def grid_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """``bias`` rounded by (A1) to the accumulator grid ``s_acc = s_x * s_w`` (float32 product,
+        per output channel), as export stores it (``ops.matmul_like.lower_weighted``); unchanged
+        when no grid is bound or the bias needs more than int32 there (the integer model then
+        keeps it in the wide accumulator type, exactly)."""
+        grid = getattr(self, "_grid", None)
+        if grid is None or bias is None:
+            return bias
+        s_x, s_w = grid[0].qparams()[0].reshape(-1), grid[1].qparams()[0].reshape(-1)
+        if s_x.numel() != 1:
+            return bias
+        acc = s_x.to(torch.float32) * s_w.to(torch.float32)
+        acc = acc.expand(bias.shape[0]) if acc.numel() == 1 else acc
+        if acc.numel() != bias.shape[0] or float((bias.detach().float() / acc).abs().max()) >= 2 ** 31 - 1:
+            return bias
+        return fake_quantize(bias, acc, torch.zeros_like(acc, dtype=torch.int64), "qint32", 0).to(bias.dtype)
+
     def forward(self, x, w, wq, bias):
         if self.state == FakeQuantState.CALIBRATION and not bool(self.trained):
             self._record(x, tuple(w.shape[2:]))
             return bias
-        if self.state != FakeQuantState.VALIDATION or not self.active() or wq is w:
+        if self.state != FakeQuantState.VALIDATION or wq is w:
             return bias
-        delta = self.shift(w, wq)
-        return -delta if bias is None else bias - delta
+        if self.active():
+            delta = self.shift(w, wq)
+            bias = -delta if bias is None else bias - delta
+        return self.grid_bias(bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "input_sum")

@@ -291,8 +291,33 @@ def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict, bias_correction: bool 
             act = _stub_spec(node, qc.activation) if node.target is quant_point else qc.activation
             _add_fq(gm, name, act.build(name), out)
         _insert_input_fqs(gm, node, qc, name)
+    _bind_bias_grids(gm)
     gm.graph.lint()
     gm.recompile()
+
+
+def _input_fake_quant(gm: fx.GraphModule, x) -> FakeQuantize | None:
+    """The FakeQuantize whose grid ``x`` lies on: ``x`` itself, or through ops that keep the grid."""
+    while isinstance(x, fx.Node):
+        if x.op == "call_module" and str(x.target).startswith(FQ_CONTAINER + "."):
+            return gm.get_submodule(str(x.target))
+        spec = x.meta.get("eq_spec")
+        if spec is None or spec.rule != "shared" or not x.args:
+            return None
+        x = x.args[0]
+    return None
+
+
+def _bind_bias_grids(gm: fx.GraphModule) -> None:
+    """Tell each BiasCorrection the FakeQuantizes of its op's input and weight, so VALIDATION
+    rounds the bias to the accumulator grid ``s_x * s_w`` as the integer model does."""
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not str(node.target).startswith("eq_bc."):
+            continue
+        x, _, wq = node.args[:3]
+        x_fq = _input_fake_quant(gm, x)
+        if x_fq is not None and isinstance(wq, fx.Node) and wq.op == "call_module":
+            gm.get_submodule(str(node.target)).bind_grid(x_fq, gm.get_submodule(str(wq.target)))
 
 
 def _make_float(node: fx.Node) -> None:

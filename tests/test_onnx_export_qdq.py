@@ -2,8 +2,8 @@
 
 - the residual CNN (tests/models.py, int8 with quint8 ReLU outputs): with ORT's QDQ fusions off
   (the file as written) logits cosine >= 0.99999 and argmax agreement >= 99.9 % on all 5,000
-  MNIST digits of the subset, at a batch size other than the traced one; with ORT's default
-  fusions (its own integer QLinearConv) cosine >= 0.9999 and agreement >= 99 %;
+  MNIST digits of the subset, at a batch size other than the traced one, and the same with ORT's
+  default fusions (its own integer QLinearConv);
 - EfficientNet-Lite0 (int8 per-channel weights, int16 activations) on held-out photo crops and all-MiniLM-L6-v2
   (int16 activations; sentence embeddings and last hidden states) on held-out sentences (slow);
 - the file's structure: opset 21, QuantizeLinear/DequantizeLinear with int8 weights per output
@@ -67,10 +67,10 @@ def test_cnn_qdq_matches_the_simulation_in_onnxruntime(cnn):
     assert got.shape == ref.shape
     assert cos_w >= 0.99999 and agree_w >= 0.999
     # By default ORT fuses the quint8 (ReLU-output) convs into QLinearConv, its own integer kernel,
-    # whose requantization rounds differently from the float simulation; 1-LSB flips compound
-    # (measured: cosine 0.9999337, agreement 0.9934; with signed int8 activations ORT fused no conv:
-    # 0.99999, 0.9996).
-    assert cos >= 0.9999 and agree >= 0.99
+    # which adds the int32 bias: as the simulation puts the bias on that grid too, the fused run
+    # agrees as closely (measured: cosine 1.0000000, agreement 1.0000; before the simulation
+    # rounded the bias: 0.9999337, 0.9934).
+    assert cos >= 0.99999 and agree >= 0.999
 
 
 def test_cnn_qdq_structure(cnn):

@@ -85,10 +85,16 @@ grid, the gathered codes are requantized by (A7) with ``M = s_table / s_y``.
 
 Agreement with the quant-level graph (the VALIDATION simulation), stated per op in output LSB:
 conv1d/conv2d/conv_transpose2d/linear/matmul with a requantized output: at most 1 LSB (A7.1:
-the multiplier's relative error 2^-b, the bias's rounding by at most ``M/2`` LSB, and float32
-summation in the simulation; a 1-LSB difference happens only near a rounding tie; measured on
-one-op models: 99.83-100 % of elements exact, the rest 1 LSB). Accumulator and float outputs:
-within ``s_acc/2`` (the bias rounding) plus the simulation's float32 error. Embedding: exact.
+the multiplier's relative error 2^-b and float32 summation in the simulation; a 1-LSB difference
+happens only near a rounding tie). The simulation puts a conv1d/conv2d/linear bias on the same
+accumulator grid as here, by the same (A1) rounding of ``bias / (s_x * s_w)``
+(``fake_quant.BiasCorrection.grid_bias``); where it does not (conv_transpose2d, or
+``prepare(..., bias_correction=False)``), the bias's rounding adds at most ``M/2`` LSB. Measured
+on one-op models: 100 % of elements exact for conv1d, conv2d (plain and depthwise + relu6),
+linear and matmul, 99.998 % for a strided dilated conv2d + relu, 99.92 % for conv_transpose2d,
+the rest 1 LSB (tests/test_int_matmul_like.py). Accumulator and float outputs: within
+``s_acc/2`` (the bias rounding, where the simulation does not do it) plus the simulation's
+float32 error. Embedding: exact.
 """
 from __future__ import annotations
 
