@@ -2,9 +2,11 @@
 
 Takes ``--images`` calibration crops (batches of 16) and ``--reps``. In one process, on the same
 batches: the float forward pass (torch and ONNX Runtime), edgequant calibration with each of its
-activation observers (every activation gets that observer; weights per-channel min-max), torch.ao
-FX calibration (HistogramObserver, MinMaxObserver) and ONNX Runtime's calibrators (MinMax,
-Entropy, Percentile: ``collect_data`` + ``compute_data``). Every repetition runs all of them one
+activation observers (every activation gets that observer; weights per-channel min-max) and with
+each template, the int8 template once more with histograms binned by torch ops instead of the
+compiled kernel (what an install without a C compiler runs), torch.ao FX calibration
+(HistogramObserver, MinMaxObserver) and ONNX Runtime's calibrators (MinMax, Entropy,
+Percentile: ``collect_data`` + ``compute_data``). Every repetition runs all of them one
 after the other, so background load hits them alike; each is warmed up once first (its ranges are
 then set, as after a first calibration batch). Times are wall-clock medians; the ratio divides by
 the float forward pass of the same runtime. Then conversion time: edgequant ``export`` +
@@ -60,6 +62,17 @@ def edgequant_calibration(w, setter):
     return run, cm
 
 
+def without_compiled_binning(run):
+    """Run ``run`` with histograms binned by torch ops, as when ``_binning.c`` could not be built."""
+    from edgequant.observers import histogram
+
+    kernel, histogram._binning = histogram._binning, None
+    try:
+        return run()
+    finally:
+        histogram._binning = kernel
+
+
 def torch_ao_calibration(w, observer):
     prepared = W.torch_ao_prepared(w, observer)
 
@@ -103,6 +116,9 @@ def main(argv=None) -> None:
             runs[("torch", f"edgequant {name}")], ours[name] = edgequant_calibration(w, every_activation(observer))
         for tname, setter in W.TEMPLATES.items():
             runs[("torch", f"edgequant template {tname}")], ours[tname] = edgequant_calibration(w, setter)
+        run8, _ = edgequant_calibration(w, W.TEMPLATES["int8"])
+        runs[("torch", "edgequant template int8, torch-ops binning (an install without a C compiler)")] = \
+            lambda: without_compiled_binning(run8)
         ao = {}
         for name in ("histogram", "minmax"):
             label = f"torch.ao FX {'HistogramObserver' if name == 'histogram' else 'MinMaxObserver'}"
