@@ -39,7 +39,7 @@ measured with signed int8 everywhere, before quint8 ReLU outputs): MSE 20.0 / 32
 test images of the current tests/models.py training) gives MSE 27.4, min-max 28.8, percentile 99.99 34.0, KL 3.7
 dB: MSE is no longer the best observer there. Per-tensor MSE clips the stem's ReLU6 output at
 5.36, which costs the logits more than the finer step saves; percentile on the quint8 outputs
-alone gives the CNN 34.4 dB but costs EfficientNet-Lite0 1.1 dB, so the template keeps MSE and
+alone gives the CNN 34.2 dB but costs EfficientNet-Lite0 1.1 dB, so the template keeps MSE and
 ``ptq.auto_calibrate`` (which judges by the model's output) is the remedy. On bounded
 tensors (ReLU6 outputs) MSE keeps the whole range as min-max does; on long-tailed ones (residual
 sums, unbounded ReLU outputs) it clips the tail that min-max would spend most levels on. KL
