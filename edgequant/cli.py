@@ -105,7 +105,7 @@ def _calibrate(calib, batches, n: int) -> list:
     def first_n():
         for b in islice(batches, n):
             used.append(b)
-            yield _as_tuple(b)
+            yield b
 
     calibrate(calib, first_n(), progress=True)
     if not used:

@@ -23,8 +23,8 @@ model is given (bias correction, Nagel et al. 2019, "Data-Free Quantization", se
 the expectation measured on the calibration data). VALIDATION also rounds that bias to the
 accumulator grid ``s_x * s_w`` by (A1), as export stores it in int32, once ``prepare`` has bound
 the input's and weight's fake-quants (``bind_grid``): the simulation then adds the bias the
-integer model adds, and a value near a rounding tie no longer lands on different sides. Once a model enters QAT, the bias is trained
-instead and the correction stays off for good.
+integer model adds, and a value near a rounding tie no longer lands on different sides. Once a
+model enters QAT, the bias is trained instead and the correction stays off for good.
 """
 from __future__ import annotations
 

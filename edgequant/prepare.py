@@ -206,6 +206,11 @@ def op_sites(gm: fx.GraphModule) -> list[OpSite]:
     return sites
 
 
+def _fx_arg(node: fx.Node, pos: int, name: str, default=None):
+    """The argument of an fx call at position ``pos``, else keyword ``name``, else ``default``."""
+    return node.args[pos] if pos < len(node.args) else node.kwargs.get(name, default)
+
+
 def _nonnegative(node: fx.Node) -> bool:
     """True if ``node``'s group output (``_output_node``) is a relu/relu6/hardtanh/clamp whose
     lower bound is a number >= 0, so the output is non-negative by construction."""
@@ -213,8 +218,7 @@ def _nonnegative(node: fx.Node) -> bool:
     spec = out.meta.get("eq_spec")
     if spec is None or not spec.activation or out.op != "call_function":
         return False
-    bounds = activation_range(str(out.target), lambda i, name, default: out.args[i] if len(out.args) > i
-                              else out.kwargs.get(name, default))
+    bounds = activation_range(str(out.target), lambda i, name, default: _fx_arg(out, i, name, default))
     lo = bounds[0] if bounds is not None else None
     return isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo >= 0
 
@@ -361,7 +365,7 @@ def _insert_bias_correction(gm, node, spec, wq: fx.Node, name: str) -> None:
         if val is not None and val.dim() != nspatial + 2:
             return
         for i, key in enumerate(("stride", "padding", "dilation", "groups"), start=3):
-            v = node.args[i] if i < len(node.args) else node.kwargs.get(key, _CONV_DEFAULTS[key])
+            v = _fx_arg(node, i, key, _CONV_DEFAULTS[key])
             if key == "groups":
                 conv[key] = int(v)
                 continue
