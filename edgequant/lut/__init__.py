@@ -5,6 +5,8 @@
 - ``reference``: a plain-Python twin of the kernel for tests;
 - ``composite``: integer softmax, layer norm and division by a tensor;
 - ``sim``: the table-op modules ``prepare`` inserts (``attach_tables``);
+- ``validate``: checks of a SegmentLUT's function (elementwise, finite on its range, ``inverse_func``
+  decreasing), run before its table is built;
 - ``ir_ops``: export, run and convert of table ops;
 - ``report``: per-table, per-segment error and the share of entries the calibrated range uses.
 """

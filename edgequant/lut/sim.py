@@ -175,6 +175,7 @@ class TableOp(LutOp):
             opts.update(symmetric_mode=seg.symmetric_mode, strategy=seg.auto_divide_strategy,
                         dividing_points=seg.dividing_points, gradients=seg.gradients,
                         inverse_func=seg.inverse_func, user_func=True,
+                        name=f"SegmentLUT {getattr(self, 'site', '?')!r}",
                         input_range=seg.input_range or (None if seg.inverse_func is not None else rng))
         else:
             opts.update(symmetric_mode=ELEMENTWISE[self.op], strategy="curvature", input_range=rng)
@@ -320,6 +321,7 @@ def attach_tables(gm: fx.GraphModule, march: str) -> None:
         if not hasattr(gm, CONTAINER):
             gm.add_module(CONTAINER, nn.ModuleDict())
         key = node.meta.get("eq_name", node.name).replace(".", "__")
+        mod.site = node.meta.get("eq_path") or node.meta.get("eq_name", node.name)   # for messages
         getattr(gm, CONTAINER)[key] = mod
         with gm.graph.inserting_before(node):
             new = gm.graph.call_module(f"{CONTAINER}.{key}", node.args, node.kwargs)

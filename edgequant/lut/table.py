@@ -14,7 +14,9 @@ section 10, derives them):
 
 ``symmetric_mode`` "YSYM"/"CSYM" tables store only the half ``x >= 0`` and the kernel mirrors.
 Building is deterministic (the function is evaluated at the dequantized codes, float64 for
-edgequant's own functions, float32 for user callables) and takes milliseconds.
+edgequant's own functions, float32 for user callables) and takes milliseconds. A user callable
+is checked first (``lut.validate``): a function that is not elementwise, not finite where a
+segmented table interpolates or NaN where a direct table is used raises ``ValueError``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 
 from ..dtype import get_dtype
 from ..qmath import quantize_multiplier
+from . import validate
 from .fit import fit_nodes
 
 MODES = ("ASYM", "YSYM", "CSYM")
@@ -95,13 +98,18 @@ class _Func:
     def __init__(self, fn: Callable, in_scale: float, out_scale: float, user: bool):
         self.fn, self.s_in, self.s_out, self.user = fn, in_scale, out_scale, user
 
-    def real(self, a: torch.Tensor) -> torch.Tensor:
+    def inputs(self, a: torch.Tensor) -> torch.Tensor:
         # (A2) dequantize in float32 (z already removed): the values the simulation feeds f
-        x = a.to(torch.float32) * torch.tensor(self.s_in, dtype=torch.float32)
+        return a.to(torch.float32) * torch.tensor(self.s_in, dtype=torch.float32)
+
+    def raw(self, a: torch.Tensor) -> torch.Tensor:
+        x = self.inputs(a)
         with torch.no_grad():
             y = self.fn(x) if self.user else self.fn(x.to(torch.float64))
-        y = torch.as_tensor(y).to(torch.float64).reshape(a.shape)
-        return torch.nan_to_num(y, nan=0.0, posinf=1e300, neginf=-1e300)
+        return torch.as_tensor(y).to(torch.float64).reshape(a.shape)
+
+    def real(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(self.raw(a), nan=0.0, posinf=1e300, neginf=-1e300)
 
     def codes(self, a: torch.Tensor) -> torch.Tensor:
         return self.real(a) / self.s_out
@@ -126,7 +134,7 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
                 input_range: Sequence[float] | None = None, dividing_points: Sequence[float] | None = None,
                 gradients: Sequence[float] | None = None, inverse_func: Callable | None = None,
                 user_func: bool = False, segments: int = 8, intervals: int = 64, direct_entries: int = 256,
-                frac_bits: int = FRAC_BITS) -> LutTable:
+                frac_bits: int = FRAC_BITS, name: str = "SegmentLUT") -> LutTable:
     """Build the table of ``fn`` for an input quantized as ``(in_dtype, in_scale, in_zero)`` and an
     output quantized as ``(out_dtype, out_scale, out_zero)``.
 
@@ -136,8 +144,10 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
     segments (up to ``segments`` of them; the widest are split to make up the rest).
     ``inverse_func`` (monotonically decreasing ``fn``) sets the default range to the inputs whose
     outputs the output type can represent. ``user_func`` evaluates ``fn`` in float32 (as the model
-    did) instead of float64. 8-bit inputs get a direct table (range, strategy and gradients do
-    not apply).
+    did) instead of float64, and checks it first (``lut.validate``, messages start with ``name``):
+    elementwise; finite on the range a segmented table interpolates; not NaN on ``input_range``
+    (default: every code) of a direct table, where an infinite value saturates; ``inverse_func``
+    decreasing. 8-bit inputs get a direct table (range, strategy and gradients do not apply).
     """
     if symmetric_mode not in MODES:
         raise ValueError(f"symmetric_mode must be one of {MODES}, got {symmetric_mode!r}")
@@ -154,18 +164,24 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
             raise ValueError(f"a direct table has {direct_entries} entries; {idt.name} needs {1 << idt.bits}")
         a_lo, a_hi = _mirror_range(u_lo, u_hi, symmetric_mode)
         a = torch.arange(a_lo, a_hi + 1, dtype=torch.int64)
+        if user_func:
+            _check_user_direct(f, a, u_lo, u_hi, input_range, symmetric_mode, name)
         entries = _round_clamp(f.codes(a), 1 << odt.bits)
         rng = (in_scale * u_lo, in_scale * u_hi)
         return LutTable("direct", entries=entries.to(torch.int32), index_offset=a_lo, in_range=rng, **common)
 
     # the real input range the table interpolates over -> codes u, then table coordinates a
     lo, hi = _input_range(input_range, dividing_points, inverse_func, in_scale, u_lo, u_hi, odt, out_scale,
-                          out_zero)
+                          out_zero, name)
     c_lo = max(u_lo, min(u_hi, math.floor(lo / in_scale)))
     c_hi = max(u_lo, min(u_hi, math.ceil(hi / in_scale)))
     a_lo, a_hi = _mirror_range(c_lo, c_hi, symmetric_mode)
     if a_hi - a_lo < segments:  # a degenerate range: widen it to one code per segment
         a_hi = a_lo + segments
+    if user_func:  # every code the table interpolates over
+        a = torch.arange(a_lo, a_hi + 1, dtype=torch.int64)
+        validate.check_elementwise(fn, f.inputs(a), name)
+        validate.check_finite(f.inputs(a), f.raw(a), name, allow_inf=False, where="its segmented table interpolates")
     if dividing_points is not None:
         pts = [math.floor(float(p) / in_scale) for p in dividing_points]
         if symmetric_mode != "ASYM":
@@ -217,12 +233,25 @@ def _mirror_range(u_lo: int, u_hi: int, mode: str) -> tuple[int, int]:
     return (u_lo, u_hi) if u_lo > 0 else (-u_hi, -u_lo)
 
 
-def _input_range(input_range, dividing_points, inverse_func, s_in, u_lo, u_hi, odt, s_out, z_out):
+def _check_user_direct(f: _Func, a: torch.Tensor, u_lo: int, u_hi: int, input_range, mode: str, name: str) -> None:
+    """A direct table's user function: elementwise, and not NaN on ``input_range`` (every code without one)."""
+    validate.check_elementwise(f.fn, f.inputs(a), name)
+    if input_range is not None:
+        c_lo = max(u_lo, min(u_hi, math.floor(float(input_range[0]) / f.s_in)))
+        c_hi = max(u_lo, min(u_hi, math.ceil(float(input_range[1]) / f.s_in)))
+        c_lo, c_hi = _mirror_range(c_lo, c_hi, mode)
+        a = a[(a >= c_lo) & (a <= c_hi)]
+    if a.numel():
+        validate.check_finite(f.inputs(a), f.raw(a), name, allow_inf=True, where="its direct table covers")
+
+
+def _input_range(input_range, dividing_points, inverse_func, s_in, u_lo, u_hi, odt, s_out, z_out, name="SegmentLUT"):
     full = (s_in * u_lo, s_in * u_hi)
     if input_range is not None:
         lo, hi = float(input_range[0]), float(input_range[1])
     elif inverse_func is not None:
         y_lo, y_hi = s_out * (odt.qmin - z_out), s_out * (odt.qmax - z_out)
+        validate.check_decreasing(inverse_func, y_lo, y_hi, name)
         with torch.no_grad():
             ends = inverse_func(torch.tensor([y_lo, y_hi], dtype=torch.float64))
         x_hi, x_lo = (float(v) for v in torch.as_tensor(ends, dtype=torch.float64).flatten())
