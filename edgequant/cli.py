@@ -15,13 +15,22 @@ Takes command-line arguments; writes files and prints tables. Commands:
 - ``run MODEL INPUT.npz``: run a saved model on arrays, write the outputs to ``--out``;
 - ``summary MODEL``: one line per node of a saved model;
 - ``demo``: the bundled demo (``edgequant.demo``).
+
+Errors come out as one line on stderr, ``edgequant: error: ...``: exit status 2 for a usage
+error (an unknown option, a missing argument or file, a bad SPEC, an unknown template or
+march), 1 for a failure while running (a corrupt ``.eqm`` file, a model edgequant cannot
+capture, an exception in the SPEC's factory, which is reported with the factory's file and
+line). The global ``--debug`` option (``edgequant --debug quantize ...``) also prints the
+Python traceback.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -37,9 +46,49 @@ TEMPLATES = {
 }
 
 
+_options = {"debug": False}
+
+
+class FactoryError(RuntimeError):
+    """The SPEC's factory (or the file that defines it) raised; the message names its file and line."""
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", help="print the Python traceback of an error")):
+    _options["debug"] = debug
+
+
 def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
+    """A usage error: one line on stderr, exit status 2."""
+    typer.echo(f"edgequant: error: {msg}", err=True)
     raise typer.Exit(2)
+
+
+def _user_frame(exc: BaseException, path: str | None) -> str:
+    """``file:line`` of the deepest traceback frame of ``exc`` inside the user's file ``path``."""
+    where = None
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        where = f"{exc.filename}:{exc.lineno}"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if path and os.path.realpath(frame.filename) == os.path.realpath(path):
+            where = f"{frame.filename}:{frame.lineno}"
+    return where or "?"
+
+
+def _call_user(what: str, path: str | None, fn, *args):
+    """Run user code (load the SPEC's file or call its factory); an exception becomes a FactoryError."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise FactoryError(f"{what} raised {type(exc).__name__}: {_one_line(str(exc))} "
+                           f"(at {_user_frame(exc, path)})") from exc
+
+
+def _module_file(name: str) -> str | None:
+    try:
+        return importlib.util.find_spec(name).origin
+    except Exception:  # a missing module or parent: import_module says which
+        return None
 
 
 def load_spec(spec: str):
@@ -54,17 +103,21 @@ def load_spec(spec: str):
         sys.path.insert(0, str(path.resolve().parent))
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        _call_user(f"loading {path}", str(path), module_spec.loader.exec_module, module)
     else:
         sys.path.insert(0, str(Path.cwd()))
         try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            _fail(f"cannot import {mod_name!r} for SPEC {spec!r}: {exc}")
+            module = _call_user(f"importing {mod_name}", _module_file(mod_name), importlib.import_module, mod_name)
+        except FactoryError as exc:
+            missing = exc.__cause__
+            if isinstance(missing, ModuleNotFoundError) and missing.name and \
+                    (mod_name + ".").startswith(missing.name + "."):  # the SPEC's module itself
+                _fail(f"cannot import {mod_name!r} for SPEC {spec!r}: {missing}")
+            raise
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         _fail(f"{mod_name} has no function {fn_name!r} (SPEC {spec!r})")
-    made = fn()
+    made = _call_user(f"the factory {spec}", getattr(module, "__file__", None), fn)
     if isinstance(made, dict):
         made = (made.get("model"), made.get("example_inputs"), made.get("calibration"))
     if not isinstance(made, (tuple, list)) or len(made) != 3:
@@ -84,6 +137,15 @@ def _setter(template: str):
     return setter
 
 
+def _march(march: str) -> str:
+    from .march import March
+
+    try:
+        return March(march).value
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 def _as_tuple(x) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
@@ -100,16 +162,14 @@ def _calibrate(calib, batches, n: int) -> list:
 
     from . import calibrate
 
-    used = []
-
-    def first_n():
-        for b in islice(batches, n):
-            used.append(b)
-            yield b
-
-    calibrate(calib, first_n(), progress=True)
+    try:
+        batches = iter(batches)
+    except TypeError:
+        _fail(f"the SPEC's calibration batches must be an iterable, got {type(batches).__name__}")
+    used = list(islice(batches, n))
     if not used:
         _fail("the calibration iterable gave no batches")
+    calibrate(calib, used, progress=True)
     return used
 
 
@@ -160,6 +220,10 @@ def quantize(spec: str = typer.Argument(..., help="module:function returning (mo
 
     from . import convert, export, save
 
+    _setter(template)  # usage errors come before the factory runs
+    if calib_batches < 1:
+        _fail(f"--calib-batches must be at least 1, got {calib_batches}")
+    _march(march)
     model, example_inputs, batches = load_spec(spec)
     out.mkdir(parents=True, exist_ok=True)
     calib = _prepare(model, example_inputs, template, march)
@@ -202,7 +266,13 @@ def _rebuild(out: Path):
     meta_path = out / "quantize.json"
     if not meta_path.exists():
         _fail(f"{out} is not an `edgequant quantize` output directory (no quantize.json)")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
+    missing = [k for k in ("spec", "template", "march") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path}: not written by `edgequant quantize` (no {', '.join(missing)})")
     model, example_inputs, batches = load_spec(meta["spec"])
     calib = _prepare(model, example_inputs, meta["template"], meta["march"])
     load_state(calib, out / "prepared.safetensors")
@@ -213,7 +283,13 @@ def _npz_inputs(path: Path, input_names: list[str] | None = None) -> tuple:
     import numpy as np
     import torch
 
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not an .npz file of arrays ({exc})") from exc
+    if not hasattr(data, "keys"):
+        raise ValueError(f"{path}: a single array (.npy), expected an .npz file of named arrays (numpy.savez)")
+    with data:
         keys = list(data.keys())
         if input_names and set(input_names) <= set(keys):
             keys = list(input_names)
@@ -223,7 +299,7 @@ def _npz_inputs(path: Path, input_names: list[str] | None = None) -> tuple:
 @app.command()
 def compare(a: str = typer.Argument(..., help="reference: a .eqm file, a quantize output dir, or a SPEC (float)"),
             b: str = typer.Argument(..., help="compared: same choices as A"),
-            inputs: Path = typer.Argument(..., help="an .npz file with the input arrays"),
+            inputs: Path = typer.Argument(..., help="an .npz file with the input arrays", exists=True, dir_okay=False),
             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows as JSON")):
     """Per-layer cosine, SQNR and max error (LSB) of B against A."""
     from .analysis import featuremap_similarity
@@ -235,7 +311,8 @@ def compare(a: str = typer.Argument(..., help="reference: a .eqm file, a quantiz
 
 
 @app.command()
-def report(out_dir: Path = typer.Argument(..., help="an `edgequant quantize` output directory"),
+def report(out_dir: Path = typer.Argument(..., help="an `edgequant quantize` output directory", exists=True,
+                                          file_okay=False),
            html: Optional[Path] = typer.Option(None, help="report path (default OUT_DIR/report.html)"),
            batches: int = typer.Option(4, help="data batches for the analysis"),
            sensitivity: bool = typer.Option(True, help="include per-op sensitivity")):
@@ -256,8 +333,9 @@ def report(out_dir: Path = typer.Argument(..., help="an `edgequant quantize` out
 
 
 @app.command()
-def run(model: Path = typer.Argument(..., help="a saved model (.eqm)"),
-        inputs: Path = typer.Argument(..., help="an .npz file: arrays named as the model's inputs, or in order"),
+def run(model: Path = typer.Argument(..., help="a saved model (.eqm)", exists=True, dir_okay=False),
+        inputs: Path = typer.Argument(..., help="an .npz file: arrays named as the model's inputs, or in order",
+                                      exists=True, dir_okay=False),
         out: Optional[Path] = typer.Option(None, help="write the outputs to this .npz")):
     """Run a saved (integer or quant-level) model on the arrays of an .npz file."""
     import numpy as np
@@ -278,7 +356,7 @@ def run(model: Path = typer.Argument(..., help="a saved model (.eqm)"),
 
 
 @app.command()
-def summary(model: Path = typer.Argument(..., help="a saved model (.eqm)")):
+def summary(model: Path = typer.Argument(..., help="a saved model (.eqm)", exists=True, dir_okay=False)):
     """One line per node of a saved model: name, op, dtype, scale."""
     from . import load
 
@@ -302,8 +380,54 @@ def demo(out: Optional[Path] = typer.Option(None, help="output directory (defaul
     run_demo(out_dir=out, calib_images=calib_images, test_images=test_images, sensitivity=sensitivity)
 
 
-def main() -> None:
-    app()
+def _one_line(msg: str) -> str:
+    """A multi-line message (e.g. a CaptureError listing ops) joined into one line."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    return " ".join(ln if ln.endswith(":") or i == len(lines) - 1 else ln + ";" for i, ln in enumerate(lines))
+
+
+def _error_line(exc: BaseException) -> str:
+    """``edgequant: error: ...``; edgequant's own errors by their message, others with their type."""
+    msg = _one_line(str(exc)) or repr(exc)
+    if isinstance(exc, (FactoryError, FileNotFoundError)) or type(exc).__module__.startswith("edgequant"):
+        return f"edgequant: error: {msg}"
+    return f"edgequant: error: {type(exc).__name__}: {msg}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``edgequant`` entry point: runs ``app``; every error ends as one line and an exit status."""
+    try:
+        code = app(args=argv, prog_name="edgequant", standalone_mode=False)
+    except Exception as exc:
+        code = _report(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report(exc: Exception) -> int:
+    """Print ``exc`` as one line; its exit status. Click's exceptions are told apart by class name:
+    typer ships its own copy of click, older typers use click itself."""
+    kinds = {c.__name__ for c in type(exc).__mro__}
+    from_cli = type(exc).__module__.startswith(("typer", "click"))
+    if from_cli and "NoArgsIsHelpError" in kinds:  # a bare `edgequant`: the help text
+        if exc.format_message().strip():  # (typer's rich help is printed as the error is made)
+            typer.echo(exc.format_message())
+        return 2
+    if from_cli and "UsageError" in kinds:  # unknown option, missing argument, bad value or path
+        ctx = getattr(exc, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "edgequant"
+        typer.echo(f"edgequant: error: {_one_line(exc.format_message())} (see `{cmd} --help`)", err=True)
+        return 2
+    if from_cli and ("ClickException" in kinds or "TyperException" in kinds):
+        typer.echo(f"edgequant: error: {_one_line(exc.format_message())}", err=True)
+        return int(getattr(exc, "exit_code", 1))
+    if from_cli and "Abort" in kinds:
+        typer.echo("edgequant: error: interrupted", err=True)
+        return 130
+    if _options["debug"]:
+        traceback.print_exc()
+    typer.echo(_error_line(exc) + ("" if _options["debug"] else " (edgequant --debug ... shows the traceback)"),
+               err=True)
+    return 2 if isinstance(exc, FileNotFoundError) else 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class March(str, Enum):
             for member in cls:
                 if member.value == key:
                     return member
-        return None
+        raise ValueError(f"unknown march {value!r}; use one of {[m.value for m in cls]} or a March member")
 
     def __str__(self) -> str:
         return self.value

@@ -1,8 +1,8 @@
 """QConfig: how one op's tensors are quantized.
 
-Takes dtypes and observer classes; returns a frozen ``QConfig`` record whose ``activation`` and
-``weight`` fields build the ``FakeQuantize`` modules ``prepare`` inserts on the op's output and
-on its weight. ``get_qconfig`` is the short way to write one (seed 002 uses it); the templates
+Takes dtypes and observer classes (or their names: ``"minmax"``, ``"mse"``, ...); returns a
+frozen ``QConfig`` record whose ``activation`` and ``weight`` fields build the ``FakeQuantize``
+modules ``prepare`` inserts on the op's output and on its weight. ``get_qconfig`` is the short way to write one (seed 002 uses it); the templates
 in ``qconfig_template`` assign qconfigs to every op of a graph.
 """
 from __future__ import annotations
@@ -75,24 +75,69 @@ def get_qconfig(
 
     Args:
         observer: activation observer class (default MinMaxObserver; MovingAverageMinMaxObserver
-            when ``qat``).
+            when ``qat``), or its name in ``edgequant.observers.OBSERVERS`` (``"minmax"``,
+            ``"moving_average_minmax"``, ``"percentile"``, ``"mse"``, ``"kl"``, ``"fixed_scale"``,
+            ``"mix"``; any case) or its class name (``"MSEObserver"``).
         in_dtype: dtype the op's float inputs are quantized to first (None: as produced).
         weight_dtype: dtype of weights, per output channel (None: float weights).
         out_dtype: dtype of the output (None: float output).
         fix_scale: keep activation scales fixed after calibration (QAT with fixed scales).
-        weight_observer: weight observer class (default per-channel MinMaxObserver).
+        weight_observer: weight observer class or name (default per-channel MinMaxObserver).
         qat: build for quantization-aware training.
         learnable: learn activation scales by LSQ in QAT.
+
+    Raises ``ValueError`` for an unknown observer or dtype name (listing the valid ones) and
+    ``TypeError`` for an observer that is not an observer class or name.
     """
     from . import observers as obs
 
     if observer is None:
         observer = obs.MovingAverageMinMaxObserver if qat else obs.MinMaxObserver
+    observer = _observer_class(observer, "observer")
+    weight_observer = _observer_class(weight_observer or obs.MinMaxObserver, "weight_observer")
+    if observer_kwargs is not None and not isinstance(observer_kwargs, dict):
+        raise TypeError(f"get_qconfig: observer_kwargs must be a dict of keyword arguments for the observer, "
+                        f"got {type(observer_kwargs).__name__}")
+    in_dtype, weight_dtype, out_dtype = (_dtype_arg(d, n) for d, n in ((in_dtype, "in_dtype"),
+                                         (weight_dtype, "weight_dtype"), (out_dtype, "out_dtype")))
     activation = None
     if out_dtype is not None:
-        activation = FakeQuantSpec(get_dtype(out_dtype), observer, dict(observer_kwargs or {}),
+        activation = FakeQuantSpec(out_dtype, observer, dict(observer_kwargs or {}),
                                    fixed_scale=fix_scale, learnable=learnable)
     weight = None
     if weight_dtype is not None:
-        weight = FakeQuantSpec(get_dtype(weight_dtype), weight_observer or obs.MinMaxObserver, ch_axis=0)
-    return QConfig(activation, weight, get_dtype(in_dtype) if in_dtype is not None else None)
+        weight = FakeQuantSpec(weight_dtype, weight_observer, ch_axis=0)
+    return QConfig(activation, weight, in_dtype)
+
+
+def _observer_class(observer, arg: str) -> type:
+    """An observer class from a class or a name (``OBSERVERS`` key or class name, any case)."""
+    from torch import nn
+
+    from .observers import OBSERVERS
+
+    if isinstance(observer, str):
+        key = observer.strip().lower().replace("-", "_")
+        by_name = {**{k.replace("_", ""): v for k, v in OBSERVERS.items()},
+                   **{v.__name__.lower(): v for v in OBSERVERS.values()}}
+        found = OBSERVERS.get(key) or by_name.get(key.replace("_", ""))
+        if found is None:
+            raise ValueError(f"get_qconfig: unknown {arg} {observer!r}; use one of {sorted(OBSERVERS)} "
+                             "or an observer class from edgequant.observers")
+        return found
+    if (isinstance(observer, type) and issubclass(observer, nn.Module)) or \
+            (callable(observer) and not isinstance(observer, (type, nn.Module))):
+        return observer  # a class, or a factory such as functools.partial(MSEObserver, bins=4096)
+    hint = f" (pass the class {type(observer).__name__}, not an instance)" if isinstance(observer, nn.Module) else ""
+    raise TypeError(f"get_qconfig: {arg} must be an observer class or one of the names {sorted(OBSERVERS)}, "
+                    f"got {observer!r}{hint}")
+
+
+def _dtype_arg(dtype, arg: str) -> QuantDType | None:
+    """``get_dtype`` with the argument named in its error (None stays None: float)."""
+    if dtype is None:
+        return None
+    try:
+        return get_dtype(dtype)
+    except ValueError as exc:
+        raise ValueError(f"get_qconfig: {arg}: {exc} (or None for float)") from None

@@ -148,10 +148,22 @@ class ModuleNameQconfigSetter:
 
     A key matches the site of that exact name and every site below it (``"layer1"`` matches
     ``"layer1.0.conv1"``). ``prepare`` raises if a key matches no site. A value of ``None``
-    leaves the matched sites float.
+    leaves the matched sites float. Raises ``TypeError`` at construction for a key that is not a
+    string or a value that is not a ``QConfig`` (or None), naming the key.
     """
 
     def __init__(self, qconfigs: Mapping[str, QConfig | None]):
+        if not isinstance(qconfigs, Mapping):
+            raise TypeError(f"ModuleNameQconfigSetter takes a dict {{module name: QConfig}}, got "
+                            f"{type(qconfigs).__name__}")
+        for key, qconfig in qconfigs.items():
+            if not isinstance(key, str):
+                raise TypeError(f"ModuleNameQconfigSetter: key {key!r} must be a module name (str), "
+                                f"got {type(key).__name__}")
+            if qconfig is not None and not isinstance(qconfig, QConfig):
+                raise TypeError(f"ModuleNameQconfigSetter: the value for {key!r} must be a QConfig "
+                                f"(edgequant.get_qconfig(...)) or None (float), got {qconfig!r} "
+                                f"({type(qconfig).__name__})")
         self.qconfigs = dict(qconfigs)
 
     def matches(self, key: str, site: OpSite) -> bool:
@@ -179,6 +191,9 @@ def apply_setters(setters, sites: Sequence[OpSite]) -> dict:
     """Run ``setters`` in order over ``sites``; returns ``{site name: QConfig or None}``."""
     if callable(setters):
         setters = (setters,)
+    if isinstance(setters, (str, bytes)) or not hasattr(setters, "__iter__"):
+        raise TypeError(f"qconfig_setter must be a setter or a tuple of setters from edgequant.qconfig_template "
+                        f"(e.g. (default_calibration_qconfig_setter,)), got {setters!r} ({type(setters).__name__})")
     current: dict = {}
     for setter in setters:
         if not callable(setter):

@@ -161,8 +161,13 @@ def visualize(model_or_ir, path: str | os.PathLike, example_inputs=None) -> onnx
     """Write the ONNX picture of a ``Graph`` (either level) or a prepared model to ``path``.
 
     A prepared model is exported first (``example_inputs`` as for ``export``). Returns the
-    ``onnx.ModelProto`` that was written.
+    ``onnx.ModelProto`` that was written. Raises ``TypeError`` for anything else (a float model:
+    prepare and calibrate it first) and for a ``path`` that is not a file path.
     """
+    from .argcheck import expect_graph_or_prepared, expect_path
+
+    expect_graph_or_prepared(model_or_ir, "visualize", "model_or_ir")
+    expect_path(path, "visualize", "path")
     if isinstance(model_or_ir, Graph):
         g = model_or_ir
     else:

@@ -109,3 +109,73 @@ def test_demo_small(tmp_path):
     assert "integer model (saved, reloaded)" in text and "top-1 acc" in text
     for name in ("efficientnet_lite0.eqm", "report.html", "efficientnet_lite0.int.picture.onnx"):
         assert (tmp_path / name).exists() and str(tmp_path / name) in text
+
+
+# -- errors: one line on stderr, exit 2 for usage errors and 1 for failures (subprocesses) --------
+def edgequant(*args, cwd=None):
+    """Run the installed ``edgequant`` script (or ``python -m edgequant.cli``) as a user would."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "edgequant"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "edgequant.cli"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def one_error_line(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "Warning" not in ln and not ln.startswith("  ")]
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr
+    assert lines[0].startswith("edgequant: error: "), res.stderr
+    return lines[0]
+
+
+def test_cli_corrupt_model_file_is_one_line_exit_1(tmp_path):
+    bad = tmp_path / "model.eqm"
+    bad.write_bytes(b"\x89EQIR\r\n\x1a" + b"\x00" * 7)
+    res = edgequant("summary", bad)
+    assert res.returncode == 1
+    assert str(bad) in one_error_line(res)
+
+
+def test_cli_usage_errors_exit_2(tmp_path):
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 1, 28, 28), np.float32))
+    res = edgequant("run", tmp_path / "missing.eqm", tmp_path / "in.npz")       # a missing file
+    assert res.returncode == 2 and "missing.eqm" in one_error_line(res)
+    res = edgequant("quantize", SPEC, "--template", "int7", "--out", tmp_path)  # refused before the factory runs
+    assert res.returncode == 2 and "unknown template 'int7'" in one_error_line(res)
+    res = edgequant("quantize", SPEC, "--march", "nash-x", "--out", tmp_path)
+    assert res.returncode == 2 and "'nash-m'" in one_error_line(res)
+    res = edgequant("quantize", "no_colon_here", "--out", tmp_path)
+    assert res.returncode == 2 and "SPEC must look like" in one_error_line(res)
+    res = edgequant("quantize", SPEC, "--calib-batchez", 3)                     # click's own usage errors
+    assert res.returncode == 2 and "--calib-batchez" in one_error_line(res)
+    res = edgequant("summary")
+    assert res.returncode == 2 and "Missing argument" in one_error_line(res)
+    assert not list(tmp_path.glob("*.eqm"))
+
+
+FACTORY = '''
+import torch
+
+
+def load_images(n):
+    raise ValueError(f"cannot read {n} images")  # line 6
+
+
+def broken():
+    return load_images(3)
+'''
+
+
+def test_cli_factory_exception_names_its_file_and_line(tmp_path):
+    (tmp_path / "factory.py").write_text(FACTORY)
+    spec = f"{tmp_path / 'factory.py'}:broken"
+    res = edgequant("quantize", spec, "--out", tmp_path / "out")
+    assert res.returncode == 1
+    line = one_error_line(res)
+    assert f"{tmp_path / 'factory.py'}:6" in line and "ValueError: cannot read 3 images" in line
+    debug = edgequant("--debug", "quantize", spec, "--out", tmp_path / "out")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and 'raise ValueError(f"cannot read' in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == line.replace(" (edgequant --debug ... shows the traceback)", "")

@@ -83,6 +83,11 @@ def _step(qp, t: torch.Tensor) -> torch.Tensor:
 
 def compare(float_model, calib_model, quantized: Graph, inputs) -> Comparison:
     """Per-output and per-layer agreement of the three stages on ``inputs`` (module docstring)."""
+    from ..argcheck import expect_graph, expect_module, expect_prepared
+
+    expect_module(float_model, "compare", "float_model")
+    expect_prepared(calib_model, "compare", "calib_model")
+    expect_graph(quantized, "compare", "quantized")
     xs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     with torch.no_grad():
         f_out = pytree.tree_leaves(float_model(*xs))

@@ -63,6 +63,10 @@ def activation_fake_quants(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
 def activation_histograms(model: nn.Module, batches, bins: int = 128, max_values: int = 50_000,
                           seed: int = 0) -> list[dict]:
     """Histogram of every activation tensor of a prepared model (see the module docstring)."""
+    from ..argcheck import expect_batches, expect_fake_quant
+
+    expect_fake_quant(model, "activation_histograms", "model")
+    expect_batches(batches, "activation_histograms", "batches")
     g = torch.Generator().manual_seed(seed)
     recs = {name: _Recorder(max_values, g) for name, _ in activation_fake_quants(model)}
     hooks = [fq.register_forward_pre_hook(recs[name]) for name, fq in activation_fake_quants(model)]

@@ -52,6 +52,13 @@ class QuantAnalysis:
 
     def __init__(self, float_model, calib_model, data, quantized=None, metric: str = "sqnr",
                  num_batches: int | None = None):
+        from ..argcheck import expect_batches, expect_graph, expect_module, expect_prepared
+
+        expect_module(float_model, "QuantAnalysis", "float_model")
+        expect_prepared(calib_model, "QuantAnalysis", "calib_model")
+        expect_batches(data, "QuantAnalysis", "data")
+        if quantized is not None:
+            expect_graph(quantized, "QuantAnalysis", "quantized")
         if metric not in _PER_SAMPLE:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(_PER_SAMPLE)}")
         self.float_model, self.calib_model, self.quantized = float_model, calib_model, quantized

@@ -64,7 +64,10 @@ def _outputs(g: Graph, b: Builder, names: dict, elem_of) -> list:
 
 def export_onnx(model, path: str | os.PathLike, example_inputs=None, flavour: str = "qdq") -> onnx.ModelProto:
     """Write ``model`` as a runnable ONNX file of ``flavour`` (see the module docstring)."""
+    from ..argcheck import expect_graph_or_prepared, expect_path
 
+    expect_graph_or_prepared(model, "export_onnx", "model")
+    expect_path(path, "export_onnx", "path")
     if flavour not in FLAVOURS:
         raise OnnxExportError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     if flavour == "qdq":

@@ -93,6 +93,9 @@ def _h(v):
 
 def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = None) -> fx.GraphModule:
     """Learn the rounding of every conv/linear weight of ``calib_model`` (module docstring)."""
+    from ..argcheck import expect_prepared
+
+    expect_prepared(calib_model, "adaround", "calib_model")
     cfg = dict(DEFAULTS)
     unknown = set(custom_config_dict or {}) - set(DEFAULTS)
     if unknown:

@@ -89,6 +89,11 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
         bins: histogram bins per tensor.
         progress: show a tqdm progress bar.
     """
+    from ..argcheck import expect_prepared
+
+    expect_prepared(calib_model, "auto_calibrate", "calib_model")
+    if isinstance(candidates, str):
+        candidates = (candidates,)
     candidates = tuple(check_strategy(c) for c in candidates)
     if not candidates:
         raise ValueError("auto_calibrate: give at least one candidate strategy")

@@ -118,6 +118,9 @@ def op_sensitivity(calib_model: fx.GraphModule, data, metric: str = "sqnr", num_
         progress: show a tqdm progress bar.
     The model's fake-quant states are restored afterwards.
     """
+    from ..argcheck import expect_prepared
+
+    expect_prepared(calib_model, "op_sensitivity", "calib_model")
     if metric not in METRICS:
         raise ValueError(f"unknown sensitivity metric {metric!r}; choose one of {sorted(METRICS)}")
     from tqdm.auto import tqdm
