@@ -20,6 +20,11 @@ Takes a ``Graph`` that ``convert`` returned; returns new graphs (the argument is
   is cut right after that node into stages, each a valid ``Graph`` that saves, visualizes and
   runs on its own. A later stage takes the integer tensors an earlier stage returns unchanged
   (its inputs are quantized values). ``run_stages`` chains them.
+
+Every bad argument raises ``DeployError`` (a ``ValueError``) naming the argument, its value and
+what is expected: an unknown stub or cut point, a cut point listed twice or out of graph order,
+an unknown ``swing``, a non-finite ``mean``/``std``, ``std <= 0``, stages not made by ``split``
+or given the wrong number of inputs.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ from .qmath import quantize_multiplier, requantize, rounding_shift_right
 
 YUV_FRAC_BITS = 14
 MEAN_FRAC_BITS = 8
+MAX_MEAN = 1 << 16         # |mean| bound: the op's int64 products stay exact
+MAX_MULTIPLIER = 1 << 24   # 1 / (std * scale) bound: beyond it every output saturates anyway
 
 
 class DeployError(ValueError):
@@ -48,11 +55,13 @@ def _require_int(g) -> None:
                           "call edgequant.convert on it first")
 
 
-def _per_channel(v, name: str) -> list[float]:
-    t = torch.as_tensor(v, dtype=torch.float64).flatten()
-    if t.numel() not in (1, 3):
-        raise DeployError(f"{name} takes one or three values (one per channel), got {t.numel()}")
-    return [float(a) for a in t.expand(3).tolist()]
+def _per_channel(v, name: str, positive: bool = False) -> list[float]:
+    from .functional.yuv import channel_values
+
+    vals = channel_values(v, name, error=DeployError)
+    if positive and min(vals) <= 0:
+        raise DeployError(f"{name} must be positive (the integer op multiplies by 1 / {name}), got {vals}")
+    return vals
 
 
 def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=1.0, bgr: bool = False) -> Graph:
@@ -62,9 +71,16 @@ def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=
     0..255 scale, one or three values (list or tensor). The quantize's scale becomes 1; the new
     input expects integer values in [-128, 127] (float or integer tensor), NCHW with 3 channels.
     """
-    from .functional.yuv import yuv_matrices
+    from .functional.yuv import SWINGS, yuv_matrices
 
     _require_int(g)
+    if not isinstance(stub_name, str):
+        raise DeployError(f"stub_name is the name of a quantize node (a str), got {type(stub_name).__name__}")
+    if not isinstance(swing, str) or swing not in SWINGS:
+        raise DeployError(f"swing must be 'full' or 'studio', got {swing!r}")
+    if not isinstance(bgr, bool):
+        raise DeployError(f"bgr must be True or False, got {bgr!r}")
+    mean, std = _per_channel(mean, "mean"), _per_channel(std, "std", positive=True)
     node = next((n for n in g.nodes if n.name == stub_name), None)
     if node is None or node.op != "quantize":
         names = [n.name for n in g.nodes if n.op == "quantize"]
@@ -76,11 +92,17 @@ def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=
     _, off, minv = yuv_matrices(swing)
     if bgr:
         minv = minv.flip(0)
-    mean, std = _per_channel(mean, "mean"), _per_channel(std, "std")
     fb, kb = YUV_FRAC_BITS, MEAN_FRAC_BITS
     c = torch.round(minv * (1 << fb)).to(torch.int64)
     d = torch.round((minv @ (128.0 - off)) * (1 << fb)).to(torch.int64)
-    pairs = [quantize_multiplier(1.0 / (s * qp.scale[0])) for s in std]
+    if max(abs(m) for m in mean) > MAX_MEAN:
+        raise DeployError(f"mean must be within +-{MAX_MEAN} (the training mean on the 0..255 scale), got {mean}")
+    mult = [1.0 / (s * qp.scale[0]) for s in std]
+    if max(mult) > MAX_MULTIPLIER:
+        raise DeployError(f"std {std} with the stub's scale {qp.scale[0]:.6g} gives {max(mult):.3g} output codes per "
+                          f"RGB level; the integer op takes at most 2^24 (std is probably on the wrong scale: "
+                          "it is the training std on the 0..255 scale)")
+    pairs = [quantize_multiplier(m) for m in mult]
     mk = torch.tensor([round(m * (1 << kb)) for m in mean], dtype=torch.int64)
 
     h = Graph(g.level, list(g.inputs), list(g.outputs), dict(g.values), [], dict(g.constants), copy.copy(g.meta))
@@ -132,15 +154,23 @@ def split(g: Graph, cut_points) -> list[Graph]:
     _require_int(g)
     if isinstance(cut_points, str):
         cut_points = [cut_points]
+    if not isinstance(cut_points, (list, tuple)) or not all(isinstance(c, str) for c in cut_points):
+        raise DeployError(f"cut_points is a node name or a list of node names, got {cut_points!r}")
     index = {n.name: i for i, n in enumerate(g.nodes)}
     cuts = []
     for c in cut_points:
+        if cut_points.count(c) > 1:
+            raise DeployError(f"cut point {c!r} is listed {cut_points.count(c)} times in cut_points; list each once")
         if c not in index:
             stubs = [n.name for n in g.nodes if n.op in ("quantize", "identity", "rescale")]
             raise DeployError(f"cut point {c!r} is not a node of this graph (QuantStub nodes: {stubs})")
         n = g.nodes[index[c]]
         if g.values[n.outputs[0]].qparams is None:
             raise DeployError(f"cut point {c!r} ({n.op}) does not output a quantized tensor; cut at a QuantStub")
+        if cuts and index[c] < cuts[-1]:
+            before = g.nodes[cuts[-1]].name
+            raise DeployError(f"cut_points must follow the graph order, but {c!r} comes before {before!r} in the "
+                              f"graph and after it in {list(cut_points)}")
         cuts.append(index[c])
     bounds = [-1, *sorted(set(cuts)), len(g.nodes) - 1]
     if bounds[-2] == bounds[-1]:
@@ -180,7 +210,16 @@ def split(g: Graph, cut_points) -> list[Graph]:
 def run_stages(stages: list[Graph], *inputs):
     """Run the stages of ``split`` one after another, as a deployment would; returns the last
     stage's result. Each stage receives, unchanged, the tensors it reads from earlier stages."""
-    env = dict(zip(stages[0].meta["model_inputs"], inputs))
+    if not isinstance(stages, (list, tuple)) or not stages or not all(isinstance(s, Graph) for s in stages):
+        raise DeployError(f"run_stages takes the non-empty list of graphs that split returns, "
+                          f"got {type(stages).__name__}")
+    wanted = stages[0].meta.get("model_inputs")
+    if wanted is None:
+        raise DeployError("run_stages takes the stages that edgequant.deploy.split returns; the first graph given "
+                          "has no 'model_inputs' in its meta (run a whole graph by calling it)")
+    if len(inputs) != len(wanted):
+        raise DeployError(f"run_stages: the model takes {len(wanted)} input(s) {wanted}, got {len(inputs)}")
+    env = dict(zip(wanted, inputs))
     result = None
     for s in stages:
         missing = [i for i in s.inputs if i not in env]

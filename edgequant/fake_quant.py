@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dtype import QuantDType, get_dtype
+from .dtype import DTYPES, QuantDType, get_dtype
 from .qmath import fake_quantize, fake_quantize_learnable
 
 
@@ -57,6 +57,10 @@ class FakeQuantize(nn.Module):
         ch_axis: per-channel axis (weights) or None (per tensor).
         fixed_scale: keep ``scale`` as loaded/calibrated; observers never update it in QAT.
         learnable: in QAT, train ``scale`` by LSQ (implies the observer only initialises it).
+
+    Its state dict holds ``scale``, ``zero_point``, ``calibrated``, ``qdtype`` (``[bits, signed]``
+    of ``dtype``) and the observer's statistics. Loading scales calibrated for another dtype, or
+    per channel where this one is per tensor (or the reverse), raises ``ValueError`` naming the key.
     """
 
     def __init__(self, observer: nn.Module, dtype: QuantDType | str, ch_axis: int | None = None,
@@ -72,6 +76,8 @@ class FakeQuantize(nn.Module):
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int64))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        # ``[bits, signed]`` of ``dtype``: a state dict records what its scales were calibrated for
+        self.register_buffer("qdtype", _dtype_code(self.dtype))
         if learnable:
             self.learned_scale = nn.Parameter(torch.ones(()))
 
@@ -157,8 +163,21 @@ class FakeQuantize(nn.Module):
         return fake_quantize(x, scale, zp, self.dtype, self.ch_axis)
 
     # -- state dict: scales always load; observer statistics load when the observer matches --
+    # A state dict whose scales were calibrated for another dtype, or per channel where this
+    # fake-quant is per tensor (or the reverse), raises ValueError naming the key; one saved
+    # before ``qdtype`` existed loads as it always did.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.qdtype.copy_(_dtype_code(self.dtype))  # follows ``dtype`` even if it was reassigned
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        if prefix + "qdtype" in state_dict:
+            self._check_saved_dtype(state_dict[prefix + "qdtype"], prefix)
+        else:  # saved before the dtype was recorded: nothing to compare, nothing missing
+            state_dict = dict(state_dict)
+            state_dict[prefix + "qdtype"] = _dtype_code(self.dtype)
+        self._check_saved_scale(state_dict, prefix)
         for key in ("scale", "zero_point"):
             if prefix + key in state_dict:
                 getattr(self, key).resize_(state_dict[prefix + key].shape)
@@ -169,6 +188,61 @@ class FakeQuantize(nn.Module):
             state_dict[prefix + "learned_scale"] = state_dict[prefix + "scale"].clone().float()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        self.qdtype.copy_(_dtype_code(self.dtype))
+
+    def _check_saved_dtype(self, code, prefix: str) -> None:
+        saved = _dtype_from_code(code)
+        if saved is None:
+            raise ValueError(f"{prefix}qdtype: {_show(code)} is not a quantized dtype record ([bits, signed] of one "
+                             f"of {sorted(DTYPES)}); the state dict is damaged or was not saved by edgequant")
+        if saved != self.dtype:
+            ratio = _range_ratio(saved, self.dtype)
+            raise ValueError(
+                f"{prefix}scale: the state dict was calibrated for {saved}, but this model quantizes the tensor "
+                f"{self.name} as {self.dtype} (its scales would be off by about {ratio:.0f}x); "
+                "load it into a model prepared with the same qconfig template, or calibrate this model instead"
+            )
+
+    def _check_saved_scale(self, state_dict, prefix: str) -> None:
+        scale, calibrated = state_dict.get(prefix + "scale"), state_dict.get(prefix + "calibrated")
+        if not isinstance(scale, torch.Tensor) or not isinstance(calibrated, torch.Tensor) \
+                or calibrated.numel() != 1 or not bool(calibrated.reshape(())):
+            return  # nothing calibrated was saved: it resets this fake-quant, whatever its shape
+        fixed_scalar = getattr(self.observer, "scale", None)
+        fixed_scalar = isinstance(fixed_scalar, torch.Tensor) and fixed_scalar.dim() == 0
+        if self.ch_axis is None and scale.numel() != 1:
+            got = f"{scale.numel()} per-channel scales"
+        elif self.ch_axis is not None and scale.dim() != 1 and not fixed_scalar:
+            got = f"a scale of shape {list(scale.shape)}"
+        elif self.ch_axis is not None and bool(self.calibrated) and self.scale.dim() == 1 \
+                and scale.dim() == 1 and scale.numel() != self.scale.numel():
+            got = f"{scale.numel()} per-channel scales where this model has {self.scale.numel()} channels"
+        else:
+            return
+        want = "one scale (per tensor)" if self.ch_axis is None else f"one scale per channel along axis {self.ch_axis}"
+        raise ValueError(f"{prefix}scale: the state dict holds {got}, but {self.name} takes {want}; "
+                         "the state dict comes from a differently prepared model")
+
+
+def _dtype_code(dtype: QuantDType) -> torch.Tensor:
+    return torch.tensor([dtype.bits, int(dtype.signed)], dtype=torch.int64)
+
+
+def _dtype_from_code(code) -> QuantDType | None:
+    """The dtype a saved ``qdtype`` buffer names, or None if it names none."""
+    if not isinstance(code, torch.Tensor) or code.shape != (2,) or code.is_floating_point() or code.is_complex():
+        return None
+    bits, signed = (int(v) for v in code.tolist())
+    return next((d for d in DTYPES.values() if d.bits == bits and int(d.signed) == signed), None)
+
+
+def _range_ratio(a: QuantDType, b: QuantDType) -> float:
+    wide, narrow = sorted((a.qmax - a.qmin, b.qmax - b.qmin))[::-1]
+    return wide / narrow
+
+
+def _show(t) -> str:
+    return f"{t.tolist()}" if isinstance(t, torch.Tensor) and t.numel() <= 8 else repr(t)[:60]
 
 
 class BiasCorrection(nn.Module):
@@ -330,10 +404,18 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     """Switch every FakeQuantize (and BiasCorrection) of ``model`` to ``state``; returns ``model``.
 
     CALIBRATION and VALIDATION put the model in eval mode (observers must not see dropout or
-    batch-norm updates); QAT leaves ``train()``/``eval()`` to the user.
+    batch-norm updates); QAT leaves ``train()``/``eval()`` to the user. Raises ``ValueError``
+    for a model without fake quantization (the float model instead of the prepared one) and
+    for an unknown state.
     """
-    state = FakeQuantState(state)
+    from .argcheck import expect_fake_quant
     from .distributed import is_distributed, sync_observers
+
+    expect_fake_quant(model, "set_fake_quantize", "model")
+    if not isinstance(state, FakeQuantState) and state not in [s.value for s in FakeQuantState]:
+        raise ValueError(f"set_fake_quantize: unknown state {state!r}; use a FakeQuantState or one of "
+                         f"{[s.value for s in FakeQuantState]}")
+    state = FakeQuantState(state)
 
     if is_distributed() and any(fq.state != state and fq.state in (FakeQuantState.CALIBRATION, FakeQuantState.QAT)
                                 for _, fq in fake_quant_modules(model)):
@@ -354,19 +436,32 @@ def calibrate(model: nn.Module, batches, progress: bool | str = False) -> nn.Mod
 
     A batch is a tensor (the model's single input), a tuple/list of inputs or a dict of keyword
     inputs. ``progress``: a tqdm bar (True, or a str for its label; the total is ``len(batches)``
-    when ``batches`` has one).
+    when ``batches`` has one). Raises ``ValueError`` for a model without fake quantization and
+    for ``batches`` that yield nothing (no observer would see data), ``TypeError`` for ``batches``
+    that is not an iterable of batches and for a batch of another type.
     """
+    from .argcheck import check_batch, expect_batches, expect_fake_quant
+
+    expect_fake_quant(model, "calibrate", "model")
+    expect_batches(batches, "calibrate", "batches")
     set_fake_quantize(model, FakeQuantState.CALIBRATION)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=progress if isinstance(progress, str) else "calibration", unit="batch")
+    seen = 0
     with torch.no_grad():
         for b in batches:
+            check_batch(b, seen, "calibrate")
             if isinstance(b, dict):
                 model(**b)
             elif isinstance(b, (tuple, list)):
                 model(*b)
             else:
                 model(b)
+            seen += 1
+    if not seen:
+        set_fake_quantize(model, FakeQuantState.VALIDATION)
+        raise ValueError("calibrate: batches gave no batch, so no observer saw data; pass at least one batch "
+                         "(a tensor, a tuple of the model's inputs or a dict of keyword inputs)")
     return set_fake_quantize(model, FakeQuantState.VALIDATION)

@@ -17,8 +17,14 @@ and ``"studio"`` (Y in 16..235, U, V in 16..240).
 
 Rounding: every rounding is ``torch.round`` (half to even, as in ``edgequant.qmath``), every
 result is saturated to its 8-bit range. Images are NCHW (or CHW) with 3 channels on dim -3.
+A bad argument (an image that is not a tensor, an unknown swing, a non-finite ``mean``/``std``,
+``std == 0``, ``q_scale`` not finite and positive, ``qmin > qmax``) raises ``TypeError`` or
+``ValueError`` naming the argument, its value and what is expected.
 """
 from __future__ import annotations
+
+import math
+from numbers import Integral
 
 import torch
 
@@ -40,26 +46,63 @@ def _studio():
     return torch.stack([y, u, v])
 
 
+SWINGS = ("full", "studio")
+
+
 def yuv_matrices(swing: str = "full"):
     """``(M, offset, M_inv)`` (float64) with ``yuv = M @ rgb + offset`` and ``rgb = M_inv @ (yuv - offset)``."""
-    if swing not in ("full", "studio"):
+    if not isinstance(swing, str) or swing not in SWINGS:
         raise ValueError(f"swing must be 'full' or 'studio', got {swing!r}")
     m = torch.tensor(_M["full"], dtype=torch.float64) if swing == "full" else _studio()
     return m, torch.tensor(_OFFSET[swing], dtype=torch.float64), torch.linalg.inv(m)
 
 
-def _mix(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``m @ x`` over the channel dim (-3) in float64."""
+def _check_image(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"the image must be a torch.Tensor (NCHW or CHW, 3 channels on dim -3), got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"the image must hold real numbers, got dtype {x.dtype}")
     if x.dim() < 3 or x.shape[-3] != 3:
         raise ValueError(f"expected an image with 3 channels on dim -3 (NCHW or CHW), got shape {tuple(x.shape)}")
+
+
+def _mix(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``m @ x`` over the channel dim (-3) in float64."""
+    _check_image(x)
     return torch.einsum("ij,...jhw->...ihw", m, x.to(torch.float64))
 
 
-def _per_channel(v, x: torch.Tensor, name: str) -> torch.Tensor:
-    t = torch.as_tensor(v, dtype=torch.float64).flatten()
+def channel_values(v, name: str, *, nonzero: bool = False, error=ValueError) -> list[float]:
+    """``v`` (a number, or one or three numbers as a list or tensor) as three finite floats;
+    raises ``error`` naming ``name`` otherwise (``nonzero``: zero refused too)."""
+    try:
+        t = torch.as_tensor(v, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise error(f"{name} takes one or three numbers (one per channel), got {v!r}") from None
     if t.numel() not in (1, 3):
-        raise ValueError(f"{name} takes one or three values (one per channel), got {t.numel()}")
-    return t.expand(3).reshape(3, 1, 1)
+        raise error(f"{name} takes one or three values (one per channel), got {t.numel()}")
+    if not bool(torch.isfinite(t).all()):
+        raise error(f"{name} must be finite, got {t.tolist()}")
+    if nonzero and bool((t == 0).any()):
+        raise error(f"{name} must not be zero (it divides the image), got {t.tolist()}")
+    return [float(a) for a in t.expand(3).tolist()]
+
+
+def _per_channel(v, x: torch.Tensor, name: str, nonzero: bool = False) -> torch.Tensor:
+    return torch.tensor(channel_values(v, name, nonzero=nonzero), dtype=torch.float64).reshape(3, 1, 1)
+
+
+def check_q_scale(q_scale, error=ValueError) -> float:
+    """The QuantStub's scale as a float; raises ``error`` unless it is one finite positive number."""
+    try:
+        t = torch.as_tensor(q_scale, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise error(f"q_scale is the QuantStub's (per-tensor) scale, one positive number; got {q_scale!r}") from None
+    if t.numel() != 1:
+        raise error("q_scale is the QuantStub's (per-tensor) scale: one value")
+    if not math.isfinite(float(t)) or float(t) <= 0:
+        raise error(f"q_scale must be finite and positive (the QuantStub's scale), got {float(t)}")
+    return float(t)
 
 
 def rgb2centered_yuv(x: torch.Tensor, swing: str = "full") -> torch.Tensor:
@@ -74,6 +117,7 @@ def rgb2centered_yuv(x: torch.Tensor, swing: str = "full") -> torch.Tensor:
 
 def bgr2centered_yuv(x: torch.Tensor, swing: str = "full") -> torch.Tensor:
     """As ``rgb2centered_yuv`` for a BGR image."""
+    _check_image(x)
     return rgb2centered_yuv(x.flip(-3), swing)
 
 
@@ -92,11 +136,13 @@ def centered_yuv2rgb(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, 
     _, off, minv = yuv_matrices(swing)
     if bgr:
         minv = minv.flip(0)
+    mean_t, std_t = _per_channel(mean, x, "mean"), _per_channel(std, x, "std", nonzero=True)
+    q_scale = torch.tensor(check_q_scale(q_scale), dtype=torch.float64)
+    if not all(isinstance(q, Integral) and not isinstance(q, bool) for q in (qmin, qmax)) or qmin > qmax:
+        raise ValueError(f"qmin and qmax must be integers with qmin <= qmax, got qmin={qmin!r}, qmax={qmax!r}")
+    _check_image(x)
     rgb = torch.round(_mix(x + 128.0, minv) - (minv @ off).reshape(3, 1, 1)).clamp_(0, 255)
-    norm = (rgb - _per_channel(mean, x, "mean")) / _per_channel(std, x, "std")
-    q_scale = torch.as_tensor(q_scale, dtype=torch.float64)
-    if q_scale.numel() != 1:
-        raise ValueError("q_scale is the QuantStub's (per-tensor) scale: one value")
+    norm = (rgb - mean_t) / std_t
     return torch.round(norm / q_scale).clamp_(qmin, qmax).to(torch.float32)
 
 
