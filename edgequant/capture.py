@@ -10,11 +10,14 @@ tuple of tensors); returns a ``GraphModule`` whose every ``call_function`` node 
 - ``val``: a fake tensor with the traced shape and dtype.
 
 Capture uses ``torch.export`` in non-strict mode, which runs the model's Python (so Hugging Face
-models trace unedited) and records aten ops with symbolic shapes; every dimension is
-dynamic for integer inputs and the batch dim of float inputs, unless the model fixes them, so later calls may use other batch sizes. QuantStub and
-DeQuantStub calls become marker nodes (``quant_point``/``dequant_point``); SegmentLUT, the
-``leaf_modules`` and functions decorated with ``wrap`` become opaque ``call_module`` nodes that
-run the original Python. ``scaled_dot_product_attention`` is decomposed into matmul, softmax
+models trace unedited) and records aten ops with symbolic shapes; every dimension is dynamic
+for integer inputs and the batch dim of float inputs, unless the model fixes them, so later
+calls may use other batch sizes. A dim the model fixes (a Python loop over the batch,
+``x.view(2, -1)``) is specialised by torch.export: the placeholder's ``val`` then holds a
+number there (``inputs.shape_of``), and an example batch of one, otherwise traced doubled, is
+traced as given. QuantStub and DeQuantStub calls become marker nodes
+(``quant_point``/``dequant_point``); SegmentLUT, the ``leaf_modules`` and functions decorated
+with ``wrap`` become opaque ``call_module`` nodes that run the original Python. ``scaled_dot_product_attention`` is decomposed into matmul, softmax
 and mask ops so attention quantizes op by op.
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Callable, Sequence
 import torch
 from torch import fx, nn
 
+from .inputs import shape_of
 from .nn.segment_lut import SegmentLUT
 from .nn.stubs import DeQuantStub, QuantStub, dequant_point, quant_point
 from .ops import OPS, spec_for_target
@@ -229,6 +233,26 @@ def _dynamic_dims(a):
     return {d: auto for d in dims}
 
 
+def _export(work: nn.Module, args: tuple, shapes, leaf_modules) -> tuple:
+    """``(exported program, leaf callables, stub paths)`` of one torch.export trace."""
+    with _markers(work, tuple(leaf_modules)):
+        ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
+        sdpa = torch.ops.aten.scaled_dot_product_attention.default
+        if any(n.target is sdpa for n in ep.graph.nodes):  # retracing costs seconds: only when needed
+            ep = ep.run_decompositions({sdpa: _sdpa_math})
+    return ep, list(_LEAVES), dict(_STUB_KEYS)
+
+
+def _batch_fixed(ep, doubled: list[bool]) -> bool:
+    """Whether tracing fixed dim 0 of an input whose batch of one was doubled (see ``capture``)."""
+    users = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in users]
+    if len(vals) != len(doubled):
+        return False
+    return any(d and isinstance(v, torch.Tensor) and v.dim() > 0 and isinstance(shape_of(v)[0], int)
+               for d, v in zip(doubled, vals))
+
+
 def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
             dynamic: bool = True) -> fx.GraphModule:
     """Trace ``model`` on ``example_inputs`` into an annotated GraphModule (see module doc)."""
@@ -238,8 +262,8 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
             raise ValueError(f"example input {i} contains NaN or Inf; capture needs finite example data")
     # torch.export treats size-1 dims as static: trace a batch of one as two copies so the batch
     # dim stays dynamic (the model must treat batch elements independently, as models do)
-    args = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1 else a
-                 for a in args)
+    doubled = [isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 for a in args]
+    traced = tuple(torch.cat([a, a]) if d else a for a, d in zip(args, doubled))
     work = copy.deepcopy(model).eval()
     shapes = tuple(_dynamic_dims(a) if dynamic else None for a in args)
     params = list(inspect.signature(work.forward).parameters.values())
@@ -247,13 +271,16 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
         shapes = (shapes,)
     _EXPORTING[0] = True
     try:
-        with _markers(work, tuple(leaf_modules)):
-            ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
-            sdpa = torch.ops.aten.scaled_dot_product_attention.default
-            if any(n.target is sdpa for n in ep.graph.nodes):  # retracing costs seconds: only when needed
-                ep = ep.run_decompositions({sdpa: _sdpa_math})
-        leaves = list(_LEAVES)
-        stub_paths = dict(_STUB_KEYS)
+        try:
+            ep, leaves, stub_paths = _export(work, traced, shapes, leaf_modules)
+        except Exception:
+            if not any(doubled):
+                raise
+            ep = None
+        if any(doubled) and (ep is None or _batch_fixed(ep, doubled)):
+            # the model fixes the batch size (a loop over it, a literal in a reshape): the doubled
+            # example traced another model; trace the example as given, its batch dim fixed
+            ep, leaves, stub_paths = _export(work, args, shapes, leaf_modules)
     except CaptureError:
         raise
     except Exception as exc:  # torch.export's many error types: report where in user code

@@ -9,6 +9,7 @@ integer kernel (``ops/`` families: ``LOWER`` turns a quant-level node into int-l
 - a ``dequantize`` followed by a ``quantize`` (seed 002's "output that is also an input")
   becomes one integer ``rescale`` node;
 - shared-grid ops (reshape, slicing, max pooling, ...) run their torch op on integer tensors;
+- a ``quantize`` node given NaN raises (``edgequant.inputs``: +-Inf saturate);
 - on NASH_P/NASH_H conv-like ops may output float32 directly, unless ``ir._integer_conv``.
 
 Each family's lowering computes the accumulator bound of its node from the integer weights
@@ -24,6 +25,7 @@ import torch
 
 from .check import check_graph
 from .dtype import DTYPES, get_dtype
+from .inputs import check_quantizable, value_label
 from .ir import Graph, Node, QParams, Value
 from .march import March, MarchProfile, get_march, get_profile
 from .ops import OPS
@@ -201,6 +203,9 @@ def _per_channel(values, t: torch.Tensor, ch_axis) -> torch.Tensor:
 
 
 def k_quantize(g: Graph, node: Node, args):
+    # NaN has no integer code: refuse it (+-Inf saturate); the policy is in edgequant.inputs
+    check_quantizable(args[0], value_label(g.inputs, node.inputs[0]),
+                      f"the integer model's quantize node {node.name!r}")
     qp = g.values[node.outputs[0]].qparams
     return quantize(args[0], qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis)
 
@@ -262,7 +267,14 @@ def run_int_node(g: Graph, node: Node, args, callables):
 
 # -- the driver -------------------------------------------------------------------------------------
 def convert(ir: Graph, march: March | str | None = None) -> Graph:
-    """Lower ``ir`` (level ``"quant"``) to an integer-only graph for ``march``."""
+    """Lower ``ir`` (level ``"quant"``) to an integer-only graph for ``march``.
+
+    Raises ``TypeError`` when ``ir`` is not a ``Graph`` (a prepared model: export it first),
+    ``ConvertError`` for a graph already at level ``"int"``, ``ValueError`` for an unknown march.
+    """
+    from .argcheck import expect_graph
+
+    expect_graph(ir, "convert", "ir")
     if ir.level != "quant":
         raise ConvertError(f"convert takes the IR that export returns (level 'quant'), got level {ir.level!r}")
     march = March(march) if march is not None else get_march()

@@ -13,6 +13,8 @@ error names the tensor that was never calibrated) and the example inputs; return
 - DeQuantStubs become ``dequantize`` nodes; shared-grid ops (reshapes, max pooling, ...) carry
   their input's qparams; fused intermediates and high-precision outputs carry none
   (``attrs["high_precision"]`` marks the latter);
+- value shapes hold ints for dims that tracing fixed (also a dim torch.export specialised,
+  e.g. by a Python loop over the batch) and the symbol's name for dims that may vary;
 - biases corrected during calibration are exported corrected (the integer model uses them).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
+from .inputs import shape_of
 from .ir import IR_VERSION, Graph, Node, QParams, Value
 from .nn.stubs import dequant_point, quant_point
 from .check import check_graph
@@ -34,7 +37,7 @@ class ExportError(RuntimeError):
 
 
 def _shape(val) -> tuple:
-    return tuple(str(d) if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+    return shape_of(val)  # dims that tracing specialised are ints: the integer model refuses other sizes
 
 
 def _dtype(val) -> str:
@@ -289,7 +292,11 @@ def export(model: fx.GraphModule, example_inputs=None) -> Graph:
     input count; the graph itself was fixed by ``prepare``.
     """
     if not isinstance(model, fx.GraphModule) or "edgequant" not in getattr(model, "meta", {}):
-        raise ExportError("export takes a model returned by edgequant.prepare")
+        from .argcheck import describe
+
+        hint = "; it is exported already" if isinstance(model, Graph) else \
+            " (edgequant.prepare(model, example_inputs, qconfig_setter=(...,)), then calibrate)"
+        raise ExportError(f"export takes a model returned by edgequant.prepare, got {describe(model)}{hint}")
     graph = _Exporter(model).run()
     if example_inputs is not None:
         n = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1

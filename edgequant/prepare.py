@@ -25,6 +25,11 @@ Every conv1d/conv2d/linear with a quantized weight gets its bias argument from a
 ``BiasCorrection`` module (container ``eq_bc``) called as ``bc(x, w, w_q, bias)``: the float
 bias until calibrated, then in VALIDATION the bias minus the mean output shift that rounding
 the weights causes (``fake_quant`` explains it); export must take the bias from there.
+
+The returned model checks the inputs of every call against the traced ones before its graph
+runs (count, dtype kind, rank, fixed dims; ``edgequant.inputs``, the integer model's checks),
+and the fake-quants where float tensors enter the quantized region refuse NaN in VALIDATION
+and QAT, as the integer model's ``quantize`` nodes do.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from torch import fx, nn
 from .capture import CaptureError, capture, is_float_value, unsupported_ops
 from .fake_quant import FakeQuantize, FakeQuantState
 from .fuse import fold_batch_norms, mark_fusions
+from .inputs import add_call_check, guard_entry
 from .lut.sim import attach_tables
 from .march import get_march, March
 from .nn.stubs import QuantStub, dequant_point, quant_point
@@ -61,6 +67,9 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
         bias_correction: correct conv/linear biases for the mean shift of weight rounding,
             measured during calibration (see the module docstring).
     """
+    from .argcheck import expect_module
+
+    expect_module(model, "prepare", "model")
     if not qconfig_setter:
         raise ValueError("prepare needs qconfig_setter=(a template from edgequant.qconfig_template, ...)")
     march = March(march) if march is not None else get_march()
@@ -78,6 +87,7 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     gm.meta["edgequant"] = {"march": march.value, "sites": [s.name for s in sites],
                             "input_meta": _input_meta(example_inputs)}
     gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)
+    add_call_check(gm)
     return gm
 
 
@@ -141,6 +151,15 @@ def assign_domains(gm: fx.GraphModule) -> None:
 
 
 def _check_supported(gm: fx.GraphModule) -> None:
+    from torch.utils._pytree import tree_leaves
+
+    cplx = [n for n in gm.graph.nodes if n.op != "output" and any(
+        isinstance(v, torch.Tensor) and v.is_complex() for v in tree_leaves(n.meta.get("val")))]
+    if cplx:  # no quantized type, IR dtype or integer kernel holds a complex number, whatever the op
+        lines = [f"  {n.meta.get('eq_name', n.name)} ({n.target}) at {n.meta.get('eq_source')}" for n in cplx[:5]]
+        raise CaptureError("edgequant cannot quantize complex-valued tensors (torch.fft, view_as_complex, ...):\n"
+                           + "\n".join(lines) + "\nWrap the code that makes and uses them with @edgequant.wrap "
+                           "(it then stays float; it must return real tensors), or compute it outside the model.")
     bad = [n for n in unsupported_ops(gm) if any(a.meta.get("eq_domain") == "quant" for a in _inputs(n))]
     if bad:
         lines = [f"  {n.meta.get('eq_name', n.name)} ({n.target}) at {n.meta.get('eq_source')}" for n in bad[:10]]
@@ -293,7 +312,9 @@ def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict, bias_correction: bool 
             pass  # the output lies on the table's grid (weight fake-quant above)
         else:
             act = _stub_spec(node, qc.activation) if node.target is quant_point else qc.activation
-            _add_fq(gm, name, act.build(name), out)
+            fq_node = _add_fq(gm, name, act.build(name), out)
+            if node.target is quant_point and isinstance(node.args[0], fx.Node):
+                guard_entry(gm, fq_node, node.args[0])
         _insert_input_fqs(gm, node, qc, name)
     _bind_bias_grids(gm)
     gm.graph.lint()
@@ -397,7 +418,7 @@ def _insert_input_fqs(gm, node, qc: QConfig, name: str) -> None:
         if a in skip or a.meta.get("eq_domain") != "float" or not is_float_value(a):
             continue
         iname = f"{name}.input{i}"
-        _add_fq(gm, iname, qc.activation.build(iname), a, only_user=node)
+        guard_entry(gm, _add_fq(gm, iname, qc.activation.build(iname), a, only_user=node), a)
 
 
 # -- state dicts across templates ----------------------------------------------------------------------

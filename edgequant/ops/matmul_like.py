@@ -174,8 +174,10 @@ def _max_abs(qp: QParams) -> int:
 
 
 def _quantize_const(ctx, node: Node, name: str) -> tuple[torch.Tensor, QParams]:
-    """A float constant with QParams -> its integer codes (A1)."""
-    t, qp = ctx.const(name), ctx.q.values[name].qparams
+    """A float constant with QParams -> its integer codes (A1). The quant graph's float tensor:
+    a weight shared by two ops (a module called twice) has its codes under ``name`` already."""
+    t, qp = ctx.q.constants.get(name), ctx.q.values[name].qparams
+    t = ctx.const(name) if t is None else t
     if t is None or qp is None:
         raise ctx.error(node, f"{name!r} must be a quantized constant (a weight with QParams)")
     return quantize(t, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis), qp
@@ -641,7 +643,7 @@ def _finish(acc: torch.Tensor, attrs: dict, m0, shift) -> torch.Tensor:
     if mode == "requant":
         m0, shift = _along(m0, ch, nd), _along(shift, ch, nd)
         args = (attrs["out_dtype"], attrs["out_zero_point"], attrs.get("bound"))
-        per_row = acc[0].numel() if nd > 1 else acc.numel()
+        per_row = acc[0].numel() if nd > 1 and acc.shape[0] else acc.numel()  # acc[0]: not on an empty batch
         if nd > 1 and ch != 0 and acc.numel() > _CHUNK:      # rows of axis 0 at a time (same values)
             y = torch.empty(acc.shape, dtype=get_dtype(attrs["out_dtype"]).storage)
             step = max(1, _CHUNK // max(1, per_row))
