@@ -23,6 +23,16 @@ Both levels
       every scale finite and > 0; every zero point an int within the dtype's range.
   G9  node fields have their types and ``attrs`` is plain JSON data (dicts with str keys,
       lists, str, int, finite float, bool, None), so a saved graph loads unchanged.
+  G10 every name that ``run`` resolves is on the allow-lists of ``edgequant.ops.names``: node
+      ops, call targets (``attrs["target"]``), ``$dtype``, ``$memory_format`` and ``$device``
+      names; ``args`` is a list, ``kwargs`` a dict, every ``{"$in": k}`` names one of the node's
+      inputs. A dim of a shape is an int >= 0 or a symbolic size (``"s0"``, ``"2*s0"``).
+Graphs read from a file (``check_graph(g, from_file=True)``; ``load`` runs it)
+  F1  every node's attrs hold what its kernel reads, with the types and lengths it expects
+      (multipliers and shifts, table records and their entries, conv parameters, ...); no node
+      runs a Python callable; no ``meta`` key starts with ``"_"`` (in-memory objects).
+  F2  sizes a run allocates from arguments (creation ops, paddings, scale factors) are bounded
+      by the tensors in the file (``check_attrs.size_limit``).
 Level "quant"
   Q1  a value with ``QParams`` is a float tensor (the carrier of the fake-quantized values).
 Level "int"
@@ -40,6 +50,7 @@ import torch
 
 from .dtype import DTYPES
 from .ir import LEVELS, Graph, Node, QParams, Value
+from .ops.names import dim_ok
 
 
 class IRCheckError(ValueError):
@@ -59,8 +70,11 @@ def valid_dtypes(level: str) -> tuple[str, ...]:
     return base + tuple(DTYPES) if level == "int" else base
 
 
-def check_graph(g: Graph) -> None:
-    """Raise ``IRCheckError`` if ``g`` breaks a rule of its level (see the module docstring)."""
+def check_graph(g: Graph, from_file: bool = False) -> None:
+    """Raise ``IRCheckError`` if ``g`` breaks a rule of its level (see the module docstring);
+    ``from_file=True`` adds the rules of graphs read from a file (F1, F2)."""
+    from .check_attrs import check_file_attrs, check_names
+
     if g.level not in LEVELS:
         raise IRCheckError(f"unknown IR level {g.level!r}; expected one of {LEVELS}")
     _check_records(g)
@@ -73,6 +87,12 @@ def check_graph(g: Graph) -> None:
         _check_constant(name, t, g.values[name])
     if g.level == "int":
         _check_int(g)
+    check_names(g, IRCheckError)
+    if from_file:
+        hidden = [k for k in g.meta if not isinstance(k, str) or k.startswith("_")]
+        if hidden:
+            raise IRCheckError(f"meta key {hidden[0]!r} is reserved for in-memory objects and cannot come from a file")
+        check_file_attrs(g, IRCheckError)
 
 
 # -- G2, G4, G5, G6 ------------------------------------------------------------------------------
@@ -123,6 +143,9 @@ def _check_value(level: str, v: Value) -> None:
     if not isinstance(v.shape, tuple) or not all(isinstance(d, (int, str)) and not isinstance(d, bool)
                                                  for d in v.shape):
         raise IRCheckError(f"value {v.name!r}: shape {v.shape!r} must be a tuple of ints and str dims")
+    bad = [d for d in v.shape if not dim_ok(d)]
+    if bad:
+        raise IRCheckError(f"value {v.name!r}: dim {bad[0]!r:.60} of its shape is neither an int >= 0 nor a symbolic size")
     if v.dtype not in valid_dtypes(level):
         hint = " (quantized dtypes belong in QParams at level 'quant')" if v.dtype in DTYPES else ""
         raise IRCheckError(f"value {v.name!r}: dtype {v.dtype!r} is not valid at level {level!r}{hint}; "

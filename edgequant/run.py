@@ -5,20 +5,22 @@ tensor, a tuple, or the model's own output type when it could be recorded). At l
 ``"quant"`` every op runs in float and each quantized output is fake-quantized with its
 ``QParams`` (this reproduces the VALIDATION simulation). At level ``"int"`` the ops run the
 integer kernels of their ``ops/`` entries; between ``quantize`` and ``dequantize`` nodes every
-tensor is an integer tensor. ``return_intermediates=True`` also returns ``{value name: tensor}``
-for every value computed.
+tensor is an integer tensor. The inputs are checked against the traced ones (count, dtype kind,
+rank, fixed dims: ``edgequant.inputs``) and a ``quantize`` node refuses NaN at both levels.
+``return_intermediates=True`` also returns ``{value name: tensor}`` for every value computed.
 """
 from __future__ import annotations
 
 import torch
 from torch.utils import _pytree as pytree
 
+from .inputs import NonFiniteInputError, check_count, check_input, check_quantizable, value_label
 from .ir import Graph, Node
+from .ops.names import DTYPES, MEMORY_FORMATS, device_ok
 from .ops.spec import resolve
 from .qmath import fake_quantize
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
-           "bool": torch.bool, "int8": torch.int8, "int16": torch.int16, "uint8": torch.uint8}
+_DTYPES = DTYPES   # the allow-listed names (ops.names); a file's names are looked up, never getattr'd
 
 
 def decode(arg, tensors):
@@ -31,9 +33,11 @@ def decode(arg, tensors):
         if "$float" in arg:
             return float(arg["$float"])
         if "$device" in arg:
+            if not device_ok(arg["$device"]):
+                raise ValueError(f"{arg['$device']!r} is not a device edgequant runs on")
             return torch.device(arg["$device"])
         if "$memory_format" in arg:
-            return getattr(torch, arg["$memory_format"])
+            return MEMORY_FORMATS[arg["$memory_format"]]
         return {k: decode(v, tensors) for k, v in arg.items()}
     if isinstance(arg, list):
         return [decode(a, tensors) for a in arg]
@@ -44,24 +48,19 @@ def call_target(node: Node, tensors: list):
     """Call the node's recorded torch op on ``tensors`` (the values named by ``node.inputs``)."""
     op = resolve(node.attrs["target"])
     if op is None:
-        raise RuntimeError(f"node {node.name}: torch has no op {node.attrs['target']}")
+        raise RuntimeError(f"node {node.name}: torch has no op {node.attrs['target']} that edgequant runs "
+                           "(targets resolve only through the allow-list of edgequant.ops.names)")
     return op(*decode(node.attrs["args"], tensors), **decode(node.attrs["kwargs"], tensors))
 
 
 def _flatten_inputs(g: Graph, inputs) -> list:
-    if len(inputs) != len(g.inputs):
-        raise TypeError(f"the model takes {len(g.inputs)} inputs ({', '.join(g.inputs)}), got {len(inputs)}")
+    check_count(list(g.inputs), len(inputs))
     return list(inputs)
 
 
-def _check_input(g: Graph, name: str, x) -> None:
+def _check_input(g: Graph, name: str, x) -> torch.Tensor:
     v = g.values[name]
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input {name!r} must be a tensor, got {type(x).__name__}")
-    if len(v.shape) != x.dim() or any(isinstance(d, int) and d != n for d, n in zip(v.shape, x.shape)):
-        raise ValueError(
-            f"input {name!r} has shape {tuple(x.shape)} but the model was traced with {v.shape} "
-            "(string dims may vary); reshape the input or prepare the model with an example of this shape")
+    return check_input(name, x, v.shape, v.dtype)
 
 
 def _unflatten(g: Graph, flat: list):
@@ -111,9 +110,9 @@ def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool 
     flat = _flatten_inputs(g, inputs)
     env: dict[str, object] = {}
     for name, x in zip(g.inputs, flat):
-        _check_input(g, name, x)
-        env[name] = x
+        env[name] = _check_input(g, name, x)
     callables = g.meta.get("_callables", {})
+    quant_sim = g.level == "quant" and fake_quant  # quantize nodes refuse NaN as the integer model does
     if g.level == "quant":
         for name, c in g.constants.items():
             qp = g.values[name].qparams
@@ -127,11 +126,17 @@ def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool 
     with torch.no_grad():
         for node in g.nodes:
             args = [env[i] if i is not None else None for i in node.inputs]
+            if quant_sim and node.op == "quantize" and isinstance(args[0], torch.Tensor):
+                check_quantizable(args[0], value_label(g.inputs, node.inputs[0]), f"quantize node {node.name!r}")
             try:
                 out = step(node, args)
-            except Exception as exc:
-                raise type(exc)(f"{exc}\n  while running node {node.name!r} ({node.op}) from {node.source}") \
-                    if isinstance(exc, (RuntimeError, ValueError, TypeError)) else exc
+            except NonFiniteInputError:
+                raise  # names its node already (the integer model's quantize step)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise type(exc)(f"{exc}\n  while running node {node.name!r} ({node.op}) from {node.source}") from exc
+            except (LookupError, AttributeError, ArithmeticError, AssertionError) as exc:  # never raw from a kernel
+                raise RuntimeError(f"{type(exc).__name__}: {exc}\n  while running node {node.name!r} ({node.op}) "
+                                   f"from {node.source}") from exc
             if len(node.outputs) == 1:
                 env[node.outputs[0]] = out
             else:

@@ -6,10 +6,14 @@ returns a graph that runs bit-identically to the one saved and passes ``check_gr
 lengths, a SHA-256), a JSON document with everything but the tensors (level, inputs, outputs,
 values with their ``QParams``, nodes with their attrs, ``meta`` without the in-memory keys that
 start with ``"_"``) and the constants as safetensors bytes. Nothing is executed or unpickled
-on load: a file can only describe data.
+on load: a file can only describe data. Every name it holds (op, call target, dtype, memory
+format, device) must be on the allow-lists of ``ops.names`` and every kernel attribute must
+have the type its kernel reads (``check_graph(g, from_file=True)``, rules G10, F1, F2); sizes
+are bounded by the bytes in the file (the safetensors header is checked against its data
+before any tensor is read), so a file cannot make ``load`` or a run allocate what it only claims.
 
 Every way a file can be wrong (empty, truncated, a flipped byte anywhere, another format, a
-newer format version, trailing bytes) raises ``IRFileError`` (a ``ValueError``) naming the file
+newer format version, trailing bytes, a malformed or crafted document) raises ``IRFileError`` (a ``ValueError``) naming the file
 and what is wrong; a path that does not exist raises ``FileNotFoundError``.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from safetensors.torch import load as _st_load, save as _st_save
 from torch.utils import _pytree as pytree
 
+from .argcheck import expect_path
 from .check import IRCheckError, check_graph, json_problem
 from .ir import IR_VERSION, Graph, Node, QParams, Value
 
@@ -93,6 +98,7 @@ def save(g: Graph, path: str | os.PathLike) -> None:
     structure that cannot be recorded), ``IRCheckError`` for a graph that breaks its level's
     rules, ``TypeError`` for anything that is not a ``Graph``.
     """
+    expect_path(path, "save", "path")
     data = dumps(g)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -168,7 +174,7 @@ def load(path: str | os.PathLike) -> Graph:
     or foreign file, or one written by a newer format version; ``FileNotFoundError`` if ``path``
     does not exist. The graph is checked with ``check_graph`` before it is returned.
     """
-    name = os.fspath(path)
+    name = os.fspath(expect_path(path, "load", "path"))
     if os.path.isdir(name):
         raise IRFileError(f"{name}: is a directory, not an edgequant graph file")
     with open(name, "rb") as f:
@@ -181,6 +187,10 @@ def loads(data: bytes, name: str = "<bytes>") -> Graph:
     def bad(what: str) -> IRFileError:
         return IRFileError(f"{name}: {what}")
 
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"loads takes the bytes of an edgequant graph file, got {type(data).__name__}; "
+                        "to read a file by name use edgequant.load(path)")
+    data = bytes(data)
     if len(data) == 0:
         raise bad("the file is empty (not an edgequant graph file)")
     if data[:len(MAGIC)] != MAGIC[:len(data)]:
@@ -204,13 +214,15 @@ def loads(data: bytes, name: str = "<bytes>") -> Graph:
         raise bad("corrupted: the SHA-256 of the contents does not match the one recorded in the header")
     try:
         doc = json.loads(body.decode("utf-8"))
-        g = _graph_from(doc, _st_load(bytes(blob)))
-    except Exception as exc:   # a file with a valid checksum but a malformed document
-        raise bad(f"malformed contents ({type(exc).__name__}: {exc})") from exc
+        g = _graph_from(doc, _tensors_from(bytes(blob)))
+    except Exception as exc:   # a valid checksum but a malformed document (RecursionError, MemoryError too)
+        raise bad(f"malformed contents ({type(exc).__name__}: {str(exc)[:300]})") from None
     try:
-        check_graph(g)
+        check_graph(g, from_file=True)
     except IRCheckError as exc:
-        raise bad(f"the stored graph breaks an IR rule: {exc}") from exc
+        raise bad(f"the stored graph breaks an IR rule: {exc}") from None
+    except Exception as exc:   # a rule that met data of a type no writer produces
+        raise bad(f"the stored graph breaks an IR rule ({type(exc).__name__}: {str(exc)[:300]})") from None
     return g
 
 
@@ -224,25 +236,104 @@ def _guess(data: bytes) -> str:
     return ""
 
 
+def _field(d: dict, key: str, kind, where: str):
+    """``d[key]``, which must be a ``kind`` (a type or a tuple of types)."""
+    if not isinstance(d, dict) or key not in d:
+        raise _Malformed(f"{where} has no {key!r}")
+    v = d[key]
+    if not isinstance(v, kind) or isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise _Malformed(f"{where}[{key!r}] is a {type(v).__name__}, expected {names}")
+    return v
+
+
+def _names(items, where: str, none_ok: bool = False) -> tuple:
+    if not all(isinstance(i, str) or none_ok and i is None for i in items):
+        raise _Malformed(f"{where} must list value names (str{' or null' if none_ok else ''})")
+    return tuple(items)
+
+
 def _graph_from(doc: dict, tensors: dict[str, torch.Tensor]) -> Graph:
     if not isinstance(doc, dict) or doc.get("format") != "edgequant.graph":
         raise _Malformed("the document is not an edgequant graph")
-    if not isinstance(doc.get("ir_version"), int) or doc["ir_version"] > IR_VERSION:
-        raise _Malformed(f"IR version {doc.get('ir_version')!r} is newer than this edgequant reads ({IR_VERSION})")
+    if type(doc.get("ir_version")) is not int or doc["ir_version"] > IR_VERSION:
+        raise _Malformed(f"IR version {doc.get('ir_version')!r:.40} is newer than this edgequant reads ({IR_VERSION})")
     values = {}
-    for v in doc["values"]:
-        qp = v["qparams"]
+    for k, v in enumerate(_field(doc, "values", list, "the document")):
+        where = f"values[{k}]"
+        qp = _field(v, "qparams", (dict, type(None)), where)
         if qp is not None:
-            qp = QParams(qp["dtype"], tuple(qp["scale"]), tuple(qp["zero_point"]), qp["ch_axis"])
-        values[v["name"]] = Value(v["name"], tuple(v["shape"]), v["dtype"], qp)
-    nodes = [Node(n["name"], n["op"], tuple(n["inputs"]), tuple(n["outputs"]), n["attrs"], n["source"])
-             for n in doc["nodes"]]
-    names = doc["constants"]
-    if sorted(names) != sorted(tensors):
-        raise _Malformed(f"the document lists constants {sorted(names)} but the tensors are {sorted(tensors)}")
+            w = f"{where}['qparams']"
+            ch = _field(qp, "ch_axis", (int, type(None)), w)
+            qp = QParams(_field(qp, "dtype", str, w), tuple(_field(qp, "scale", list, w)),
+                         tuple(_field(qp, "zero_point", list, w)), ch)
+        name = _field(v, "name", str, where)
+        if name in values:
+            raise _Malformed(f"value {name!r} is recorded twice")
+        values[name] = Value(name, tuple(_field(v, "shape", list, where)), _field(v, "dtype", str, where), qp)
+    nodes = []
+    for k, n in enumerate(_field(doc, "nodes", list, "the document")):
+        where = f"nodes[{k}]"
+        nodes.append(Node(_field(n, "name", str, where), _field(n, "op", str, where),
+                          _names(_field(n, "inputs", list, where), f"{where}['inputs']", none_ok=True),
+                          _names(_field(n, "outputs", list, where), f"{where}['outputs']"),
+                          _field(n, "attrs", dict, where), _field(n, "source", str, where)))
+    names = _names(_field(doc, "constants", list, "the document"), "constants")
+    if sorted(names) != sorted(tensors) or len(set(names)) != len(names):
+        raise _Malformed(f"the document lists constants {sorted(names)[:8]} but the tensors are {sorted(tensors)[:8]}")
     constants = {k: tensors[k] for k in names}
-    meta = dict(doc["meta"])
-    return Graph(doc["level"], list(doc["inputs"]), list(doc["outputs"]), values, nodes, constants, meta)
+    meta = dict(_field(doc, "meta", dict, "the document"))
+    spec = meta.get("out_spec")
+    if spec is not None:
+        try:
+            if not isinstance(spec, str):
+                raise TypeError(f"a {type(spec).__name__}")
+            leaves = pytree.treespec_loads(spec).num_leaves   # JSON naming registered container types only
+        except Exception as exc:
+            raise _Malformed(f"meta['out_spec'] is not an output structure this torch reads ({exc})") from None
+        if leaves != len(_field(doc, "outputs", list, "the document")):
+            raise _Malformed(f"meta['out_spec'] holds {leaves} outputs but the graph lists {len(doc['outputs'])}")
+    return Graph(_field(doc, "level", str, "the document"), list(_names(_field(doc, "inputs", list, "the document"),
+                 "inputs")), list(_field(doc, "outputs", list, "the document")), values, nodes, constants, meta)
+
+
+_ST_DTYPES = {"F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
+              "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2),
+              "I8": (torch.int8, 1), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1)}
+
+
+def _tensors_from(blob: bytes) -> dict[str, torch.Tensor]:
+    """The safetensors bytes as tensors, after checking that every tensor its header declares
+    lies inside the bytes (so a header cannot make us allocate what it merely claims)."""
+    if len(blob) < 8:
+        raise _Malformed(f"the tensor section has {len(blob)} bytes, too few for a safetensors header")
+    n = int.from_bytes(blob[:8], "little")
+    if n > len(blob) - 8:
+        raise _Malformed(f"the safetensors header claims {n} bytes; the section holds {len(blob) - 8}")
+    header = json.loads(blob[8:8 + n].decode("utf-8"))
+    if not isinstance(header, dict):
+        raise _Malformed("the safetensors header is not a JSON object")
+    data_len = len(blob) - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"tensor {name!r:.60}"
+        dtype = _field(entry, "dtype", str, where)
+        shape = _field(entry, "shape", list, where)
+        offsets = _field(entry, "data_offsets", list, where)
+        if dtype not in _ST_DTYPES:
+            raise _Malformed(f"{where} has dtype {dtype!r:.20}; expected one of {sorted(_ST_DTYPES)}")
+        if not all(type(d) is int and d >= 0 for d in shape):
+            raise _Malformed(f"{where} has shape {shape!r:.80}; dims are ints >= 0")
+        if len(offsets) != 2 or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1] <= data_len:
+            raise _Malformed(f"{where} has data_offsets {offsets!r:.80} outside the {data_len} data bytes")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel * _ST_DTYPES[dtype][1] != offsets[1] - offsets[0]:
+            raise _Malformed(f"{where}: shape {shape} of {dtype} needs {numel * _ST_DTYPES[dtype][1]} bytes, "
+                             f"its data_offsets span {offsets[1] - offsets[0]}")
+    return _st_load(blob)
 
 
 __all__ = ["save", "load", "dumps", "loads", "SerializeError", "IRFileError", "MAGIC", "FORMAT_VERSION",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 
 from . import elementwise, matmul_like, nonlinear, norm_softmax, pool_reduce, shape
-from .spec import OpSpec, resolve
+from .spec import OpSpec, resolve, torch_op  # noqa: F401  (resolve: the allow-listed lookup)
 
 ALL_SPECS: list[OpSpec] = [
     *matmul_like.SPECS, *elementwise.SPECS, *shape.SPECS, *pool_reduce.SPECS,
@@ -23,7 +23,7 @@ for _spec in ALL_SPECS:
         if _t == "getitem":
             _BY_TARGET[operator.getitem] = _spec
         elif _t.startswith("aten."):
-            _op = resolve(_t)
+            _op = torch_op(_t)
             if _op is not None:
                 _BY_TARGET[_op] = _spec
 

@@ -37,7 +37,21 @@ class OpSpec:
 
 
 def resolve(target: str):
-    """The torch op overload named ``target`` (``"aten.add.Tensor"``), or None if absent."""
-    ns, op, overload = target.split(".")
-    packet = getattr(getattr(torch.ops, ns), op, None)
-    return None if packet is None else getattr(packet, overload, None)
+    """The torch op overload named ``target`` (``"aten.add.Tensor"``), or None if absent.
+
+    Only names on the allow-list (``ops.names.targets()``: the op table and its reviewed extras)
+    resolve; any other string, e.g. one read from a file, gives None and is never looked up.
+    """
+    from .names import targets
+
+    return targets().get(target) if isinstance(target, str) else None
+
+
+def torch_op(name: str):
+    """The aten overload ``name`` of this torch, or None. For the literal names of the op table
+    only (``ops.names`` builds the allow-list with it); never pass it a string from a file."""
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        return None
+    packet = getattr(torch.ops.aten, parts[1], None)
+    return None if packet is None else getattr(packet, parts[2], None)
