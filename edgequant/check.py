@@ -20,7 +20,8 @@ Both levels
       value) at both levels, the quantized names (``qint8``, ...) only at level ``"int"``.
   G8  every ``QParams`` is consistent: a known quantized dtype; one scale and one zero point per
       tensor, or one per channel along a valid ``ch_axis`` (as many as that dim when static);
-      every scale finite and > 0; every zero point an int within the dtype's range.
+      every scale finite and a normal float32 number (within ``SCALE_MIN``..``SCALE_MAX``,
+      so float32 quantization neither divides by 0 nor overflows); every zero point an int within the dtype's range.
   G9  node fields have their types and ``attrs`` is plain JSON data (dicts with str keys,
       lists, str, int, finite float, bool, None), so a saved graph loads unchanged.
   G10 every name that ``run`` resolves is on the allow-lists of ``edgequant.ops.names``: node
@@ -62,6 +63,9 @@ STORAGE_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32",
 FLOAT_STORAGE = ("float32", "float64", "float16", "bfloat16")
 SYM = "sym"                                     # a non-tensor value (a symbolic int from a shape)
 _FLOAT_OK_OPS = ("quantize", "aten", "float_call")   # int-level ops that may read float constants
+# float32 normal numbers, with room for q * scale: smaller or larger scales lose (A1)/(A2)
+SCALE_MIN = float(torch.finfo(torch.float32).tiny)
+SCALE_MAX = float(torch.finfo(torch.float32).max) / 2 ** 32
 
 
 def valid_dtypes(level: str) -> tuple[str, ...]:
@@ -189,6 +193,9 @@ def _check_qparams(v: Value, qp: QParams) -> None:
     for i, s in enumerate(qp.scale):
         if not isinstance(s, float) or not math.isfinite(s) or s <= 0:
             raise IRCheckError(f"{where} scale[{i}] = {s!r}; scales are finite floats > 0")
+        if not SCALE_MIN <= s <= SCALE_MAX:
+            raise IRCheckError(f"{where} scale[{i}] = {s!r} is outside [{SCALE_MIN:.3g}, {SCALE_MAX:.3g}]: "
+                               "quantization computes in float32, where it would be 0, subnormal or overflow")
     for i, z in enumerate(qp.zero_point):
         if isinstance(z, bool) or not isinstance(z, int) or not dt.qmin <= z <= dt.qmax:
             raise IRCheckError(f"{where} zero_point[{i}] = {z!r} is outside {qp.dtype}'s range "

@@ -8,11 +8,15 @@ and that is not on the allow-lists of ``ops.names``: node ops, call targets, ``$
 also checks that every attribute an integer kernel reads has the type and length it expects,
 and that sizes a run would allocate from arguments (creation ops, paddings, scale factors) are
 bounded by the tensors actually in the graph, so a file cannot make a run allocate what it
-merely claims.
+merely claims. At level "int" (``check_grid``) the attributes must also agree with the values
+they describe: output dtype and zero point, input zero points, conv geometry, pooling windows,
+and requantizing multipliers small enough that ``acc * m0`` cannot overflow int64.
 """
 from __future__ import annotations
 
 import math
+
+import torch
 
 from .dtype import DTYPES
 from .ir import Graph, Node
@@ -336,6 +340,72 @@ def check_node_attrs(g: Graph, node: Node) -> None:
         _call(node)
 
 
+def check_grid(g: Graph, node: Node) -> None:
+    """Rule F1, consistency at level "int": what a kernel reads agrees with the values it reads
+    and writes (output dtype and zero point, input zero points, conv geometry, pooling windows,
+    requantizing multipliers); raises ``_Bad``."""
+    a = node.attrs
+    out = g.values.get(node.outputs[0])
+    oq = out.qparams if out is not None else None
+    if oq is not None and "out_dtype" in a and not a.get("float"):
+        if a["out_dtype"] != oq.dtype:
+            raise _Bad(f"attrs['out_dtype'] = {a['out_dtype']!r} but its output {out.name!r} is {oq.dtype}")
+        zp = a.get("out_zero_point", a.get("out_zp"))
+        if type(zp) is int and len(oq.zero_point) == 1 and zp != oq.zero_point[0]:
+            raise _Bad(f"its output zero point {zp} is not the one of {out.name!r} ({oq.zero_point[0]})")
+    for key, k in (("x_zero_point", 0), ("w_zero_point", 1), ("zp", 0)):
+        i = node.inputs[k] if len(node.inputs) > k else None
+        qp = g.values[i].qparams if i is not None and i in g.values else None
+        z = a.get(key)
+        if qp is None or z is None or key == "zp" and node.op not in ("avg_pool", "mean", "sum"):
+            continue
+        zs = z if type(z) is list else [z]
+        if (len(zs) == len(qp.zero_point) or len(zs) == 1) and \
+                any(x != y for x, y in zip(zs * len(qp.zero_point) if len(zs) == 1 else zs, qp.zero_point)):
+            raise _Bad(f"attrs[{key!r}] = {z!r:.60} is not the zero point of its input {i!r} ({list(qp.zero_point)[:8]})")
+    if type(a.get("lo")) is int and type(a.get("hi")) is int and a["lo"] > a["hi"] or \
+            _ints(a.get("clamp"), 2) and a["clamp"][0] > a["clamp"][1]:
+        raise _Bad("its clamp bounds are reversed (lo > hi)")
+    if node.op in _REDUCE_OPS:
+        w = g.constants.get(node.inputs[1])
+        if node.op.startswith("conv") and w is not None:
+            k = w.dim() - 2
+            for key in ("stride", "padding", "dilation") + (("output_padding",) if node.op == "conv_transpose2d" else ()):
+                if len(a[key]) not in (1, k):
+                    raise _Bad(f"attrs[{key!r}] = {a[key]} does not match the {k} spatial dims of its weight")
+            x = g.values.get(node.inputs[0])
+            cin = x.shape[1] if x is not None and len(x.shape) == k + 2 else None
+            per_group = w.shape[0] if node.op == "conv_transpose2d" else w.shape[1]
+            if type(cin) is int and cin != per_group * (a["groups"] if node.op != "conv_transpose2d" else 1):
+                raise _Bad(f"groups = {a['groups']} and its weight {tuple(w.shape)} do not fit {cin} input channels")
+        if a["output"] == "requant":
+            _check_multipliers(g, node.inputs[3], node.inputs[4])
+        if a["output"] == "acc" and DTYPES[a["out_dtype"]].bits < 16:
+            raise _Bad(f"it writes its accumulator, which {a['out_dtype']} cannot hold")
+    if node.op == "avg_pool":
+        x = g.values.get(node.inputs[0])
+        nd, k = len(x.shape), len(a["starts"])
+        for i, (st, en) in enumerate(zip(a["starts"], a["ends"])):
+            n = x.shape[nd - k + i] if nd >= k else None
+            m = out.shape[nd - k + i] if out is not None and len(out.shape) == nd else None
+            if len(st) != len(en) or type(m) is int and len(st) != m or type(n) is int and \
+                    any(not 0 <= s <= e <= n for s, e in zip(st, en)):
+                raise _Bad(f"pooling windows of dim {nd - k + i} ({st[:4]}.., {en[:4]}..) do not fit its input "
+                           f"({n}) and output ({m}) sizes")
+        _check_multipliers(g, node.inputs[1], node.inputs[2])
+
+
+def _check_multipliers(g: Graph, m0: str, shift: str) -> None:
+    """Requantizing multipliers (A5): ``0 <= m0 < 2^32`` and ``0 <= shift <= 126``, so that
+    ``acc * m0`` cannot overflow int64 and no shift moves bits left (out of the word)."""
+    for name, lo, hi in ((m0, 0, (1 << 32) - 1), (shift, 0, 126)):
+        t = g.constants.get(name)
+        if t is None or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise _Bad(f"its multiplier input {name!r} is not a constant integer tensor")
+        if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+            raise _Bad(f"constant {name!r} holds values in [{int(t.min())}, {int(t.max())}], outside [{lo}, {hi}]")
+
+
 # -- F2: sizes a run allocates -----------------------------------------------------------------------------
 def size_limit(g: Graph) -> tuple[int, int]:
     """``(elements, dim)``: the most elements one argument-sized allocation may hold
@@ -379,6 +449,8 @@ def check_file_attrs(g: Graph, error) -> None:
     for node in g.nodes:
         try:
             check_node_attrs(g, node)
+            if g.level == "int" and node.outputs and not (node.attrs.get("float") or node.op == "aten"):
+                check_grid(g, node)
             check_sizes(g, node, limits)
         except _Bad as exc:
             raise error(f"node {node.name!r} ({node.op}): {exc}") from None

@@ -53,8 +53,21 @@ class FactoryError(RuntimeError):
     """The SPEC's factory (or the file that defines it) raised; the message names its file and line."""
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"edgequant {version('edgequant')}")
+        except PackageNotFoundError:
+            typer.echo("edgequant (not installed as a package)")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _global_options(debug: bool = typer.Option(False, "--debug", help="print the Python traceback of an error")):
+def _global_options(debug: bool = typer.Option(False, "--debug", help="print the Python traceback of an error"),
+                    _v: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="print the version and exit")):
     _options["debug"] = debug
 
 
@@ -79,7 +92,7 @@ def _call_user(what: str, path: str | None, fn, *args):
     """Run user code (load the SPEC's file or call its factory); an exception becomes a FactoryError."""
     try:
         return fn(*args)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise FactoryError(f"{what} raised {type(exc).__name__}: {_one_line(str(exc))} "
                            f"(at {_user_frame(exc, path)})") from exc
 
@@ -121,7 +134,16 @@ def load_spec(spec: str):
     if isinstance(made, dict):
         made = (made.get("model"), made.get("example_inputs"), made.get("calibration"))
     if not isinstance(made, (tuple, list)) or len(made) != 3:
-        _fail(f"{spec} must return (model, example_inputs, calibration_batches), got {type(made).__name__}")
+        got = f"{len(made)} items" if isinstance(made, (tuple, list)) else type(made).__name__
+        _fail(f"{spec} must return (model, example_inputs, calibration_batches), got {got}")
+    import torch
+
+    model, example_inputs, _ = made
+    if not isinstance(model, torch.nn.Module):
+        _fail(f"{spec} returned {type(model).__name__} as the model; it must be a torch nn.Module")
+    if example_inputs is None or not all(isinstance(t, torch.Tensor) for t in _as_tuple(example_inputs)):
+        _fail(f"{spec} returned {type(example_inputs).__name__} as example_inputs; they must be a tensor or a "
+              "tuple of tensors")
     return made
 
 
@@ -130,8 +152,8 @@ def _setter(template: str):
     from . import ptq
 
     name = TEMPLATES.get(template, template)
-    setter = getattr(qconfig_template, name, None) or getattr(ptq, name, None)
-    if setter is None:
+    setter = None if name.startswith("_") else getattr(qconfig_template, name, None) or getattr(ptq, name, None)
+    if setter is None or not name.endswith("qconfig_setter"):
         _fail(f"unknown template {template!r}; use {', '.join(TEMPLATES)} or a setter name of "
               "edgequant.qconfig_template")
     return setter
@@ -184,7 +206,13 @@ def load_state(calib, path: Path) -> None:
 
     from . import FakeQuantState, set_fake_quantize
 
-    calib.load_state_dict(load_file(str(path)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the calibrated state of this quantize output is missing")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path}: not a safetensors state dict ({_one_line(str(exc))})") from None
+    calib.load_state_dict(state)
     set_fake_quantize(calib, FakeQuantState.VALIDATION)
 
 
@@ -224,6 +252,8 @@ def quantize(spec: str = typer.Argument(..., help="module:function returning (mo
     if calib_batches < 1:
         _fail(f"--calib-batches must be at least 1, got {calib_batches}")
     _march(march)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; give a directory (it is created if missing)")
     model, example_inputs, batches = load_spec(spec)
     out.mkdir(parents=True, exist_ok=True)
     calib = _prepare(model, example_inputs, template, march)
@@ -270,7 +300,7 @@ def _rebuild(out: Path):
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
-    missing = [k for k in ("spec", "template", "march") if not isinstance(meta, dict) or k not in meta]
+    missing = [k for k in ("spec", "template", "march") if not isinstance(meta, dict) or not isinstance(meta.get(k), str)]
     if missing:
         raise ValueError(f"{meta_path}: not written by `edgequant quantize` (no {', '.join(missing)})")
     model, example_inputs, batches = load_spec(meta["spec"])
@@ -285,15 +315,28 @@ def _npz_inputs(path: Path, input_names: list[str] | None = None) -> tuple:
 
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not an .npz file of arrays ({exc})") from exc
+    except Exception as exc:  # OSError, ValueError, zipfile.BadZipFile, ...
+        raise ValueError(f"{path}: not an .npz file of arrays ({type(exc).__name__}: {exc})") from None
     if not hasattr(data, "keys"):
         raise ValueError(f"{path}: a single array (.npy), expected an .npz file of named arrays (numpy.savez)")
     with data:
         keys = list(data.keys())
         if input_names and set(input_names) <= set(keys):
             keys = list(input_names)
-        return tuple(torch.from_numpy(np.array(data[k])) for k in keys)
+        if not keys:
+            raise ValueError(f"{path}: holds no arrays")
+        arrays = []
+        for k in keys:
+            try:
+                a = data[k]
+            except Exception as exc:  # object arrays (allow_pickle=False), damaged members
+                raise ValueError(f"{path}: array {k!r} cannot be read without pickle ({_one_line(str(exc))})") from None
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{path}: array {k!r} has dtype {a.dtype}; inputs are numeric arrays")
+            if a.dtype == np.uint64 or a.dtype == np.uint32 or a.dtype == np.uint16:
+                a = a.astype(np.int64)
+            arrays.append(torch.from_numpy(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))))
+        return tuple(arrays)
 
 
 @app.command()
@@ -344,6 +387,11 @@ def run(model: Path = typer.Argument(..., help="a saved model (.eqm)", exists=Tr
 
     from . import load
 
+    if out is not None:
+        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")   # what np.savez writes
+        if out.is_dir() or not out.parent.is_dir():
+            _fail(f"--out {out}: {'a directory' if out.is_dir() else 'its directory does not exist'}; "
+                  "give the path of an .npz file to write")
     g = load(model)
     xs = _npz_inputs(inputs, g.inputs)
     outs = [t for t in pytree.tree_leaves(g(*xs)) if isinstance(t, torch.Tensor)]

@@ -10,7 +10,9 @@ on load: a file can only describe data. Every name it holds (op, call target, dt
 format, device) must be on the allow-lists of ``ops.names`` and every kernel attribute must
 have the type its kernel reads (``check_graph(g, from_file=True)``, rules G10, F1, F2); sizes
 are bounded by the bytes in the file (the safetensors header is checked against its data
-before any tensor is read), so a file cannot make ``load`` or a run allocate what it only claims.
+before any tensor is read), so a file cannot make ``load`` or a run allocate what it only claims;
+``load`` refuses what is not a regular file (a FIFO, ``/dev/zero``) and reads a file's headers
+before the bytes they announce, so a huge or sparse file is refused without being read.
 
 Every way a file can be wrong (empty, truncated, a flipped byte anywhere, another format, a
 newer format version, trailing bytes, a malformed or crafted document) raises ``IRFileError`` (a ``ValueError``) naming the file
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -39,6 +42,7 @@ _HEAD = struct.Struct("<8sIQQ")      # magic, format version, JSON length, tenso
 _HASH_LEN = 32                       # SHA-256 over the 28 bytes above + JSON + tensors
 HEADER_SIZE = _HEAD.size + _HASH_LEN  # 60
 _CALLABLE_OPS = ("segment_lut", "float_call")
+MAX_JSON = 1 << 30                   # a longer document is refused before it is read
 
 
 class SerializeError(ValueError):
@@ -100,8 +104,15 @@ def save(g: Graph, path: str | os.PathLike) -> None:
     """
     expect_path(path, "save", "path")
     data = dumps(g)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = Path(os.fsdecode(os.fspath(path)))
+    if path.is_dir():
+        raise IsADirectoryError(f"save: {path} is a directory; give a file name such as {path / 'model.eqm'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"save: the directory {path.parent} of {path} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError:
+        raise PermissionError(f"save: cannot write {path}: permission denied in {path.parent}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -175,15 +186,69 @@ def load(path: str | os.PathLike) -> Graph:
     does not exist. The graph is checked with ``check_graph`` before it is returned.
     """
     name = os.fspath(expect_path(path, "load", "path"))
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
     if os.path.isdir(name):
         raise IRFileError(f"{name}: is a directory, not an edgequant graph file")
-    with open(name, "rb") as f:
-        data = f.read()
-    return loads(data, name)
+    try:
+        mode = os.stat(name).st_mode
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not os.path.islink(name):
+            raise
+        raise IRFileError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise IRFileError(f"{name}: not a regular file (a device, FIFO or socket), not an edgequant graph file")
+    with open(name, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = _read(f, HEADER_SIZE)
+        if len(head) == HEADER_SIZE and head[:len(MAGIC)] == MAGIC:
+            _, _, json_len, blob_len = _HEAD.unpack_from(head, 0)
+            if HEADER_SIZE + json_len + blob_len != size or json_len > MAX_JSON:   # refused by loads without reading the rest
+                return loads(head + _read(f, min(size, 1 << 16)), name, size)
+            body = _read(f, json_len)
+            st_head = _read(f, min(blob_len, 8))
+            n = int.from_bytes(st_head, "little") if len(st_head) == 8 else 0
+            st_head += _read(f, min(n, blob_len - len(st_head)))
+            _check_extent(st_head, blob_len, name)   # before reading what the header merely announces
+            return loads(head + body + st_head + _read(f, blob_len - len(st_head)), name)
+        return loads(head, name, size)
 
 
-def loads(data: bytes, name: str = "<bytes>") -> Graph:
-    """Read a graph from the bytes of a file (``name`` is used in error messages)."""
+def _check_extent(st_head: bytes, blob_len: int, name: str) -> None:
+    """Refuse a tensor section whose safetensors header does not account for exactly its
+    ``blob_len`` bytes (a file that announces gigabytes it does not describe is not read)."""
+    try:
+        n = int.from_bytes(st_head[:8], "little")
+        header = json.loads(st_head[8:8 + n].decode("utf-8"))
+        ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"]
+        end = max([0] + [e for e in ends if type(e) is int])
+    except Exception:  # malformed: loads names the problem after the checksum (the section is small)
+        if blob_len <= 1 << 24:
+            return
+        raise IRFileError(f"{name}: corrupted: the tensor section's header is unreadable") from None
+    if 8 + n + end != blob_len:
+        raise IRFileError(f"{name}: corrupted: the tensor section holds {blob_len} bytes but its header "
+                          f"describes {8 + n + end}")
+
+
+def _read(f, n: int) -> bytes:
+    """At most ``n`` bytes from ``f`` (fewer at the end of the file)."""
+    parts, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, 1 << 26))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def loads(data: bytes, name: str = "<bytes>", _size: int | None = None) -> Graph:
+    """Read a graph from the bytes of a file (``name`` is used in error messages).
+
+    (``_size``: ``load`` passes the file's size when ``data`` is only its first bytes, for a
+    file that is refused from its header, so that a huge file is never read whole.)
+    """
     def bad(what: str) -> IRFileError:
         return IRFileError(f"{name}: {what}")
 
@@ -191,22 +256,27 @@ def loads(data: bytes, name: str = "<bytes>") -> Graph:
         raise TypeError(f"loads takes the bytes of an edgequant graph file, got {type(data).__name__}; "
                         "to read a file by name use edgequant.load(path)")
     data = bytes(data)
-    if len(data) == 0:
+    size = len(data) if _size is None else _size
+    if size == 0:
         raise bad("the file is empty (not an edgequant graph file)")
     if data[:len(MAGIC)] != MAGIC[:len(data)]:
         raise bad(f"not an edgequant graph file (it starts with {bytes(data[:8])!r}{_guess(data)}, "
                   f"expected {MAGIC!r})")
-    if len(data) < HEADER_SIZE:
-        raise bad(f"truncated: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    if size < HEADER_SIZE:
+        raise bad(f"truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header")
     magic, version, json_len, blob_len = _HEAD.unpack_from(data, 0)
     if version != FORMAT_VERSION:
         newer = "newer than this edgequant reads; upgrade edgequant" if version > FORMAT_VERSION else "unknown"
         raise bad(f"format version {version} is {newer} (this edgequant reads version {FORMAT_VERSION})")
     expected = HEADER_SIZE + json_len + blob_len
-    if len(data) < expected:
-        raise bad(f"truncated or corrupted: {len(data)} bytes, the header announces {expected}")
-    if len(data) > expected:
-        raise bad(f"corrupted: {len(data) - expected} unexpected bytes after the {expected} the header announces")
+    if json_len > MAX_JSON:
+        raise bad(f"corrupted: the header announces a {json_len}-byte document (at most {MAX_JSON} are read)")
+    if size < expected:
+        raise bad(f"truncated or corrupted: {size} bytes, the header announces {expected}")
+    if size > expected:
+        raise bad(f"corrupted: {size - expected} unexpected bytes after the {expected} the header announces")
+    if len(data) != size:
+        raise bad(f"could not read all {size} bytes")
     stored = data[_HEAD.size:HEADER_SIZE]
     body = data[HEADER_SIZE:HEADER_SIZE + json_len]
     blob = data[HEADER_SIZE + json_len:]
@@ -260,7 +330,7 @@ def _graph_from(doc: dict, tensors: dict[str, torch.Tensor]) -> Graph:
         raise _Malformed(f"IR version {doc.get('ir_version')!r:.40} is newer than this edgequant reads ({IR_VERSION})")
     values = {}
     for k, v in enumerate(_field(doc, "values", list, "the document")):
-        where = f"values[{k}]"
+        where = f"values[{k}]" + (f" ({v['name']!r:.80})" if isinstance(v, dict) and isinstance(v.get("name"), str) else "")
         qp = _field(v, "qparams", (dict, type(None)), where)
         if qp is not None:
             w = f"{where}['qparams']"
@@ -273,7 +343,7 @@ def _graph_from(doc: dict, tensors: dict[str, torch.Tensor]) -> Graph:
         values[name] = Value(name, tuple(_field(v, "shape", list, where)), _field(v, "dtype", str, where), qp)
     nodes = []
     for k, n in enumerate(_field(doc, "nodes", list, "the document")):
-        where = f"nodes[{k}]"
+        where = f"nodes[{k}]" + (f" ({n['name']!r:.80})" if isinstance(n, dict) and isinstance(n.get("name"), str) else "")
         nodes.append(Node(_field(n, "name", str, where), _field(n, "op", str, where),
                           _names(_field(n, "inputs", list, where), f"{where}['inputs']", none_ok=True),
                           _names(_field(n, "outputs", list, where), f"{where}['outputs']"),

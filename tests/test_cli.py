@@ -179,3 +179,34 @@ def test_cli_factory_exception_names_its_file_and_line(tmp_path):
     debug = edgequant("--debug", "quantize", spec, "--out", tmp_path / "out")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and 'raise ValueError(f"cannot read' in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == line.replace(" (edgequant --debug ... shows the traceback)", "")
+
+
+def test_cli_misuse_in_process(tmp_path, capsys):
+    """--version; .npz files that are not numeric arrays, pickled object arrays and a broken
+    zip name the file; a factory returning a non-model is a usage error (exit 2)."""
+    from edgequant.cli import main
+
+    def status(*args):
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        return info.value.code, capsys.readouterr()
+
+    code, io = status("--version")
+    assert code == 0 and io.out.startswith("edgequant")
+    model = tmp_path / "m.eqm"
+    from eqm_craft import small_files
+    model.write_bytes(small_files()["int"])
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
+    (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04garbage")
+    np.savez(tmp_path / "str.npz", x=np.array(["a"]))
+    for name in ("obj.npz", "zip.npz", "str.npz"):
+        code, io = status("run", model, tmp_path / name)
+        assert code == 1 and f"error: ValueError: {tmp_path / name}: " in io.err, io.err
+    np.savez(tmp_path / "be.npz", x=np.zeros((2, 1, 8, 8), ">f4"))
+    code, io = status("run", model, tmp_path / "be.npz", "--out", tmp_path / "o")
+    assert code == 0 and (tmp_path / "o.npz").exists() and str(tmp_path / "o.npz") in io.out
+    (tmp_path / "f.py").write_text("def bad():\n    return 'model', None, []\n")
+    code, io = status("quantize", f"{tmp_path / 'f.py'}:bad", "--out", tmp_path / "q")
+    assert code == 2 and "nn.Module" in io.err
+    code, io = status("quantize", f"{tmp_path / 'f.py'}:bad", "--out", model)
+    assert code == 2 and "is a file" in io.err
