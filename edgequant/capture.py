@@ -157,6 +157,8 @@ def wrap(fn: Callable) -> Callable:
     Use it for code that cannot or should not be traced (NumPy, data-dependent control flow,
     pre/post-processing). ``fn`` takes tensors (and constants) and returns one tensor.
     """
+    if not callable(fn):
+        raise TypeError(f"edgequant.wrap takes a function (use it as @edgequant.wrap), got {type(fn).__name__}")
     return _Wrapped(fn)
 
 
@@ -260,6 +262,9 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor) and a.is_floating_point() and not torch.isfinite(a).all():
             raise ValueError(f"example input {i} contains NaN or Inf; capture needs finite example data")
+        if isinstance(a, torch.Tensor) and a.numel() == 0:
+            raise ValueError(f"example input {i} is empty (shape {tuple(a.shape)}); capture needs an example with at "
+                             "least one sample (the prepared and integer models accept empty batches later)")
     # torch.export treats size-1 dims as static: trace a batch of one as two copies so the batch
     # dim stays dynamic (the model must treat batch elements independently, as models do)
     doubled = [isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 for a in args]
@@ -284,9 +289,11 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     except CaptureError:
         raise
     except Exception as exc:  # torch.export's many error types: report where in user code
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if "DataDependent" in type(exc).__name__:  # torch.export's guard text means nothing to a user
+            why = "a tensor's value decides the Python code that runs (an if or loop on a tensor, .item(), .tolist())"
         raise CaptureError(
-            f"could not trace the model at {_frames_from_exception(exc)}\n  {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
+            f"could not trace the model at {_frames_from_exception(exc)}\n  {why}\n"
             "Move code that cannot be traced (NumPy, data-dependent Python control flow, pre/post-"
             "processing) into a function decorated with edgequant.wrap, or pass its module class "
             "in leaf_modules=(...)."
@@ -394,7 +401,7 @@ def _annotate(gm: fx.GraphModule) -> None:
             op = spec.name if spec else str(getattr(node.target, "__name__", node.target)).split(".")[0]
             # the first quantized op of a leaf module (nn.Conv2d, nn.Linear, ...) takes its path
             primary = spec is not None and spec.rule in ("compute", "source") and path in leaf_paths \
-                and path not in used
+                and path not in used and path != ""  # a model without submodules: the op's own name
             base = path if primary else (f"{path}.{op}" if path else op)
         n = used.get(base, 0)
         used[base] = n + 1

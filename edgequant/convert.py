@@ -145,6 +145,31 @@ def lower_plain(ctx: LowerCtx, node: Node) -> None:
     ctx.emit(Node(node.name, node.op, node.inputs, node.outputs, {**node.attrs, "float": True}, node.source))
 
 
+_SHAPE_ONLY = ("aten.sym_size", "aten.sym_numel", "aten.sym_stride", "aten.size", "aten.dim")
+
+
+def _float_inputs(ctx: LowerCtx, node: Node) -> Node:
+    """``node`` (a float op) reading the float values of its quantized inputs: an integer tensor
+    that a float op (a wrapped function, an op a setter left float) reads is dequantized first,
+    as the quant level hands it the fake-quantized floats, not the integer codes."""
+    if str(node.attrs.get("target", "")).startswith(_SHAPE_ONLY):
+        return node  # reads the shape only, which the codes share
+    inputs = list(node.inputs)
+    for k, i in enumerate(inputs):
+        v = ctx.values.get(i) if i is not None else None
+        if v is None or v.qparams is None or i in ctx.constants:
+            continue
+        name, n = f"{i}.dequantize", 1
+        while name in ctx.values or name in ctx.q.values:
+            name, n = f"{i}.dequantize_{n}", n + 1
+        ctx.values[name] = Value(name, v.shape, "float32", None)
+        ctx.emit(Node(name, "dequantize", (i,), (name,), {}, node.source))
+        inputs[k] = name
+    if inputs == list(node.inputs):
+        return node
+    return Node(node.name, node.op, tuple(inputs), node.outputs, node.attrs, node.source)
+
+
 def _fuse_rescale(ctx: LowerCtx) -> None:
     """``dequantize`` whose output only feeds a ``quantize`` (and maybe graph outputs):
     the quantize becomes an integer ``rescale`` of the dequantize's input."""
@@ -295,7 +320,7 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
             for i in node.inputs:
                 if i is not None and i in ir.constants and i not in ctx.constants:
                     ctx.add_const(i, ir.constants[i])
-            lower_plain(ctx, node)
+            lower_plain(ctx, _float_inputs(ctx, node))
         elif "lut" in node.attrs:  # table ops, tensor / tensor division included (edgequant.lut)
             from .lut.ir_ops import lower_lut
 

@@ -186,6 +186,9 @@ def sync_observers(model: nn.Module, group=None) -> nn.Module:
     All ranks must call it (it issues collectives in module order). No-op without an
     initialised multi-rank process group. Returns ``model``.
     """
+    from .argcheck import expect_fake_quant
+
+    expect_fake_quant(model, "sync_observers", "model")
     if not is_distributed(group):
         return model
     from .fake_quant import BiasCorrection
@@ -200,6 +203,9 @@ def sync_observers(model: nn.Module, group=None) -> nn.Module:
 
 def mark_synced(model: nn.Module) -> nn.Module:
     """Declare the current statistics already global (e.g. loaded from a synced checkpoint)."""
+    from .argcheck import expect_fake_quant
+
+    expect_fake_quant(model, "mark_synced", "model")
     from .fake_quant import BiasCorrection
 
     for m in _targets(model):
@@ -212,6 +218,9 @@ def mark_synced(model: nn.Module) -> nn.Module:
 
 def forget_sync(model: nn.Module) -> nn.Module:
     """Forget the baselines (after resetting observers by hand)."""
+    from .argcheck import expect_fake_quant
+
+    expect_fake_quant(model, "forget_sync", "model")
     for m in _targets(model):
         if _BASE in m.__dict__:
             object.__delattr__(m, _BASE)
@@ -221,6 +230,9 @@ def forget_sync(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def broadcast_qparams(model: nn.Module, src: int = 0, group=None) -> nn.Module:
     """Copy every FakeQuantize's ``scale``/``zero_point`` (and learned scale) from rank ``src``."""
+    from .argcheck import expect_fake_quant
+
+    expect_fake_quant(model, "broadcast_qparams", "model")
     if not is_distributed(group):
         return model
     from .fake_quant import FakeQuantize

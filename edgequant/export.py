@@ -26,7 +26,7 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
-from .inputs import shape_of
+from .inputs import check_input, shape_of
 from .ir import IR_VERSION, Graph, Node, QParams, Value
 from .nn.stubs import dequant_point, quant_point
 from .check import check_graph
@@ -133,6 +133,13 @@ class _Exporter:
                 self._call_function(node)
             elif node.op == "output":
                 flat = pytree.tree_leaves(node.args[0])
+                bad = [(i, a) for i, a in enumerate(flat) if not isinstance(a, fx.Node) or self.env.get(a) is None]
+                if bad:
+                    i, a = bad[0]
+                    got = repr(a) if not isinstance(a, fx.Node) else f"the value of {a.name!r}, which is not a tensor"
+                    raise ExportError(f"output {i} of the model is {got}: the IR holds tensor outputs only; make "
+                                      "forward return tensors (drop None and constant outputs, or compute them "
+                                      "outside the model)")
                 outputs = [self.env[a] for a in flat]
         self._propagate_shared_qparams()
         out_spec = getattr(gm, "_out_spec", None)
@@ -302,5 +309,9 @@ def export(model: fx.GraphModule, example_inputs=None) -> Graph:
         n = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1
         if n != len(graph.inputs):
             raise ExportError(f"the model was prepared with {len(graph.inputs)} inputs, export got {n}")
+        xs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        for name, x in zip(graph.inputs, xs):   # the same checks as a call: a tensor of the traced kind and shape
+            v = graph.values[name]
+            check_input(name, x, v.shape, v.dtype)
     check_graph(graph)
     return graph

@@ -47,6 +47,13 @@ class FakeQuantState(str, Enum):
     VALIDATION = "validation"
     QAT = "qat"
 
+    @classmethod
+    def _missing_(cls, value):
+        """Names in any case (``"CALIBRATION"``, ``"Qat"``); anything else is refused listing the states."""
+        if isinstance(value, str) and value.lower() in cls._value2member_map_:
+            return cls(value.lower())
+        raise ValueError(f"unknown fake-quant state {value!r}; use a FakeQuantState or one of {[s.value for s in cls]}")
+
 
 class FakeQuantize(nn.Module):
     """Observe and fake-quantize one tensor.
@@ -208,6 +215,14 @@ class FakeQuantize(nn.Module):
         if not isinstance(scale, torch.Tensor) or not isinstance(calibrated, torch.Tensor) \
                 or calibrated.numel() != 1 or not bool(calibrated.reshape(())):
             return  # nothing calibrated was saved: it resets this fake-quant, whatever its shape
+        if scale.numel() and not bool((torch.isfinite(scale.double()) & (scale.double() > 0)).all()):
+            raise ValueError(f"{prefix}scale: the state dict holds {_show(scale)}; a calibrated scale must be finite "
+                             f"and > 0 ({self.name}); the state dict is damaged: calibrate the model again")
+        zp = state_dict.get(prefix + "zero_point")
+        if isinstance(zp, torch.Tensor) and zp.numel() and (zp.is_floating_point() or int(zp.min()) < self.dtype.qmin
+                                                           or int(zp.max()) > self.dtype.qmax):
+            raise ValueError(f"{prefix}zero_point: the state dict holds {_show(zp)}, outside {self.dtype}'s range "
+                             f"[{self.dtype.qmin}, {self.dtype.qmax}] ({self.name}); the state dict is damaged")
         fixed_scalar = getattr(self.observer, "scale", None)
         fixed_scalar = isinstance(fixed_scalar, torch.Tensor) and fixed_scalar.dim() == 0
         if self.ch_axis is None and scale.numel() != 1:
@@ -412,7 +427,8 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     from .distributed import is_distributed, sync_observers
 
     expect_fake_quant(model, "set_fake_quantize", "model")
-    if not isinstance(state, FakeQuantState) and state not in [s.value for s in FakeQuantState]:
+    if not isinstance(state, FakeQuantState) and (not isinstance(state, str) or state.lower() not in
+                                                  [s.value for s in FakeQuantState]):
         raise ValueError(f"set_fake_quantize: unknown state {state!r}; use a FakeQuantState or one of "
                          f"{[s.value for s in FakeQuantState]}")
     state = FakeQuantState(state)

@@ -55,6 +55,16 @@ class QConfig:
     weight: FakeQuantSpec | None
     input_dtype: QuantDType | None = None
 
+    def __post_init__(self):
+        for arg in ("activation", "weight"):
+            v = getattr(self, arg)
+            if v is not None and not isinstance(v, FakeQuantSpec):
+                raise TypeError(f"QConfig: {arg} must be a FakeQuantSpec or None, got {type(v).__name__} ({v!r:.60}); "
+                                "build qconfigs with edgequant.get_qconfig(...)")
+        if self.input_dtype is not None and not isinstance(self.input_dtype, QuantDType):
+            raise TypeError(f"QConfig: input_dtype must be a QuantDType (edgequant.qint8, ...) or None, "
+                            f"got {self.input_dtype!r:.60}")
+
     @property
     def out_dtype(self) -> QuantDType | None:
         return self.activation.dtype if self.activation else None
@@ -98,6 +108,8 @@ def get_qconfig(
     if observer_kwargs is not None and not isinstance(observer_kwargs, dict):
         raise TypeError(f"get_qconfig: observer_kwargs must be a dict of keyword arguments for the observer, "
                         f"got {type(observer_kwargs).__name__}")
+    if observer_kwargs:
+        _check_observer_kwargs(observer, observer_kwargs)
     in_dtype, weight_dtype, out_dtype = (_dtype_arg(d, n) for d, n in ((in_dtype, "in_dtype"),
                                          (weight_dtype, "weight_dtype"), (out_dtype, "out_dtype")))
     activation = None
@@ -131,6 +143,27 @@ def _observer_class(observer, arg: str) -> type:
     hint = f" (pass the class {type(observer).__name__}, not an instance)" if isinstance(observer, nn.Module) else ""
     raise TypeError(f"get_qconfig: {arg} must be an observer class or one of the names {sorted(OBSERVERS)}, "
                     f"got {observer!r}{hint}")
+
+
+def _check_observer_kwargs(observer: type, kwargs: dict) -> None:
+    """Refuse keywords ``observer`` does not take now, not when ``prepare`` builds it."""
+    import inspect
+
+    known: set[str] = set()
+    for cls in observer.__mro__:  # **config is passed on to the base class: collect along the way
+        if "__init__" not in vars(cls):
+            continue
+        params = inspect.signature(vars(cls)["__init__"]).parameters
+        known |= {k for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    else:
+        return
+    unknown = sorted(k for k in kwargs if k not in known)
+    if unknown:
+        known = sorted(known)
+        raise ValueError(f"get_qconfig: observer_kwargs {unknown} are not arguments of {observer.__name__}; "
+                         f"it takes {known}")
 
 
 def _dtype_arg(dtype, arg: str) -> QuantDType | None:

@@ -204,7 +204,21 @@ def apply_setters(setters, sites: Sequence[OpSite]) -> dict:
         current = setter(sites, current)
         if not isinstance(current, dict):
             raise TypeError(f"qconfig setter {setter!r} returned {type(current).__name__}, expected a dict")
+        _check_result(setter, current, sites)
     return current
+
+
+def _check_result(setter, result: dict, sites: Sequence[OpSite]) -> None:
+    """A setter's dict maps site names to a ``QConfig`` or ``None``; anything else is refused
+    naming the setter and the key (an unknown name would silently configure nothing)."""
+    names = {s.name for s in sites}
+    for key, qc in result.items():
+        if key not in names:
+            raise ValueError(f"qconfig setter {setter!r} returned the name {key!r}, which is no op site of the model; "
+                             f"sites: {sorted(names)[:20]}{' ...' if len(names) > 20 else ''}")
+        if qc is not None and not isinstance(qc, QConfig):
+            raise TypeError(f"qconfig setter {setter!r} returned {type(qc).__name__} for {key!r}; expected a QConfig "
+                            "(edgequant.get_qconfig(...)) or None (keep the op float)")
 
 
 __all__ = [

@@ -58,6 +58,18 @@ def _flatten_inputs(g: Graph, inputs) -> list:
     return list(inputs)
 
 
+def _bind_named(g: Graph, inputs: tuple, named: dict) -> tuple:
+    """Positional inputs followed by those given by name, in the graph's input order."""
+    rest = list(g.inputs[len(inputs):])
+    problems = [f"{k!r} twice" if k in g.inputs[:len(inputs)] else f"the unknown keyword {k!r}"
+                for k in named if k not in rest]
+    problems += [f"no {k!r}" for k in rest if k not in named]
+    if problems:
+        raise TypeError(f"the model takes {len(g.inputs)} input{'s' if len(g.inputs) != 1 else ''} "
+                        f"({', '.join(g.inputs)}); got " + ", ".join(problems))
+    return tuple(inputs) + tuple(named[k] for k in rest)
+
+
 def _check_input(g: Graph, name: str, x) -> torch.Tensor:
     v = g.values[name]
     return check_input(name, x, v.shape, v.dtype)
@@ -101,12 +113,15 @@ def _run_quant_node(g: Graph, node: Node, args: list, callables: dict, fake_quan
     return out
 
 
-def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool = True):
-    """Execute ``g`` on ``inputs`` (see the module docstring).
+def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool = True, **named):
+    """Execute ``g`` on ``inputs`` (see the module docstring); inputs may also be given by their
+    graph input names (``quantized(x=...)``).
 
     ``fake_quant=False`` runs a quant-level graph in plain float (the float model, with batch
     norms folded), for per-layer comparisons.
     """
+    if named:
+        inputs = _bind_named(g, inputs, named)
     flat = _flatten_inputs(g, inputs)
     env: dict[str, object] = {}
     for name, x in zip(g.inputs, flat):

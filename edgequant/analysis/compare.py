@@ -90,8 +90,8 @@ def compare(float_model, calib_model, quantized: Graph, inputs) -> Comparison:
     expect_graph(quantized, "compare", "quantized")
     xs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     with torch.no_grad():
+        s_out = pytree.tree_leaves(calib_model(*xs))  # first: it checks the inputs and names a wrong one
         f_out = pytree.tree_leaves(float_model(*xs))
-        s_out = pytree.tree_leaves(calib_model(*xs))
         i_out = pytree.tree_leaves(quantized(*xs))
     result = Comparison()
     producer = quantized.producer()

@@ -68,6 +68,12 @@ class QuantAnalysis:
             if num_batches is not None and len(self.batches) >= num_batches:
                 break
             self.batches.append(_as_tuple(b))
+        n_in = len(calib_model.graph.find_nodes(op="placeholder"))
+        for k, b in enumerate(self.batches):
+            if len(b) != n_in:
+                raise ValueError(f"QuantAnalysis: batch {k} holds {len(b)} items but the model takes {n_in} "
+                                 f"input{'s' if n_in != 1 else ''}; pass the model's inputs only (for (x, label) "
+                                 "pairs: (x for x, _ in loader))")
         if not self.batches:
             raise ValueError("QuantAnalysis: the data set gave no batches")
         self.bad_cases: list[dict] = []
@@ -85,6 +91,8 @@ class QuantAnalysis:
         ``against`` is ``"simulation"`` (the prepared model) or ``"integer"`` (the converted one).
         Returns ``[{"batch", "index", "value"}]``; ``bad_inputs`` holds the ``num`` worst samples.
         """
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"auto_find_bad_case: num is how many worst samples to keep, an int >= 1, got {num!r}")
         test = {"simulation": self.calib_model, "integer": self.quantized}.get(against)
         if test is None:
             raise ValueError(f"auto_find_bad_case: nothing to compare against {against!r} "

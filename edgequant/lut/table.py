@@ -166,6 +166,9 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
         a = torch.arange(a_lo, a_hi + 1, dtype=torch.int64)
         if user_func:
             _check_user_direct(f, a, u_lo, u_hi, input_range, symmetric_mode, name)
+            if inverse_func is not None:  # unused by a direct table, still refused if it cannot be right
+                validate.check_decreasing(inverse_func, out_scale * (odt.qmin - out_zero),
+                                          out_scale * (odt.qmax - out_zero), name)
         entries = _round_clamp(f.codes(a), 1 << odt.bits)
         rng = (in_scale * u_lo, in_scale * u_hi)
         return LutTable("direct", entries=entries.to(torch.int32), index_offset=a_lo, in_range=rng, **common)

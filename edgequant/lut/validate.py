@@ -10,7 +10,8 @@ concerned and what to do, when:
 - ``simulated_func`` is not finite on the range a segmented table interpolates (a pole or a
   domain edge there would make the fitted curve wrong nearly everywhere), or is NaN on the range
   a direct table covers (a NaN has no output code);
-- ``inverse_func`` is not decreasing on the outputs it is asked about.
+- ``inverse_func`` is not decreasing on the outputs it is asked about;
+- either function returns something other than a floating-point torch tensor.
 """
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ def _call(fn: Callable, x: torch.Tensor, name: str, what: str) -> torch.Tensor:
     try:
         with torch.no_grad():
             y = fn(x)
-        return torch.as_tensor(y).to(torch.float64)
     except Exception as e:  # the user's function failed on plain inputs: say which and where
         raise ValueError(f"{name}: {what} raised {type(e).__name__} on a float32 tensor of shape {list(x.shape)} "
                          f"with values in [{float(x.min()):.6g}, {float(x.max()):.6g}]: {e}") from e
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        got = f"a {y.dtype} tensor" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{name}: {what} must return a floating-point torch tensor of its input's shape (as torch "
+                         f"functions do), but a float32 tensor of shape {list(x.shape)} gave {got}")
+    return y.to(torch.float64)
 
 
 def check_elementwise(fn: Callable, x: torch.Tensor, name: str) -> None:
@@ -112,14 +117,18 @@ def check_decreasing(inverse: Callable, y_lo: float, y_hi: float, name: str) -> 
             "pass the inverse of a decreasing function, or leave inverse_func out and set input_range")
 
 
-def check_declared_range(fn: Callable, lo: float, hi: float, mirrored: bool, name: str) -> None:
+def check_declared_range(fn: Callable, lo: float, hi: float, mirrored: bool, name: str,
+                         inverse: Callable | None = None) -> None:
     """At construction: ``fn`` elementwise and finite on ``RANGE_POINTS`` inputs of ``[lo, hi]``
-    (and 0 when the range holds it); only ``x >= 0`` for a mirrored (YSYM/CSYM) table."""
+    (and 0 when the range holds it); only ``x >= 0`` for a mirrored (YSYM/CSYM) table; ``inverse``
+    (if given) decreasing on the outputs ``fn`` takes there."""
     if mirrored:
         lo, hi = (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))), max(abs(lo), abs(hi))
     x = torch.linspace(lo, hi, RANGE_POINTS, dtype=torch.float32)
     if lo <= 0 <= hi:
         x = torch.unique(torch.cat([x, torch.zeros(1)]))
     check_elementwise(fn, x, name)
-    check_finite(x, _call(fn, x, name, "simulated_func").reshape(-1), name, allow_inf=False,
-                 where="given as input_range")
+    y = _call(fn, x, name, "simulated_func").reshape(-1)
+    check_finite(x, y, name, allow_inf=False, where="given as input_range")
+    if inverse is not None:
+        check_decreasing(inverse, float(y.min()), float(y.max()), name)

@@ -90,7 +90,7 @@ class SegmentLUT(nn.Module):
             from ..lut.validate import check_declared_range
 
             check_declared_range(simulated_func, *self.input_range, symmetric_mode != "ASYM",
-                                 f"SegmentLUT({self._fname()})")
+                                 f"SegmentLUT({self._fname()})", inverse=inverse_func)
 
     def _fname(self) -> str:
         return getattr(self.simulated_func, "__name__", type(self.simulated_func).__name__)

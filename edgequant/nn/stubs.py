@@ -7,6 +7,8 @@ integer domain). torch.ao's ``QuantStub``/``DeQuantStub`` are accepted the same 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -23,6 +25,17 @@ class QuantStub(nn.Module):
 
     def __init__(self, scale: float | None = None, zero_point: int = 0):
         super().__init__()
+        if scale is not None:
+            try:
+                value = float(scale)
+            except (TypeError, ValueError, RuntimeError):
+                value = None
+            if isinstance(scale, (bool, str)) or value is None or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"QuantStub: scale must be a finite number > 0 (the fixed step of the quantized "
+                                 f"input) or None (calibrated), got {scale!r}")
+        if isinstance(zero_point, bool) or not isinstance(zero_point, (int, torch.Tensor)) \
+                or (isinstance(zero_point, torch.Tensor) and (zero_point.numel() != 1 or zero_point.is_floating_point())):
+            raise TypeError(f"QuantStub: zero_point must be an integer, got {zero_point!r}")
         self.scale = scale
         self.zero_point = zero_point
 

@@ -48,6 +48,21 @@ DEFAULTS = {"num_batches": 10, "num_step": 1000, "exclude_prefix": (), "warm_up"
 _OPS = {"conv1d", "conv2d", "conv3d", "linear"}
 
 
+def _check_config(cfg: dict) -> None:
+    """Refuse settings that would train nothing or diverge, naming the key."""
+    def need(key, ok, what):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+            raise ValueError(f"adaround: custom_config_dict[{key!r}] = {v!r}; it must be {what}")
+
+    need("num_batches", lambda v: v == int(v) and v >= 1, "an int >= 1")
+    need("num_step", lambda v: v == int(v) and v >= 1, "an int >= 1")
+    need("batch_size", lambda v: v == int(v) and v >= 1, "an int >= 1")
+    need("lr", lambda v: 0 < v < float("inf"), "a finite number > 0")
+    need("weight", lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+    need("warm_up", lambda v: 0 <= v < 1, "a share of the steps in [0, 1)")
+
+
 def _op_name(node: fx.Node) -> str | None:
     if node.op != "call_function":
         return None
@@ -101,6 +116,7 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     if unknown:
         raise ValueError(f"adaround: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     cfg.update(custom_config_dict or {})
+    _check_config(cfg)
     excl = cfg["exclude_prefix"]
     excl = (excl,) if isinstance(excl, str) else tuple(excl or ())
     gm = calib_model

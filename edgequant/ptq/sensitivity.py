@@ -195,4 +195,7 @@ class SensitiveOpQconfigSetter:
 def get_sensitive_op_qconfig_setter(table: SensitivityTable, dtype=qint16, topk: int | None = None,
                                     ratio: float | None = None) -> SensitiveOpQconfigSetter:
     """A setter that raises the ``topk`` (or ``ratio`` of all) most sensitive ops to ``dtype``."""
+    if not isinstance(table, SensitivityTable):
+        raise TypeError(f"get_sensitive_op_qconfig_setter: table must be the SensitivityTable that op_sensitivity "
+                        f"returns (or SensitivityTable.from_dict(d)), got {type(table).__name__}")
     return SensitiveOpQconfigSetter(table.top(topk, ratio), dtype)

@@ -172,6 +172,22 @@ def float_leaves(out) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
+def _checked(xs: list, placeholders) -> list:
+    """A batch's inputs checked against the traced ones, as the prepared model checks a call
+    (``edgequant.inputs``): the sweep runs the graph node by node, past the model's own hook."""
+    from ..inputs import check_count, check_input, shape_of
+
+    if len(xs) < len(placeholders):
+        check_count([str(p.target) for p in placeholders], len(xs))
+    out = []
+    for p, x in zip(placeholders, xs):
+        val = p.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            x = check_input(str(p.target), x, shape_of(val), str(val.dtype).replace("torch.", ""))
+        out.append(x)
+    return out
+
+
 class Sweep:
     """Per-batch environments of a graph run up to ``cursor`` (see the module docstring).
 
@@ -194,7 +210,7 @@ class Sweep:
         for b in batches:
             env = {}
             self.interp.env = env
-            self.interp.args_iter = iter(self._inputs(b, placeholders))
+            self.interp.args_iter = iter(_checked(self._inputs(b, placeholders), placeholders))
             for n in placeholders:
                 env[n] = self.interp.run_node(n)
             self.envs.append(env)
