@@ -26,8 +26,11 @@ import contextlib
 import copy
 import functools
 import inspect
+import io
+import logging
 import math
 import operator
+import sys
 import traceback
 from typing import Callable, Sequence
 
@@ -235,9 +238,42 @@ def _dynamic_dims(a):
     return {d: auto for d in dims}
 
 
+_EXPORT_LOGGERS = ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Keep torch.export's log lines and the partial graph it prints to stderr when a trace fails
+    off the user's screen (``capture`` reports the failure as one ``CaptureError``); whatever
+    else reaches stderr meanwhile (the model's own prints, warnings) is written out afterwards."""
+    loggers = [logging.getLogger(n) for n in _EXPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    except BaseException as exc:
+        text, e = buf.getvalue(), exc
+        for _ in range(4):   # the exception and what it chains
+            if e is None:
+                break
+            if getattr(e, "partial_fx_graph", None) is not None:
+                text = text.replace(f"{e.partial_fx_graph}\n", "")   # printed once per wrapper
+            e = e.__cause__ or e.__context__
+        sys.stderr.write(text)
+        raise
+    else:
+        sys.stderr.write(buf.getvalue())
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(work: nn.Module, args: tuple, shapes, leaf_modules) -> tuple:
     """``(exported program, leaf callables, stub paths)`` of one torch.export trace."""
-    with _markers(work, tuple(leaf_modules)):
+    with _markers(work, tuple(leaf_modules)), _quiet_export():
         ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
         sdpa = torch.ops.aten.scaled_dot_product_attention.default
         if any(n.target is sdpa for n in ep.graph.nodes):  # retracing costs seconds: only when needed
@@ -301,6 +337,7 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     finally:
         _EXPORTING[0] = False
     gm = ep.module()
+    _inline_grad_regions(gm)
     gm.meta["eq_leaf_paths"] = {p for p, m in work.named_modules() if not any(True for _ in m.children())}
     for attr in ("train", "eval"):  # torch.export forbids mode switches; our graphs honour them
         gm.__dict__.pop(attr, None)
@@ -308,6 +345,49 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     _drop_noops(gm)
     _annotate(gm)
     return gm
+
+
+def _inline_grad_regions(gm: fx.GraphModule) -> None:
+    """Inline the graphs of ``with torch.no_grad()`` / ``enable_grad()`` / ``set_grad_enabled``
+    regions, which torch.export keeps as ``wrap_with_set_grad_enabled`` calls of a submodule:
+    grad mode changes no value of the forward, and the ops inside are quantized like any other
+    (in QAT, gradients then flow through a ``no_grad`` region as through the rest)."""
+    hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
+    g = gm.graph
+    if not any(n.op == "call_function" and n.target is hop for n in g.nodes):
+        return
+    while True:
+        node = next((n for n in g.nodes if n.op == "call_function" and n.target is hop), None)
+        if node is None:
+            break
+        holder = node.args[1]
+        sub = getattr(gm, holder.target)
+        env = dict(zip([n for n in sub.graph.nodes if n.op == "placeholder"], node.args[2:]))
+        outs = ()
+        with g.inserting_before(node):
+            for n in sub.graph.nodes:
+                if n.op == "output":
+                    outs = fx.map_arg(n.args[0], env.__getitem__)
+                elif n.op != "placeholder":
+                    env[n] = g.node_copy(n, env.__getitem__)
+                    if n.op == "get_attr":   # a nested region's submodule: give it a name in gm
+                        k = 0
+                        while hasattr(gm, f"{n.target}_{k}"):
+                            k += 1
+                        setattr(gm, f"{n.target}_{k}", getattr(sub, n.target))
+                        env[n].target = f"{n.target}_{k}"
+        for user in list(node.users):
+            if user.target is not operator.getitem:
+                raise CaptureError(f"a grad-mode region at {_user_frame(node.meta.get('stack_trace'))} is used other "
+                                   "than by its outputs; remove the `with torch.no_grad()` from the forward")
+            user.replace_all_uses_with(outs[user.args[1]])
+            g.erase_node(user)
+        g.erase_node(node)
+        if not holder.users:
+            g.erase_node(holder)
+    gm.delete_all_unused_submodules()
+    g.lint()
+    gm.recompile()
 
 
 _NOOPS = {torch.ops.aten.dropout.default, torch.ops.aten.alias.default, torch.ops.aten.detach.default,

@@ -77,7 +77,8 @@ def valid_dtypes(level: str) -> tuple[str, ...]:
 def check_graph(g: Graph, from_file: bool = False) -> None:
     """Raise ``IRCheckError`` if ``g`` breaks a rule of its level (see the module docstring);
     ``from_file=True`` adds the rules of graphs read from a file (F1, F2)."""
-    from .check_attrs import check_file_attrs, check_names
+    from .check_attrs import check_file_attrs
+    from .check_names import check_names
 
     if g.level not in LEVELS:
         raise IRCheckError(f"unknown IR level {g.level!r}; expected one of {LEVELS}")

@@ -1,16 +1,16 @@
-"""Checks of the names and attributes a node carries (rules G10, F1 and F2 of ``check``).
+"""Checks of the attributes a node read from a file carries (rules F1 and F2 of ``check``).
 
-Takes a ``Graph``; returns nothing or raises ``IRCheckError`` naming the node and the bad name
-or attribute. ``check_names`` (G10, every graph) refuses any name that ``run`` would resolve
-and that is not on the allow-lists of ``ops.names``: node ops, call targets, ``$dtype``,
-``$memory_format`` and ``$device`` names, and malformed call encodings (``args`` not a list,
-``{"$in": k}`` past the node's inputs). ``check_file_attrs`` (F1, F2: graphs read from a file)
-also checks that every attribute an integer kernel reads has the type and length it expects,
-and that sizes a run would allocate from arguments (creation ops, paddings, scale factors) are
-bounded by the tensors actually in the graph, so a file cannot make a run allocate what it
-merely claims. At level "int" (``check_grid``) the attributes must also agree with the values
+Takes a ``Graph``; returns nothing or raises ``IRCheckError`` naming the node and the bad
+attribute (the names themselves, rule G10, are ``check_names``'s). ``check_file_attrs`` checks
+that every attribute an integer kernel reads has the type and length it expects, and that
+sizes a run would allocate from arguments (creation ops, paddings, scale factors) are bounded
+by the tensors actually in the graph, so a file cannot make a run allocate what it merely
+claims. At level "int" (``check_grid``) the attributes must also agree with the values
 they describe: output dtype and zero point, input zero points, conv geometry, pooling windows,
-and requantizing multipliers small enough that ``acc * m0`` cannot overflow int64.
+and requantizing multipliers small enough that ``acc * m0`` cannot overflow int64; an
+``affine`` kernel's terms subtract their inputs' zero points, its sum stays below 2^63 on every
+code its inputs can hold, its ``bound`` (which selects the float64 carrier) is not understated,
+and its shifts are the non-negative ones convert writes.
 """
 from __future__ import annotations
 
@@ -20,75 +20,15 @@ import torch
 
 from .dtype import DTYPES
 from .ir import Graph, Node
-from .ops.names import BOUNDED_ARGS, DTYPES as TORCH_DTYPES, MARKER_TARGETS, MEMORY_FORMATS, device_ok, op_names, \
-    targets
+from .qmath import F64_EXACT
+from .check_names import CALLABLE_OPS as _CALLABLE_OPS, BadAttr
+from .ops.names import BOUNDED_ARGS, MARKER_TARGETS, targets
 
 INT64 = 1 << 63
-_CALLABLE_OPS = ("float_call", "segment_lut")
-_MARKERS = {"$in", "$dtype", "$float", "$device", "$memory_format"}
 MIN_ELEMENTS = 1 << 24   # a size a file may always ask for (64 MiB of float32); more needs backing tensors
 
 
-class _Bad(Exception):
-    """What is wrong with one attribute (turned into an IRCheckError naming the node)."""
-
-
-# -- G10: names --------------------------------------------------------------------------------------
-def check_names(g: Graph, error) -> None:
-    """Rule G10 for every node of ``g``; ``error(message)`` builds the exception to raise."""
-    ops, tgts = op_names(), targets()
-    for node in g.nodes:
-        where = f"node {node.name!r} ({node.op})"
-        if node.op not in ops:
-            raise error(f"node {node.name!r}: op {node.op!r} is not an edgequant op (see edgequant.ops.names)")
-        a = node.attrs
-        callable_op = node.op in _CALLABLE_OPS and "lut" not in a
-        if "target" in a:
-            t = a["target"]
-            if not isinstance(t, str):
-                raise error(f"{where}: attrs['target'] is a {type(t).__name__}, not a target name")
-            if not callable_op and t not in tgts and t not in MARKER_TARGETS:
-                raise error(f"{where} from {node.source or '<unknown>'}: target {t!r} is not an op edgequant runs "
-                            "(allow-list: edgequant.ops.names); keep that code out of the model or decorate it "
-                            "with @edgequant.wrap")
-        for key in ("args", "kwargs"):
-            if key in a and not isinstance(a[key], list if key == "args" else dict):
-                raise error(f"{where}: attrs[{key!r}] must be a {'list' if key == 'args' else 'dict'}, "
-                            f"got {type(a[key]).__name__}")
-        try:
-            _check_encoded(a.get("args", []), len(node.inputs), "args")
-            _check_encoded(a.get("kwargs", {}), len(node.inputs), "kwargs")
-            for p in (a.get("rescale") or []):
-                if isinstance(p, dict):
-                    _check_encoded(p, 0, "rescale")
-        except _Bad as exc:
-            raise error(f"{where}: {exc}") from None
-
-
-def _check_encoded(x, n_inputs: int, path: str) -> None:
-    if isinstance(x, list):
-        for k, v in enumerate(x):
-            _check_encoded(v, n_inputs, f"{path}[{k}]")
-        return
-    if not isinstance(x, dict):
-        return
-    marks = _MARKERS.intersection(x)
-    if not marks:
-        for k, v in x.items():
-            _check_encoded(v, n_inputs, f"{path}[{k!r}]")
-        return
-    if len(x) != 1:
-        raise _Bad(f"{path} = {x!r:.80} mixes a marker with other keys")
-    (mark, v), = x.items()
-    ok = {"$in": lambda: type(v) is int and 0 <= v < n_inputs,
-          "$dtype": lambda: isinstance(v, str) and v in TORCH_DTYPES,
-          "$memory_format": lambda: isinstance(v, str) and v in MEMORY_FORMATS,
-          "$device": lambda: device_ok(v),
-          "$float": lambda: isinstance(v, str) and v.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")}[mark]
-    if not ok():
-        what = f"an input index below {n_inputs}" if mark == "$in" else \
-            ("'nan', 'inf' or '-inf'" if mark == "$float" else "a name on the allow-list of edgequant.ops.names")
-        raise _Bad(f"{path} = {{{mark!r}: {v!r:.60}}}: {mark} must be {what}")
+_Bad = BadAttr   # what is wrong with one attribute (turned into an IRCheckError naming the node)
 
 
 # -- F1: kernel attributes -----------------------------------------------------------------------------
@@ -109,6 +49,7 @@ def _num(v) -> bool:
 
 
 SHIFT = dict(lo=-64, hi=126)            # shifts a kernel applies (qmath gives 0 past 63)
+RIGHT_SHIFT = dict(lo=0, hi=126)        # the affine kernel's (convert writes n >= 0)
 _QDT = lambda v: isinstance(v, str) and v in DTYPES             # noqa: E731
 _AXIS = lambda v: v is None or _int(v, -8, 7)                    # noqa: E731
 _OPT_INT = lambda v: v is None or _int(v)                        # noqa: E731
@@ -117,7 +58,7 @@ _GRID = {"out_zp": _int, "lo": _int, "hi": _int, "out_dtype": _QDT}
 
 _TERM = {"in": lambda v: _int(v, 0, 64), "zp": _int_or_ints, "m0": _int_or_ints}
 _AFFINE = {"axis": _AXIS, "terms": lambda v: type(v) is list and all(_schema_ok(t, _TERM) for t in v),
-           "const": _int_or_ints, "shift": lambda v: _int_or_ints(v, **SHIFT), "bound": _OPT_INT, **_GRID}
+           "const": _int_or_ints, "shift": lambda v: _int_or_ints(v, **RIGHT_SHIFT), "bound": _OPT_INT, **_GRID}
 _ELEMENTWISE = {
     "affine": _AFFINE,
     "product": {"zp": lambda v: _ints(v, 2), "m0": _int, "shift": lambda v: _int(v, **SHIFT), **_GRID},
@@ -363,7 +304,7 @@ def check_grid(g: Graph, node: Node) -> None:
         if (len(zs) == len(qp.zero_point) or len(zs) == 1) and \
                 any(x != y for x, y in zip(zs * len(qp.zero_point) if len(zs) == 1 else zs, qp.zero_point)):
             raise _Bad(f"attrs[{key!r}] = {z!r:.60} is not the zero point of its input {i!r} ({list(qp.zero_point)[:8]})")
-    if type(a.get("lo")) is int and type(a.get("hi")) is int and a["lo"] > a["hi"] or \
+    if a.get("kernel") != "interval" and type(a.get("lo")) is int and type(a.get("hi")) is int and a["lo"] > a["hi"] or \
             _ints(a.get("clamp"), 2) and a["clamp"][0] > a["clamp"][1]:
         raise _Bad("its clamp bounds are reversed (lo > hi)")
     if node.op in _REDUCE_OPS:
@@ -393,6 +334,63 @@ def check_grid(g: Graph, node: Node) -> None:
                 raise _Bad(f"pooling windows of dim {nd - k + i} ({st[:4]}.., {en[:4]}..) do not fit its input "
                            f"({n}) and output ({m}) sizes")
         _check_multipliers(g, node.inputs[1], node.inputs[2])
+    if a.get("kernel") == "affine":
+        _check_affine(g, a, node.inputs)
+    for k, p in enumerate(a.get("rescale") or [] if a.get("kernel") == "rescale_call" else []):
+        if p is not None:
+            _check_affine(g, p, node.inputs[k:k + 1], f"attrs['rescale'][{k}]")
+
+
+def _term_bound(g: Graph, name: str, zp) -> int:
+    """``max |q - zp|`` over what input ``name`` can hold, as convert bounds it (``operand``)."""
+    zs = zp if type(zp) is list else [zp]
+    qp = g.values[name].qparams
+    if qp is not None and zs != list(qp.zero_point):
+        raise _Bad(f"its affine term subtracts zero point {zp!r:.60}, not the one of its input {name!r} "
+                   f"({list(qp.zero_point)[:8]})")
+    if name in g.constants:
+        q = g.constants[name].to(torch.int64)
+        if len(zs) > 1 and qp is not None and qp.ch_axis is not None and q.dim() and q.shape[qp.ch_axis % q.dim()] == len(zs):
+            shape = [1] * q.dim()
+            shape[qp.ch_axis % q.dim()] = -1
+            return max(int((q - torch.tensor(zs).reshape(shape)).abs().max()) if q.numel() else 0, 1)
+        return max([int((q - z).abs().max()) if q.numel() else 0 for z in zs] + [1])
+    if qp is None:
+        raise _Bad(f"its affine term reads {name!r}, which is not quantized")
+    dt = DTYPES[qp.dtype]
+    bound = max(max(dt.qmax - z, z - dt.qmin) for z in zs)
+    prod = next((n for n in g.nodes if name in n.outputs), None)
+    if prod is not None and prod.attrs.get("output") == "acc" and type(prod.attrs.get("bound")) is int:
+        bound = min(bound, prod.attrs["bound"])
+    return bound
+
+
+def _check_affine(g: Graph, a: dict, inputs, path: str = "attrs") -> None:
+    """The ``affine`` kernel's sum ``C + sum (q_i - z_i) * m_i`` stays below 2^63 for every code
+    its inputs can hold (so int64 cannot wrap), below its ``bound`` when that selects the float64
+    carrier (so float64 is exact). (Its shifts are >= 0 by the schema, as convert writes them.)"""
+    def per_ch(v):
+        return v if type(v) is list else None
+    lists = [v for t in a["terms"] for v in (t["m0"], t.get("m0_neg"), t["zp"]) if per_ch(v) is not None]
+    lists += [v for v in (a["const"], a["shift"]) if per_ch(v) is not None]
+    nch = {len(v) for v in lists}
+    if len(nch) > 1:
+        raise _Bad(f"{path}: per-channel multipliers, zero points, constants and shifts have different lengths "
+                   f"{sorted(nch)}")
+    if any(t["in"] >= len(inputs) for t in a["terms"]):
+        raise _Bad(f"{path}: an affine term reads past its inputs")
+    bounds = [_term_bound(g, inputs[t["in"]], t["zp"]) for t in a["terms"]]
+    at = lambda v, c: abs(v[c] if type(v) is list else v)   # noqa: E731
+    worst = 0
+    for c in range(nch.pop() if nch else 1):
+        total = at(a["const"], c) + sum(b * max(at(t["m0"], c), at(t["m0_neg"], c) if t.get("m0_neg") is not None else 0)
+                                        for b, t in zip(bounds, a["terms"]))
+        worst = max(worst, total)
+    if worst >= INT64:
+        raise _Bad(f"{path}: its multipliers and constant reach 2^{worst.bit_length()} on the codes of its inputs, "
+                   "past int64")
+    if a.get("bound") is not None and a["bound"] < F64_EXACT and worst > a["bound"]:
+        raise _Bad(f"{path}['bound'] = {a['bound']} is below the {worst} its multipliers reach on its inputs' codes")
 
 
 def _check_multipliers(g: Graph, m0: str, shift: str) -> None:

@@ -10,7 +10,9 @@ registers) and the graphs ``export`` and ``convert`` return (``run.run``) share 
 - the number of inputs (``TypeError``), each a tensor (``TypeError``), of the traced dtype kind:
   float, integer or bool (``TypeError``); its rank and every fixed dim (``ValueError``); an
   integer tensor given for a float input is converted to the traced float dtype (exact below
-  2^24), as ``insert_yuv2rgb``'s int8 codes and uint8 frames need;
+  2^24), as ``insert_yuv2rgb``'s int8 codes and uint8 frames need; a tensor on the
+  ``meta`` device is refused (``ValueError``), and by the graphs (CPU kernels) one on any device
+  but the CPU;
 - ``shape_of`` writes a traced shape: a dim that torch.export specialised while tracing (a
   Python loop over the batch, ``x.view(2, -1)``) is an ``int``, even where the fake tensor
   still holds it as a ``SymInt``.
@@ -78,7 +80,7 @@ def check_count(names: list[str], given: int) -> None:
                         f"({', '.join(names)}), got {given}")
 
 
-def check_input(name: str, x, shape, dtype: str) -> torch.Tensor:
+def check_input(name: str, x, shape, dtype: str, cpu_only: bool = False) -> torch.Tensor:
     """``x`` if it is a tensor of ``dtype``'s kind whose shape matches the traced ``shape``, else
     raise. An integer tensor for a float input (uint8 camera frames, int8 YUV codes) comes back
     converted to the traced float dtype, exactly for values below 2^24: the graph was traced in
@@ -86,9 +88,15 @@ def check_input(name: str, x, shape, dtype: str) -> torch.Tensor:
 
     ``shape`` holds ints for fixed dims and strings for dims that may vary (see the module
     docstring); symbolic sizes of ``x`` (the prepared model traced again) are not compared.
+    A tensor on the ``meta`` device (no values) is refused, and with ``cpu_only`` (the graphs
+    ``export`` and ``convert`` return: their kernels run on the CPU) any non-CPU tensor.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input {name!r} must be a tensor, got {type(x).__name__}")
+    if x.device.type == "meta" or cpu_only and x.device.type != "cpu":
+        raise ValueError(f"input {name!r} is on device {x.device}; "
+                         + ("a meta tensor has no values to quantize: pass a tensor with data (on the CPU)"
+                            if x.device.type == "meta" else "the integer model runs on the CPU: pass x.cpu()"))
     want, got = dtype_kind(dtype), dtype_kind(x.dtype)
     if want == "float" and got == "integer":
         x = x.to(_FLOATS.get(str(dtype), torch.float32))

@@ -201,11 +201,41 @@ def apply_setters(setters, sites: Sequence[OpSite]) -> dict:
                 f"qconfig_setter entries must be setters from edgequant.qconfig_template or "
                 f"ModuleNameQconfigSetter, got {setter!r} ({type(setter).__name__})"
             )
-        current = setter(sites, current)
+        try:
+            current = setter(sites, current)
+        except Exception as exc:
+            if getattr(setter, "__module__", "").startswith("edgequant."):
+                raise   # edgequant's own setters raise clear errors already
+            raise _setter_error(setter, exc) from exc
         if not isinstance(current, dict):
             raise TypeError(f"qconfig setter {setter!r} returned {type(current).__name__}, expected a dict")
         _check_result(setter, current, sites)
     return current
+
+
+class QconfigSetterError(ValueError):
+    """A user's qconfig setter raised an exception whose type cannot carry a new message."""
+
+
+def _setter_error(setter, exc: Exception) -> Exception:
+    """``exc`` (same type when it takes a message) prefixed with the setter's name, its file:line
+    where it raised, and the op site it was configuring (a local ``OpSite`` of its frames)."""
+    code = getattr(setter, "__code__", None) or getattr(getattr(type(setter), "__call__", None), "__code__", None)
+    name = getattr(setter, "__qualname__", None) or type(setter).__qualname__
+    where, site, tb = (f"{code.co_filename}:{code.co_firstlineno}" if code else "?"), None, exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if code is not None and frame.f_code.co_filename == code.co_filename:
+            where = f"{frame.f_code.co_filename}:{tb.tb_lineno}"
+        site = next((v for v in frame.f_locals.values() if isinstance(v, OpSite)), site)
+        tb = tb.tb_next
+    at = f" while configuring op site {site.name!r} ({site.op})" if site is not None else ""
+    msg = f"qconfig setter {name} ({where}) raised {type(exc).__name__}{at}: {exc}"
+    try:
+        new = type(exc)(msg)
+    except Exception:
+        new = None
+    return new if type(new) is type(exc) and str(new) == msg else QconfigSetterError(msg)
 
 
 def _check_result(setter, result: dict, sites: Sequence[OpSite]) -> None:
@@ -222,7 +252,7 @@ def _check_result(setter, result: dict, sites: Sequence[OpSite]) -> None:
 
 
 __all__ = [
-    "OpSite", "ModuleNameQconfigSetter", "apply_setters",
+    "OpSite", "ModuleNameQconfigSetter", "QconfigSetterError", "apply_setters",
     "default_calibration_qconfig_setter", "calibration_8bit_weight_16bit_act_qconfig_setter",
     "default_qat_qconfig_setter", "qat_8bit_weight_16bit_act_qconfig_setter",
     "qat_8bit_weight_16bit_fixed_act_qconfig_setter", "qint8", "qint16",

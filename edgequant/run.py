@@ -72,7 +72,7 @@ def _bind_named(g: Graph, inputs: tuple, named: dict) -> tuple:
 
 def _check_input(g: Graph, name: str, x) -> torch.Tensor:
     v = g.values[name]
-    return check_input(name, x, v.shape, v.dtype)
+    return check_input(name, x, v.shape, v.dtype, cpu_only=True)
 
 
 def _unflatten(g: Graph, flat: list):

@@ -211,3 +211,67 @@ def test_adaround_refuses_settings_that_train_nothing_or_diverge(key, value):
     gm, _, _ = _stages(Net())
     with pytest.raises(ValueError, match=f"custom_config_dict\\['{key}'\\]"):
         ptq.adaround(gm, [X], {key: value, "progress": False})
+
+
+# -- issue 17, second red-team pass ------------------------------------------------------------------
+class NoGradRegions(nn.Module):
+    """Grad-mode regions in the forward (nested, and set_grad_enabled): values are unaffected."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        with torch.no_grad():
+            y = y * 0.5 + 0.25
+            with torch.enable_grad():
+                y = y - 0.125
+        with torch.set_grad_enabled(False):
+            return self.fc(y.flatten(1))
+
+
+def test_grad_mode_regions_in_the_forward_quantize():
+    model = NoGradRegions().eval()
+    gm, ir, q = _stages(model)
+    assert not [n for n in gm.graph.nodes if "set_grad" in str(n.target)]
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cos = torch.nn.functional.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0)
+    assert cos > 0.99, cos
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_a_model_or_example_in_another_float_dtype_is_refused_at_prepare(dtype):
+    with pytest.raises(TypeError, match=f"parameter 'conv.weight' is {str(dtype)[6:]}; edgequant quantizes float32 "
+                                        r"models: call model.float\(\)"):
+        eq.prepare(Net().to(dtype), (X.to(dtype),), qconfig_setter=(T8,))
+    with pytest.raises(TypeError, match=f"example input 0 is {str(dtype)[6:]}"):
+        eq.prepare(Net(), (X.to(dtype),), qconfig_setter=(T8,))
+
+
+def test_an_exception_in_a_users_setter_names_the_setter_and_the_site():
+    def picky(sites, current):
+        for site in sites:
+            if site.op == "linear":
+                raise RuntimeError("no linear layers here")
+        return current
+
+    def lookup(sites, current):
+        return {s.name: {"conv": T8}[s.name] for s in sites}   # KeyError on the first other site
+
+    with pytest.raises(RuntimeError, match=r"qconfig setter .*picky \(.*test_api_misuse.py:\d+\) raised RuntimeError "
+                                           r"while configuring op site 'fc' \(linear\): no linear layers here") as info:
+        eq.prepare(Net(), (X,), qconfig_setter=(T8, picky))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(ValueError, match=r"setter .*lookup .* raised KeyError while configuring op site") as info:
+        eq.prepare(Net(), (X,), qconfig_setter=(lookup,))
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_inputs_on_the_meta_device_are_refused_by_name():
+    gm, ir, q = _stages(Net())
+    meta = X.to("meta")
+    for model in (gm, ir, q):
+        with pytest.raises(ValueError, match="input 'x' is on device meta"):
+            model(meta)

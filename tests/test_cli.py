@@ -166,6 +166,21 @@ def load_images(n):
 
 def broken():
     return load_images(3)
+
+
+class Untraceable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:  # line 19: data-dependent control flow
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def untraceable():
+    return Untraceable(), torch.randn(2, 4), [torch.randn(2, 4)]
 '''
 
 
@@ -179,6 +194,9 @@ def test_cli_factory_exception_names_its_file_and_line(tmp_path):
     debug = edgequant("--debug", "quantize", spec, "--out", tmp_path / "out")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and 'raise ValueError(f"cannot read' in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == line.replace(" (edgequant --debug ... shows the traceback)", "")
+    res = edgequant("quantize", f"{tmp_path / 'factory.py'}:untraceable", "--out", tmp_path / "out")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr   # no torch.export dumps or logs
+    assert f"could not trace the model at {tmp_path / 'factory.py'}:19" in one_error_line(res)
 
 
 def test_cli_misuse_in_process(tmp_path, capsys):

@@ -83,3 +83,32 @@ def test_requantizing_multipliers_that_overflow_int64_are_refused(name, value):
     ts[name] = torch.full_like(ts[name], value)
     with pytest.raises(IRFileError, match="stem.0"):
         loads(rebuild(small_files()["int"], blob=st_save(ts)))
+
+
+def _add_term(key, value, k=0):
+    return lambda n, v: n["add"]["attrs"]["terms"][k].update({key: value})
+
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda n, v: n["add"]["attrs"].update(shift=-5), r"attrs\['shift'\] = -5"),   # would shift left, past int64
+    (lambda n, v: n["add"]["attrs"].update(shift=[30, 30, -1, 30]), r"attrs\['shift'\]"),
+    (_add_term("m0", 2 ** 62), "reach 2\\^.*past int64"),                # the conv accumulator times 2^62
+    (_add_term("m0", [2 ** 47] * 4, 1), "reach 2\\^.*past int64"),
+    (_add_term("m0_neg", 2 ** 62), "reach 2\\^.*past int64"),
+    (lambda n, v: n["add"]["attrs"].update(const=2 ** 63 - 1), "past int64"),
+    (_add_term("m0", 2 ** 40), r"attrs\['bound'\] = \d+ is below"),     # float64 carrier, no longer exact
+    (lambda n, v: n["add"]["attrs"].update(bound=5), r"attrs\['bound'\] = 5 is below"),
+    (_add_term("zp", 7), "subtracts zero point 7, not the one of its input 'hardtanh'"),
+    (_add_term("m0", [1, 2]), "different lengths"),
+])
+def test_affine_attrs_that_overflow_or_lie_are_refused(mutate, pattern):
+    with pytest.raises(IRFileError, match="node 'add' \\(add\\): .*" + pattern):
+        loads(crafted(mutate))
+
+
+def test_affine_attrs_convert_writes_load_and_run_bit_identically():
+    g = loads(small_files()["int"])
+    add = next(n for n in g.nodes if n.op == "add")
+    assert add.attrs["kernel"] == "affine" and add.attrs["bound"] < 2 ** 53
+    x = small_files()["x"]
+    assert torch.equal(loads(crafted(lambda n, v: None))(x), g(x))
