@@ -6,7 +6,9 @@ returns it unchanged, or raises a ``TypeError`` (the wrong kind of object) or ``
 that names the function, the argument, what it got and what to pass instead. Public functions
 call these in their first lines. They check what kind of object arrived (``None``, a string,
 a float model, a prepared model, an exported ``Graph``), never its contents: each stage checks
-those itself.
+those itself. The scalar checks (``expect_int``, ``expect_real``, ``expect_flag``, ``expect_choice``,
+``expect_tensor``) refuse what would be silently misread: a bool where a count belongs, NaN, a
+string where a number belongs, a number where a flag belongs.
 """
 from __future__ import annotations
 
@@ -112,10 +114,12 @@ def expect_path(value, fn: str, arg: str):
 
 def expect_batches(value, fn: str, arg: str):
     """``value`` if it is an iterable of batches (a list, tuple, generator or DataLoader)."""
+    import numpy as np
     import torch
 
-    if value is None or isinstance(value, (str, bytes, torch.Tensor, Graph, nn.Module, dict)):
-        hint = "; for one batch x pass [x], or x.split(batch_size)" if isinstance(value, torch.Tensor) else ""
+    if value is None or isinstance(value, (str, bytes, torch.Tensor, Graph, nn.Module, dict, np.ndarray)):
+        hint = "; for one batch x pass [x], or x.split(batch_size)" if isinstance(value, torch.Tensor) else \
+            "; convert it with torch.from_numpy and pass [x]" if isinstance(value, np.ndarray) else ""
         raise TypeError(f"{fn}: {arg} must be an iterable of batches (a list, generator or DataLoader of "
                         f"tensors, tuples of tensors or dicts), got {describe(value)}{hint}")
     try:
@@ -141,5 +145,97 @@ def check_batch(batch, index: int, fn: str) -> None:
                         f"keyword inputs, got {got}{hint}")
 
 
+def expect_tensor(value, fn: str, arg: str):
+    """``value`` if it is a ``torch.Tensor``."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        import numpy as np
+
+        hint = "; convert it with torch.from_numpy" if isinstance(value, np.ndarray) else ""
+        raise TypeError(f"{fn}: {arg} must be a torch.Tensor, got {describe(value)}{hint}")
+    return value
+
+
+def _is_bool(value) -> bool:
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_))
+
+
+def expect_int(value, fn: str, arg: str, *, lo: int | None = None, none: bool = False):
+    """``value`` if it is an integer (not a bool) ``>= lo``; ``None`` too when ``none``."""
+    import numbers
+
+    import torch
+
+    if value is None and none:
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = int(value)
+    if not isinstance(value, numbers.Integral) or _is_bool(value):
+        raise TypeError(f"{fn}: {arg} must be an int{' or None' if none else ''}, got {describe(value)}"
+                        + (f" ({value!r})" if isinstance(value, (bool, float)) else ""))
+    if lo is not None and value < lo:
+        raise ValueError(f"{fn}: {arg} must be >= {lo}, got {value}")
+    return value
+
+
+def expect_real(value, fn: str, arg: str, *, positive: bool = False, nonneg: bool = False, none: bool = False,
+                tensor: bool = False):
+    """``value`` if it is a finite real number (``positive``: > 0, ``nonneg``: >= 0); ``None`` too
+    when ``none``; a floating or integer tensor too when ``tensor`` (checked elementwise)."""
+    import math
+    import numbers
+
+    import torch
+
+    if value is None and none:
+        return value
+    if isinstance(value, torch.Tensor) and (tensor or value.numel() == 1) and value.dtype not in (
+            torch.bool, torch.complex64, torch.complex128):
+        vals = value.detach().double()
+    elif isinstance(value, numbers.Real) and not _is_bool(value):
+        vals = torch.tensor(float(value), dtype=torch.float64)
+    else:
+        kinds = "a number" + (" or a tensor" if tensor else "") + (" or None" if none else "")
+        raise TypeError(f"{fn}: {arg} must be {kinds}, got {describe(value)}"
+                        + (f" ({value!r})" if _is_bool(value) else ""))
+    if vals.numel() and not bool(torch.isfinite(vals).all()):
+        raise ValueError(f"{fn}: {arg} must be finite, got {value if vals.numel() == 1 else 'a tensor with NaN/Inf'}")
+    if vals.numel() and positive and not bool((vals > 0).all()):
+        raise ValueError(f"{fn}: {arg} must be > 0, got {float(vals.min())}")
+    if vals.numel() and nonneg and not bool((vals >= 0).all()):
+        raise ValueError(f"{fn}: {arg} must be >= 0, got {float(vals.min())}")
+    return value
+
+
+def expect_flag(value, fn: str, arg: str):
+    """``value`` if it is a bool (``0`` and ``1`` pass too: they are what C-style code passes)."""
+    import numbers
+
+    if _is_bool(value) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return value
+    raise TypeError(f"{fn}: {arg} must be True or False, got {describe(value)}"
+                    + (f" ({value!r})" if isinstance(value, (int, float)) else ""))
+
+
+def expect_choice(value, fn: str, arg: str, choices):
+    """``value`` if it is a ``str`` among ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        got = repr(value) if isinstance(value, str) else describe(value)
+        raise ValueError(f"{fn}: {arg} must be one of {', '.join(map(repr, choices))}, got {got}")
+    return value
+
+
+def expect_callable(value, fn: str, arg: str, *, none: bool = False):
+    """``value`` if it can be called (a function, a lambda, a module); ``None`` too when ``none``."""
+    if (value is None and none) or (callable(value) and not isinstance(value, Graph)):
+        return value
+    raise TypeError(f"{fn}: {arg} must be a function{' or None' if none else ''}, got {describe(value)}")
+
+
 __all__ = ["describe", "is_prepared", "has_fake_quant", "expect_graph", "expect_module", "expect_fake_quant",
-           "expect_prepared", "expect_path", "expect_batches", "check_batch"]
+           "expect_prepared", "expect_path", "expect_batches", "check_batch", "expect_tensor", "expect_int",
+           "expect_real", "expect_flag", "expect_choice", "expect_callable"]

@@ -73,6 +73,15 @@ class FakeQuantize(nn.Module):
     def __init__(self, observer: nn.Module, dtype: QuantDType | str, ch_axis: int | None = None,
                  fixed_scale: bool = False, learnable: bool = False):
         super().__init__()
+        from .argcheck import describe, expect_flag, expect_int
+
+        if not isinstance(observer, nn.Module) or isinstance(observer, FakeQuantize) or \
+                not hasattr(observer, "calculate_qparams"):
+            raise TypeError(f"FakeQuantize: observer must be an observer instance such as "
+                            f"edgequant.observers.MinMaxObserver(), got {describe(observer)}")
+        expect_int(ch_axis, "FakeQuantize", "ch_axis", none=True)
+        expect_flag(fixed_scale, "FakeQuantize", "fixed_scale")
+        expect_flag(learnable, "FakeQuantize", "learnable")
         self.observer = observer
         self.dtype = get_dtype(dtype)
         self.ch_axis = ch_axis
@@ -460,22 +469,36 @@ def calibrate(model: nn.Module, batches, progress: bool | str = False) -> nn.Mod
 
     expect_fake_quant(model, "calibrate", "model")
     expect_batches(batches, "calibrate", "batches")
+    if not isinstance(progress, str):
+        from .argcheck import expect_flag
+
+        expect_flag(progress, "calibrate", "progress")
     set_fake_quantize(model, FakeQuantState.CALIBRATION)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=progress if isinstance(progress, str) else "calibration", unit="batch")
+        bar = tqdm(batches, desc=progress if isinstance(progress, str) else "calibration", unit="batch")
     seen = 0
-    with torch.no_grad():
-        for b in batches:
-            check_batch(b, seen, "calibrate")
-            if isinstance(b, dict):
-                model(**b)
-            elif isinstance(b, (tuple, list)):
-                model(*b)
-            else:
-                model(b)
-            seen += 1
+    try:
+        with torch.no_grad():
+            for b in batches:
+                check_batch(b, seen, "calibrate")
+                if isinstance(b, dict):
+                    model(**b)
+                elif isinstance(b, (tuple, list)):
+                    model(*b)
+                else:
+                    model(b)
+                seen += 1
+                if progress:
+                    bar.update(1)
+    except BaseException:
+        if progress:   # clear the bar: the error, not a half-drawn bar, is what the user reads last
+            bar.leave = False
+            bar.close()
+        raise
+    if progress:
+        bar.close()
     if not seen:
         set_fake_quantize(model, FakeQuantState.VALIDATION)
         raise ValueError("calibrate: batches gave no batch, so no observer saw data; pass at least one batch "

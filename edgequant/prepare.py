@@ -70,9 +70,19 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     from .argcheck import expect_module
 
     expect_module(model, "prepare", "model")
+    from .argcheck import describe, expect_flag, is_prepared
+
+    expect_flag(bias_correction, "prepare", "bias_correction")
+    if is_prepared(model):
+        raise TypeError("prepare: model is already prepared (what edgequant.prepare returns); pass the float model, "
+                        "or calibrate/export this one")
+    if isinstance(qconfig_setter, (torch.Tensor, nn.Module)) or type(qconfig_setter).__module__ == "numpy":
+        raise TypeError(f"prepare: qconfig_setter must be a template from edgequant.qconfig_template or a tuple "
+                        f"of them, got {describe(qconfig_setter)}")
     if not qconfig_setter:
         raise ValueError("prepare needs qconfig_setter=(a template from edgequant.qconfig_template, ...)")
     march = March(march) if march is not None else get_march()
+    _check_float32(model, example_inputs)
     gm = capture(model, example_inputs, leaf_modules)
     _add_implicit_stubs(gm)
     assign_domains(gm)
@@ -89,6 +99,18 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)
     add_call_check(gm)
     return gm
+
+
+def _check_float32(model: nn.Module, example_inputs) -> None:
+    """edgequant simulates and converts float32 arithmetic: a float64/float16/bfloat16 weight or
+    example input is refused here (convert would later find its values unquantized)."""
+    from torch.utils._pytree import tree_leaves
+
+    for what, t in [(f"parameter {n!r}", p) for n, p in model.named_parameters()] + \
+            [(f"example input {k}", x) for k, x in enumerate(tree_leaves(example_inputs))]:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float32:
+            raise TypeError(f"prepare: {what} is {str(t.dtype).replace('torch.', '')}; edgequant quantizes float32 "
+                            "models: call model.float() and pass float32 example inputs (x.float())")
 
 
 def _input_meta(example_inputs):

@@ -100,11 +100,15 @@ def get_qconfig(
     ``TypeError`` for an observer that is not an observer class or name.
     """
     from . import observers as obs
+    from .argcheck import expect_flag
 
+    for arg, flag in (("fix_scale", fix_scale), ("qat", qat), ("learnable", learnable)):
+        expect_flag(flag, "get_qconfig", arg)
     if observer is None:
         observer = obs.MovingAverageMinMaxObserver if qat else obs.MinMaxObserver
     observer = _observer_class(observer, "observer")
-    weight_observer = _observer_class(weight_observer or obs.MinMaxObserver, "weight_observer")
+    weight_observer = _observer_class(obs.MinMaxObserver if weight_observer is None else weight_observer,
+                                      "weight_observer")
     if observer_kwargs is not None and not isinstance(observer_kwargs, dict):
         raise TypeError(f"get_qconfig: observer_kwargs must be a dict of keyword arguments for the observer, "
                         f"got {type(observer_kwargs).__name__}")
@@ -126,6 +130,7 @@ def _observer_class(observer, arg: str) -> type:
     """An observer class from a class or a name (``OBSERVERS`` key or class name, any case)."""
     from torch import nn
 
+    from .ir import Graph
     from .observers import OBSERVERS
 
     if isinstance(observer, str):
@@ -138,7 +143,7 @@ def _observer_class(observer, arg: str) -> type:
                              "or an observer class from edgequant.observers")
         return found
     if (isinstance(observer, type) and issubclass(observer, nn.Module)) or \
-            (callable(observer) and not isinstance(observer, (type, nn.Module))):
+            (callable(observer) and not isinstance(observer, (type, nn.Module, Graph))):
         return observer  # a class, or a factory such as functools.partial(MSEObserver, bins=4096)
     hint = f" (pass the class {type(observer).__name__}, not an instance)" if isinstance(observer, nn.Module) else ""
     raise TypeError(f"get_qconfig: {arg} must be an observer class or one of the names {sorted(OBSERVERS)}, "

@@ -47,6 +47,26 @@ def _as_param(v, x: torch.Tensor, ch_axis: int | None, dtype=torch.float32) -> t
     return t.reshape(shape)
 
 
+def _check_args(fn: str, x, scale, zero_point, ch_axis, name: str = "x") -> None:
+    """A public function's arguments: a tensor, a scale (a positive finite number or a tensor), a
+    zero point (an integer or a tensor), ``ch_axis`` None or an axis of ``x``. Cheap: the tensor
+    parameters' values are the caller's business (the kernels pass them by the thousand)."""
+    if isinstance(x, torch.Tensor) and isinstance(scale, (float, torch.Tensor)) and \
+            isinstance(zero_point, (int, torch.Tensor)) and not isinstance(zero_point, bool) and \
+            ch_axis is None and (not isinstance(scale, float) or (scale > 0 and math.isfinite(scale))):
+        return
+    from .argcheck import expect_int, expect_real, expect_tensor
+
+    expect_tensor(x, fn, name)
+    expect_real(scale, fn, "scale", positive=True, tensor=True)
+    if not isinstance(zero_point, torch.Tensor):
+        expect_int(zero_point, fn, "zero_point")
+    if ch_axis is not None:
+        expect_int(ch_axis, fn, "ch_axis")
+        if not -x.dim() <= ch_axis < max(x.dim(), 1):
+            raise ValueError(f"{fn}: ch_axis {ch_axis} is not an axis of a {x.dim()}-d tensor")
+
+
 def _carrier(dt: QuantDType) -> torch.dtype:
     """The float type in which ``round(x / s) + z``, its clamp and ``q - z`` are exact.
 
@@ -66,6 +86,7 @@ def quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, ch_axi
     >>> quantize(torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]), 1.0, 0, "qint8").tolist()
     [-2, -2, 0, 0, 2, 2]
     """
+    _check_args("quantize", x, scale, zero_point, ch_axis)
     dt = get_dtype(dtype)
     xf = x.to(torch.float32)
     s = _as_param(scale, xf, ch_axis)
@@ -76,6 +97,7 @@ def quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, ch_axi
 
 def dequantize(q: torch.Tensor, scale, zero_point=0, ch_axis: int | None = None) -> torch.Tensor:
     """(A2) ``(q - zero_point) * scale`` as float32; the subtraction is exact (int64)."""
+    _check_args("dequantize", q, scale, zero_point, ch_axis, name="q")
     s = _as_param(scale, q, ch_axis)
     z = _as_param(zero_point, q, ch_axis, dtype=torch.int64)
     return (q.to(torch.int64) - z).to(torch.float32) * s
@@ -107,6 +129,7 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, dtype: QuantDType | str, c
     The gradient with respect to ``x`` is passed unchanged where (A1) did not clamp and is zero
     where it did. Equal bit for bit to ``dequantize(quantize(x, ...), ...)``.
     """
+    _check_args("fake_quantize", x, scale, zero_point, ch_axis)
     dt = get_dtype(dtype)
     xf = x.to(torch.float32)
     s = _as_param(scale, xf, ch_axis)
@@ -192,6 +215,16 @@ def quantize_multiplier(real, bits: int = 31):
     multipliers of ``2^bits`` or more. ``real == 0`` gives ``(0, 0)``. Accepts a Python
     number (returns ints) or a tensor/array (returns int64 tensors, elementwise).
     """
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 62:
+        from .argcheck import describe
+
+        raise (ValueError if isinstance(bits, int) and not isinstance(bits, bool) else TypeError)(
+            f"quantize_multiplier: bits must be an int from 1 to 62, got {bits!r} ({describe(bits)})")
+    if isinstance(real, bool) or not isinstance(real, (int, float, torch.Tensor, list, tuple)) and \
+            type(real).__module__ != "numpy":
+        from .argcheck import describe
+
+        raise TypeError(f"quantize_multiplier: real must be a number, a tensor or an array, got {describe(real)}")
     if isinstance(real, (int, float)):
         if real < 0 or not math.isfinite(real):
             raise ValueError(f"quantize_multiplier needs a finite non-negative multiplier, got {real}")
@@ -286,6 +319,16 @@ def requantize(acc: torch.Tensor, m0, shift, dtype: QuantDType | str, zero_point
     and ``bound * max m0 < 2^53`` the product and the rounding run on float64, exactly and
     several times faster than int64 (the same result bit for bit).
     """
+    if not isinstance(acc, torch.Tensor) or not all(isinstance(v, (int, torch.Tensor)) and not isinstance(v, bool)
+                                                    for v in (m0, shift, zero_point)) or \
+            not (bound is None or (isinstance(bound, int) and not isinstance(bound, bool) and bound >= 0)):
+        from .argcheck import expect_int, expect_tensor
+
+        expect_tensor(acc, "requantize", "acc")
+        for arg, v in (("m0", m0), ("shift", shift), ("zero_point", zero_point)):
+            if not isinstance(v, torch.Tensor):
+                expect_int(v, "requantize", arg)
+        expect_int(bound, "requantize", "bound", lo=0, none=True)
     dt = get_dtype(dtype)
     m = torch.as_tensor(m0, dtype=torch.int64)
     if bound is not None and m.numel() and bound * int(m.abs().max()) < F64_EXACT \

@@ -23,7 +23,19 @@ from ..qmath import dequantize
 from ..run import run
 
 
+def _tensors(fn: str, **tensors) -> None:
+    """Two tensors of one size (broadcasting one against the other is not a comparison)."""
+    from ..argcheck import expect_tensor
+
+    (na, a), (nb, b) = tensors.items()
+    expect_tensor(a, fn, na)
+    expect_tensor(b, fn, nb)
+    if a.numel() != b.numel():
+        raise ValueError(f"{fn}: {na} and {nb} must have as many elements, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    _tensors("cosine", a=a, b=b)
     a, b = a.flatten().double(), b.flatten().double()
     na, nb = a.norm(), b.norm()
     if na == 0 or nb == 0:
@@ -33,6 +45,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
     """``10 log10(sum ref^2 / sum (ref - test)^2)`` in dB (inf when equal)."""
+    _tensors("sqnr", ref=ref, test=test)
     ref, test = ref.double(), test.double()
     noise = (ref - test).pow(2).sum()
     if noise == 0:

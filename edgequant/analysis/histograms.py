@@ -67,6 +67,11 @@ def activation_histograms(model: nn.Module, batches, bins: int = 128, max_values
 
     expect_fake_quant(model, "activation_histograms", "model")
     expect_batches(batches, "activation_histograms", "batches")
+    from ..argcheck import expect_int
+
+    expect_int(bins, "activation_histograms", "bins", lo=1)
+    expect_int(max_values, "activation_histograms", "max_values", lo=1)
+    expect_int(seed, "activation_histograms", "seed", lo=0)
     g = torch.Generator().manual_seed(seed)
     recs = {name: _Recorder(max_values, g) for name, _ in activation_fake_quants(model)}
     hooks = [fq.register_forward_pre_hook(recs[name]) for name, fq in activation_fake_quants(model)]

@@ -59,6 +59,10 @@ class QuantAnalysis:
         expect_batches(data, "QuantAnalysis", "data")
         if quantized is not None:
             expect_graph(quantized, "QuantAnalysis", "quantized")
+        from ..argcheck import expect_choice, expect_int
+
+        expect_choice(metric, "QuantAnalysis", "metric", sorted(_PER_SAMPLE))
+        expect_int(num_batches, "QuantAnalysis", "num_batches", lo=1, none=True)
         if metric not in _PER_SAMPLE:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(_PER_SAMPLE)}")
         self.float_model, self.calib_model, self.quantized = float_model, calib_model, quantized

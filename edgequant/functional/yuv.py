@@ -134,6 +134,8 @@ def centered_yuv2rgb(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, 
     scale becomes 1 after the op is inserted). Roundings are half to even.
     """
     _, off, minv = yuv_matrices(swing)
+    if not isinstance(bgr, bool):
+        raise TypeError(f"centered_yuv2rgb: bgr must be True or False, got {bgr!r}")
     if bgr:
         minv = minv.flip(0)
     mean_t, std_t = _per_channel(mean, x, "mean"), _per_channel(std, x, "std", nonzero=True)

@@ -149,6 +149,17 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
     (default: every code) of a direct table, where an infinite value saturates; ``inverse_func``
     decreasing. 8-bit inputs get a direct table (range, strategy and gradients do not apply).
     """
+    from ..argcheck import expect_callable, expect_choice, expect_int, expect_real
+
+    expect_callable(fn, "build_table", "fn")
+    expect_callable(inverse_func, "build_table", "inverse_func", none=True)
+    for arg, v in (("in_scale", in_scale), ("out_scale", out_scale)):
+        expect_real(v, "build_table", arg, positive=True)
+    for arg, v, lo in (("in_zero", in_zero, None), ("out_zero", out_zero, None), ("segments", segments, 1),
+                       ("intervals", intervals, 1), ("direct_entries", direct_entries, 1), ("frac_bits", frac_bits, 0)):
+        expect_int(v, "build_table", arg, lo=lo)
+    expect_choice(symmetric_mode, "build_table", "symmetric_mode", MODES)
+    expect_choice(strategy, "build_table", "strategy", STRATEGIES)
     if symmetric_mode not in MODES:
         raise ValueError(f"symmetric_mode must be one of {MODES}, got {symmetric_mode!r}")
     if strategy not in STRATEGIES:

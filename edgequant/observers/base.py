@@ -57,6 +57,12 @@ class Observer(nn.Module):
     def __init__(self, dtype: QuantDType | str = qint8, symmetric: bool = True, ch_axis: int | None = None,
                  ignore_nonfinite: bool = False):
         super().__init__()
+        from ..argcheck import expect_flag, expect_int
+
+        fn = type(self).__name__
+        expect_flag(symmetric, fn, "symmetric")
+        expect_flag(ignore_nonfinite, fn, "ignore_nonfinite")
+        expect_int(ch_axis, fn, "ch_axis", none=True)
         self.dtype = get_dtype(dtype)
         self.symmetric = bool(symmetric)
         self.ch_axis = ch_axis

@@ -71,6 +71,9 @@ class Histogram(nn.Module):
 
     def __init__(self, bins: int = 2048):
         super().__init__()
+        from ..argcheck import expect_int
+
+        expect_int(bins, "Histogram", "bins")
         if bins < 16:
             raise ValueError(f"a histogram needs at least 16 bins, got {bins}")
         self.bins = int(bins)

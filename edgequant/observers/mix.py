@@ -69,6 +69,11 @@ class MixObserver(_HistogramObserver):
 
     def __init__(self, members: Sequence[str] = DEFAULT_MEMBERS, bins: int = 2048, **config):
         super().__init__(bins, **config)
+        if isinstance(members, str) or not isinstance(members, (list, tuple)):
+            from ..argcheck import describe
+
+            raise TypeError(f"{self.name}: members must be a list or tuple of strategy names such as "
+                            f"('minmax', 'mse'), got {describe(members)}")
         members = tuple(check_strategy(m) for m in members)
         if not members:
             raise ValueError(f"{self.name}: give at least one member strategy")

@@ -96,6 +96,20 @@ def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
     Non-finite values raise ``ValueError`` (the seed would return NaN or fail in ``bincount``).
     Returns 0-d tensors of the working precision.
     """
+    from ..argcheck import expect_flag, expect_real, expect_tensor
+
+    expect_tensor(x, "shrink_range", "x")
+    if percentile is not True:
+        expect_real(percentile, "shrink_range", "percentile", nonneg=True)
+    expect_real(sigma, "shrink_range", "sigma", nonneg=True)
+    expect_flag(fast_mode, "shrink_range", "fast_mode")
+    expect_flag(channel_mean, "shrink_range", "channel_mean")
+    if not (generator is None or isinstance(generator, torch.Generator)
+            or (isinstance(generator, int) and not isinstance(generator, bool))):
+        from ..argcheck import describe
+
+        raise TypeError(f"shrink_range: generator must be None, an int seed or a torch.Generator, "
+                        f"got {describe(generator)}")
     x = as_observable(x)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"shrink_range: x has {int((~torch.isfinite(x)).sum())} NaN/Inf values of {x.numel()}")

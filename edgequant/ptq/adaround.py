@@ -111,6 +111,12 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     from ..argcheck import expect_prepared
 
     expect_prepared(calib_model, "adaround", "calib_model")
+    from ..argcheck import describe, expect_batches
+
+    expect_batches(data, "adaround", "data")
+    if custom_config_dict is not None and not isinstance(custom_config_dict, dict):
+        raise TypeError(f"adaround: custom_config_dict must be a dict such as {{'num_step': 2000}} or None, "
+                        f"got {describe(custom_config_dict)}")
     cfg = dict(DEFAULTS)
     unknown = set(custom_config_dict or {}) - set(DEFAULTS)
     if unknown:

@@ -92,6 +92,15 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
     from ..argcheck import expect_prepared
 
     expect_prepared(calib_model, "auto_calibrate", "calib_model")
+    from ..argcheck import describe, expect_batches, expect_flag, expect_int
+
+    expect_batches(data, "auto_calibrate", "data")
+    expect_int(num_batches, "auto_calibrate", "num_batches", lo=1, none=True)
+    expect_int(bins, "auto_calibrate", "bins", lo=16)
+    expect_flag(progress, "auto_calibrate", "progress")
+    if not isinstance(candidates, (str, list, tuple)):
+        raise TypeError(f"auto_calibrate: candidates must be a strategy name or a list/tuple of them, "
+                        f"got {describe(candidates)}")
     if isinstance(candidates, str):
         candidates = (candidates,)
     candidates = tuple(check_strategy(c) for c in candidates)
