@@ -146,12 +146,22 @@ def add_call_check(gm) -> None:
     a kernel's complaint. A deep copy registers the hook again (GraphModule copies drop forward
     hooks but run their deepcopy hooks)."""
     gm.register_forward_pre_hook(check_call, with_kwargs=True, prepend=True)
+    type(gm).__reduce_ex__ = _refuse_pickle   # fx gives every GraphModule a class of its own
     if _readd_call_check not in getattr(gm, "_deepcopy_hooks", []):
         gm._register_deepcopy_hook(_readd_call_check)
 
 
 def _readd_call_check(clone) -> None:
     clone.register_forward_pre_hook(check_call, with_kwargs=True, prepend=True)
+    type(clone).__reduce_ex__ = _refuse_pickle
+
+
+def _refuse_pickle(self, protocol=None):
+    """A prepared model holds torch.export's closures, which pickle cannot write: say what to do
+    instead of pickle's "Can't pickle local object" (``copy.deepcopy`` works)."""
+    raise TypeError("a prepared model cannot be pickled (pickle, torch.save(model), multiprocessing); keep its "
+                    "calibrated state with safetensors.torch.save_file(model.state_dict(), path) and load it into "
+                    "a model prepared the same way, or export and convert it and write it with edgequant.save")
 
 
 _MISSING = object()

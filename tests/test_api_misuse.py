@@ -275,3 +275,32 @@ def test_inputs_on_the_meta_device_are_refused_by_name():
     for model in (gm, ir, q):
         with pytest.raises(ValueError, match="input 'x' is on device meta"):
             model(meta)
+
+
+@pytest.mark.parametrize("points,match", [([], "is empty"), ([0.5, 0.5, 1.0], "strictly increasing"),
+                                          ([1.0, 0.5], "strictly increasing")])
+def test_segment_lut_refuses_dividing_points_without_segments(points, match):
+    with pytest.raises(ValueError, match=f"dividing_points {match}" if match == "is empty" else match):
+        eq.nn.SegmentLUT(torch.tanh, dividing_points=points)
+
+
+def test_report_names_a_path_that_is_not_a_file(tmp_path):
+    from edgequant.analysis.html_report import report
+
+    with pytest.raises(TypeError, match="report: path must be a file path"):
+        report(None)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        report(tmp_path)
+
+
+def test_pickling_a_prepared_model_says_what_to_do_and_deepcopy_still_works():
+    import io
+    import pickle
+
+    gm, _, _ = _stages(Net())
+    for clone in (gm, copy.deepcopy(gm)):
+        with pytest.raises(TypeError, match="cannot be pickled.*state_dict"):
+            pickle.dumps(clone)
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            torch.save(clone, io.BytesIO())
+    assert torch.equal(copy.deepcopy(gm)(X), gm(X))

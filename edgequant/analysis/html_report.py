@@ -136,6 +136,12 @@ def report(path, float_model=None, calib_model=None, quantized=None, data=None, 
            title: str = "edgequant quantization report", tables: dict[str, list[dict]] | None = None,
            sensitivity: bool = True, sensitivity_batches: int | None = 2, histogram_batches: int = 2) -> Path:
     """Write the report to ``path`` (see the module docstring); returns ``Path(path)``."""
+    from ..argcheck import expect_path
+
+    expect_path(path, "report", "path")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"report: path {str(path)!r} is a directory; give the HTML file to write "
+                                "(e.g. report.html inside it)")
     from .qconfig_check import check_qconfig
     from .quant_analysis import QuantAnalysis
     from ..lut.report import report as lut_report

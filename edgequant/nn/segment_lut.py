@@ -68,8 +68,14 @@ class SegmentLUT(nn.Module):
             raise ValueError(f"SegmentLUT: auto_divide_strategy must be one of {_STRATEGIES}, got {auto_divide_strategy!r}")
         if dividing_points is not None and not _finite(dividing_points):
             raise ValueError(f"SegmentLUT: dividing_points must be finite numbers, got {dividing_points!r}")
-        if dividing_points is not None and list(dividing_points) != sorted(dividing_points):
-            raise ValueError("SegmentLUT: dividing_points must be increasing")
+        if dividing_points is not None:
+            pts = [float(v) for v in dividing_points]
+            if not pts:
+                raise ValueError("SegmentLUT: dividing_points is empty; pass None to let auto_divide_strategy "
+                                 "place the segments, or at least one upper segment bound")
+            if any(b <= a for a, b in zip(pts, pts[1:])):
+                raise ValueError(f"SegmentLUT: dividing_points must be strictly increasing (each segment's upper "
+                                 f"bound above the previous one), got {list(dividing_points)!r}")
         if input_range is not None and (not _finite(input_range) or len(input_range) != 2
                                         or input_range[0] >= input_range[1]):
             raise ValueError(f"SegmentLUT: input_range must be (low, high), finite numbers with low < high, "
