@@ -82,6 +82,7 @@ class TemplateSetter:
         self._make = make
 
     def __call__(self, sites: Sequence[OpSite], current: dict) -> dict:
+        _check_setter_args(self.__name__, sites, current)
         out = dict(current)
         for site in sites:
             out[site.name] = self._make(site)
@@ -170,6 +171,7 @@ class ModuleNameQconfigSetter:
         return site.name == key or site.name.startswith(key + ".")
 
     def __call__(self, sites: Sequence[OpSite], current: dict) -> dict:
+        _check_setter_args("ModuleNameQconfigSetter", sites, current)
         out = dict(current)
         for key, qconfig in self.qconfigs.items():
             hit = [s for s in sites if self.matches(key, s)]
@@ -187,8 +189,19 @@ class ModuleNameQconfigSetter:
         return f"ModuleNameQconfigSetter({sorted(self.qconfigs)})"
 
 
+def _check_setter_args(name: str, sites, current) -> None:
+    """A setter is called with the model's ``OpSite`` list and the qconfigs so far (a dict)."""
+    if isinstance(sites, (str, bytes)) or not isinstance(sites, Sequence) \
+            or not all(isinstance(x, OpSite) for x in sites):
+        raise TypeError(f"{name}: sites must be a list of edgequant.qconfig_template.OpSite (prepare passes the "
+                        f"model's op sites), got {type(sites).__name__}")
+    if not isinstance(current, dict):
+        raise TypeError(f"{name}: current must be the dict of qconfigs set so far, got {type(current).__name__}")
+
+
 def apply_setters(setters, sites: Sequence[OpSite]) -> dict:
     """Run ``setters`` in order over ``sites``; returns ``{site name: QConfig or None}``."""
+    _check_setter_args("apply_setters", sites, {})
     if callable(setters):
         setters = (setters,)
     if isinstance(setters, (str, bytes)) or not hasattr(setters, "__iter__"):

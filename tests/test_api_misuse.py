@@ -304,3 +304,14 @@ def test_pickling_a_prepared_model_says_what_to_do_and_deepcopy_still_works():
         with pytest.raises(TypeError, match="cannot be pickled"):
             torch.save(clone, io.BytesIO())
     assert torch.equal(copy.deepcopy(gm)(X), gm(X))
+
+
+@pytest.mark.parametrize("kw,match", [({"sensitivity": torch.ones(2)}, "sensitivity"),
+                                      ({"histogram_batches": 1.5}, "histogram_batches"),
+                                      ({"sensitivity_batches": 0}, "sensitivity_batches"),
+                                      ({"title": 5}, "title must be a str")])
+def test_report_names_a_wrong_option(tmp_path, kw, match):
+    from edgequant.analysis.html_report import report
+
+    with pytest.raises((TypeError, ValueError), match=f"report: {match}"):
+        report(tmp_path / "r.html", **kw)

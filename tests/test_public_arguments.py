@@ -102,3 +102,15 @@ def test_valid_values_stay_accepted():
     assert eq.quantize(X, torch.tensor(0.1), torch.tensor(0), "qint8").dtype == torch.int8
     assert eq.quantize_multiplier(np.float64(0.5)) is not None
     assert analysis.cosine(X, X) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s(None, {}), lambda s: s(["conv"], {}), lambda s: s("conv", {}), lambda s: s([], None)])
+def test_setters_called_by_hand_name_their_arguments(call):
+    from edgequant import qconfig_template as qt
+
+    for setter in (qt.default_calibration_qconfig_setter, qt.ModuleNameQconfigSetter({"conv": None})):
+        with pytest.raises(TypeError, match="(sites|current) must be"):
+            call(setter)
+    with pytest.raises(TypeError, match="apply_setters: sites must be"):
+        qt.apply_setters((qt.default_calibration_qconfig_setter,), None)

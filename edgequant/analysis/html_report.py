@@ -136,9 +136,14 @@ def report(path, float_model=None, calib_model=None, quantized=None, data=None, 
            title: str = "edgequant quantization report", tables: dict[str, list[dict]] | None = None,
            sensitivity: bool = True, sensitivity_batches: int | None = 2, histogram_batches: int = 2) -> Path:
     """Write the report to ``path`` (see the module docstring); returns ``Path(path)``."""
-    from ..argcheck import expect_path
+    from ..argcheck import expect_flag, expect_int, expect_path
 
     expect_path(path, "report", "path")
+    expect_flag(sensitivity, "report", "sensitivity")
+    expect_int(sensitivity_batches, "report", "sensitivity_batches", lo=1, none=True)
+    expect_int(histogram_batches, "report", "histogram_batches", lo=1)
+    if not isinstance(title, str):
+        raise TypeError(f"report: title must be a str, got {type(title).__name__}")
     if Path(path).is_dir():
         raise IsADirectoryError(f"report: path {str(path)!r} is a directory; give the HTML file to write "
                                 "(e.g. report.html inside it)")
