@@ -159,12 +159,7 @@ def _float_inputs(ctx: LowerCtx, node: Node) -> Node:
         v = ctx.values.get(i) if i is not None else None
         if v is None or v.qparams is None or i in ctx.constants:
             continue
-        name, n = f"{i}.dequantize", 1
-        while name in ctx.values or name in ctx.q.values:
-            name, n = f"{i}.dequantize_{n}", n + 1
-        ctx.values[name] = Value(name, v.shape, "float32", None)
-        ctx.emit(Node(name, "dequantize", (i,), (name,), {}, node.source))
-        inputs[k] = name
+        inputs[k] = _emit_dequantize(ctx, i, node.source)
     if inputs == list(node.inputs):
         return node
     return Node(node.name, node.op, tuple(inputs), node.outputs, node.attrs, node.source)
@@ -208,13 +203,19 @@ def _dequantize_outputs(ctx: LowerCtx, outputs: list) -> list:
         if v is None or v.qparams is None:
             out.append(o)
             continue
-        name, k = f"{o}.dequantize", 1
-        while name in ctx.values:
-            name, k = f"{o}.dequantize_{k}", k + 1
-        ctx.values[name] = Value(name, v.shape, "float32", None)
-        ctx.emit(Node(name, "dequantize", (o,), (name,), {}, "graph output"))
-        out.append(name)
+        out.append(_emit_dequantize(ctx, o, "graph output"))
     return out
+
+
+def _emit_dequantize(ctx: LowerCtx, src: str, source: str) -> str:
+    """Emit a ``dequantize`` of the int-level value ``src`` into a new float32 value, named
+    ``{src}.dequantize`` (``_1``, ``_2``, ... when taken at either level); returns its name."""
+    name, k = f"{src}.dequantize", 1
+    while name in ctx.values or name in ctx.q.values:
+        name, k = f"{src}.dequantize_{k}", k + 1
+    ctx.values[name] = Value(name, ctx.values[src].shape, "float32", None)
+    ctx.emit(Node(name, "dequantize", (src,), (name,), {}, source))
+    return name
 
 
 # -- integer kernels of the generic ops ---------------------------------------------------------------

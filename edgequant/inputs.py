@@ -167,6 +167,25 @@ def _refuse_pickle(self, protocol=None):
 _MISSING = object()
 
 
+def bind_inputs(names: list[str], args: tuple, kwargs: dict, optional=frozenset()) -> tuple[list, list[str]]:
+    """The call's inputs in the order of ``names`` (positional ``args``, then ``kwargs`` by name;
+    an absent input is ``_MISSING``) and what is wrong with the call: an input given twice, an
+    unknown keyword, an input missing that is not ``optional``. Too many positional inputs raise."""
+    if len(args) > len(names):
+        check_count(names, len(args))
+    problems = [f"{k!r} twice" if k in names[:len(args)] else f"the unknown keyword {k!r}"
+                for k in kwargs if k not in names[len(args):]]
+    inputs = list(args) + [kwargs.get(n, _MISSING) for n in names[len(args):]]
+    problems += [f"no {n!r}" for n, x in zip(names, inputs) if x is _MISSING and n not in optional]
+    return inputs, problems
+
+
+def binding_error(names: list[str], problems: list[str]) -> TypeError:
+    """The error for a call whose inputs ``bind_inputs`` found wrong."""
+    return TypeError(f"the model takes {len(names)} input{'s' if len(names) != 1 else ''} ({', '.join(names)}); "
+                     "got " + ", ".join(problems))
+
+
 def check_call(gm, args: tuple, kwargs: dict):
     """The forward pre-hook: the call's inputs against the graph's placeholders. Inputs given
     by keyword are passed on by position when every input is given (torch.export's own check
@@ -174,20 +193,13 @@ def check_call(gm, args: tuple, kwargs: dict):
     float input as a float tensor (``check_input``)."""
     placeholders = list(gm.graph.find_nodes(op="placeholder"))
     names = [str(p.target) for p in placeholders]
-    if len(args) > len(names):
-        check_count(names, len(args))
-    unknown = [f"{k!r} twice" if k in names[:len(args)] else f"the unknown keyword {k!r}"
-               for k in kwargs if k not in names[len(args):]]
-    inputs = list(args) + [kwargs.get(n, _MISSING) for n in names[len(args):]]
-    for i, (p, x) in enumerate(zip(placeholders, inputs)):
-        if x is _MISSING and not p.args:  # p.args: the forward's default
-            unknown.append(f"no {names[i]!r}")
+    inputs, problems = bind_inputs(names, args, kwargs, optional={str(p.target) for p in placeholders if p.args})
+    for i, (p, x) in enumerate(zip(placeholders, inputs)):   # p.args: the forward's default
         val = p.meta.get("val")
         if x is not _MISSING and isinstance(val, torch.Tensor):
             inputs[i] = check_input(names[i], x, shape_of(val), str(val.dtype).replace("torch.", ""))
-    if unknown:
-        raise TypeError(f"the model takes {len(names)} input{'s' if len(names) != 1 else ''} ({', '.join(names)}); "
-                        "got " + ", ".join(unknown))
+    if problems:
+        raise binding_error(names, problems)
     if all(x is not _MISSING for x in inputs) and (kwargs or any(a is not b for a, b in zip(args, inputs))):
         return tuple(inputs), {}  # keywords by position, integer tensors for float inputs converted
     return None

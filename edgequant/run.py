@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 from torch.utils import _pytree as pytree
 
-from .inputs import NonFiniteInputError, check_count, check_input, check_quantizable, value_label
+from .inputs import (NonFiniteInputError, binding_error, bind_inputs, check_count, check_input,
+                     check_quantizable, value_label)
 from .ir import Graph, Node
 from .ops.names import DTYPES, MEMORY_FORMATS, device_ok
 from .ops.spec import resolve
 from .qmath import fake_quantize
 
-_DTYPES = DTYPES   # the allow-listed names (ops.names); a file's names are looked up, never getattr'd
 
 
 def decode(arg, tensors):
@@ -29,7 +29,7 @@ def decode(arg, tensors):
         if "$in" in arg:
             return tensors[arg["$in"]]
         if "$dtype" in arg:
-            return _DTYPES[arg["$dtype"]]
+            return DTYPES[arg["$dtype"]]   # allow-listed names (ops.names), never getattr'd
         if "$float" in arg:
             return float(arg["$float"])
         if "$device" in arg:
@@ -56,18 +56,6 @@ def call_target(node: Node, tensors: list):
 def _flatten_inputs(g: Graph, inputs) -> list:
     check_count(list(g.inputs), len(inputs))
     return list(inputs)
-
-
-def _bind_named(g: Graph, inputs: tuple, named: dict) -> tuple:
-    """Positional inputs followed by those given by name, in the graph's input order."""
-    rest = list(g.inputs[len(inputs):])
-    problems = [f"{k!r} twice" if k in g.inputs[:len(inputs)] else f"the unknown keyword {k!r}"
-                for k in named if k not in rest]
-    problems += [f"no {k!r}" for k in rest if k not in named]
-    if problems:
-        raise TypeError(f"the model takes {len(g.inputs)} input{'s' if len(g.inputs) != 1 else ''} "
-                        f"({', '.join(g.inputs)}); got " + ", ".join(problems))
-    return tuple(inputs) + tuple(named[k] for k in rest)
 
 
 def _check_input(g: Graph, name: str, x) -> torch.Tensor:
@@ -121,7 +109,9 @@ def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool 
     norms folded), for per-layer comparisons.
     """
     if named:
-        inputs = _bind_named(g, inputs, named)
+        inputs, problems = bind_inputs(list(g.inputs), inputs, named)
+        if problems:
+            raise binding_error(list(g.inputs), problems)
     flat = _flatten_inputs(g, inputs)
     env: dict[str, object] = {}
     for name, x in zip(g.inputs, flat):

@@ -34,6 +34,7 @@ from torch.utils import _pytree as pytree
 
 from .argcheck import expect_path
 from .check import IRCheckError, check_graph, json_problem
+from .check_names import CALLABLE_OPS
 from .ir import IR_VERSION, Graph, Node, QParams, Value
 
 MAGIC = b"\x89EQIR\r\n\x1a"          # 8 bytes; the \r\n and \x1a catch text-mode transfers
@@ -41,7 +42,6 @@ FORMAT_VERSION = 1
 _HEAD = struct.Struct("<8sIQQ")      # magic, format version, JSON length, tensor length
 _HASH_LEN = 32                       # SHA-256 over the 28 bytes above + JSON + tensors
 HEADER_SIZE = _HEAD.size + _HASH_LEN  # 60
-_CALLABLE_OPS = ("segment_lut", "float_call")
 MAX_JSON = 1 << 30                   # a longer document is refused before it is read
 
 
@@ -129,7 +129,7 @@ def _refuse_callables(g: Graph) -> None:
     for n in g.nodes:
         if "lut" in n.attrs:  # a table op: its tables are constants, its callable only serves float runs
             continue
-        if n.op in _CALLABLE_OPS or "callable_ref" in n.attrs:
+        if n.op in CALLABLE_OPS or "callable_ref" in n.attrs:
             raise SerializeError(
                 f"node {n.name!r} ({n.op}) from {n.source or '<unknown>'} runs Python code "
                 f"({n.attrs.get('callable_ref') or n.attrs.get('module') or 'a callable'}), which a file cannot hold "

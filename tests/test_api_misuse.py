@@ -214,13 +214,8 @@ def test_adaround_refuses_settings_that_train_nothing_or_diverge(key, value):
 
 
 # -- issue 17, second red-team pass ------------------------------------------------------------------
-class NoGradRegions(nn.Module):
+class NoGradRegions(Net):
     """Grad-mode regions in the forward (nested, and set_grad_enabled): values are unaffected."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 3)
 
     def forward(self, x):
         y = torch.relu(self.conv(x))

@@ -104,14 +104,6 @@ def test_yuv2rgb_integer_op_on_colour_grid():
     r, gg, b = torch.meshgrid(levels, levels, levels, indexing="ij")
     rgb = torch.stack([r, gg, b]).reshape(1, 3, 1024, 32)
 
-    class Id(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.quant, self.dequant = eq.QuantStub(scale=1.0), eq.DeQuantStub()
-
-        def forward(self, x):
-            return self.dequant(self.quant(x))
-
     _, _, g = quantize_model(Id(), rgb - 128, rgb - 128)
     for swing, tol in (("full", 1), ("studio", 2)):
         h = insert_yuv2rgb(g, "quant", swing=swing, mean=128, std=1)
@@ -132,6 +124,17 @@ def test_insert_refuses_training_and_quant_models():
             insert_yuv2rgb(bad, "quant")
     with pytest.raises(DeployError, match="not a quantize node"):
         insert_yuv2rgb(g, "conv1")
+
+
+class Id(nn.Module):
+    """A QuantStub (scale 1) straight into a DeQuantStub: integer images in, the same out."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = eq.QuantStub(scale=1.0), eq.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.quant(x))
 
 
 class TwoStage(nn.Module):

@@ -9,7 +9,6 @@
 """
 import pytest
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 import edgequant as eq
@@ -22,7 +21,7 @@ from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig
     default_calibration_qconfig_setter as T8
 
 from models import calibrate, trained_cnn
-from test_deploy import TwoStage, quantize_model
+from test_deploy import Id, TwoStage, quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +110,6 @@ def test_one_fake_quantize_checks_the_recorded_dtype():
 
 
 # -- deployment helpers ---------------------------------------------------------------------------------
-class Id(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.quant, self.dequant = eq.QuantStub(scale=1.0), eq.DeQuantStub()
-
-    def forward(self, x):
-        return self.dequant(self.quant(x))
-
-
 @pytest.fixture(scope="module")
 def id_graph():
     rgb = torch.rand(2, 3, 4, 4) * 255
