@@ -15,6 +15,7 @@ from .qconfig import QConfig, get_qconfig
 from .qmath import dequantize, fake_quantize, quantize, quantize_multiplier, requantize
 from .export import export
 from .convert import convert
+from . import run as _run  # noqa: F401  (installs the runner that Graph.__call__ uses)
 from .serialize import load, save
 from .visualize import visualize
 from .onnx_export import export_onnx

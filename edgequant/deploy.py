@@ -34,7 +34,7 @@ import torch
 
 from .check import check_graph
 from .ir import Graph, Node, QParams, Value
-from .qmath import quantize_multiplier, requantize, rounding_shift_right
+from .qmath import quantize_multiplier
 
 YUV_FRAC_BITS = 14
 MEAN_FRAC_BITS = 8
@@ -128,21 +128,6 @@ def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=
     return h
 
 
-def k_yuv2rgb(g: Graph, node: Node, args):
-    """The integer kernel of ``yuv2rgb`` (see the module docstring)."""
-    x, coef, bias, m0, shift, mean = args
-    a = node.attrs
-    x = x.to(torch.int64)
-    acc = torch.einsum("ij,...jhw->...ihw", coef, x) + bias.reshape(3, 1, 1)
-    rgb = rounding_shift_right(acc, a["frac_bits"]).clamp_(0, 255)
-    centred = (rgb << a["mean_frac_bits"]) - mean.reshape(3, 1, 1)
-    return requantize(centred, m0.reshape(3, 1, 1), shift.reshape(3, 1, 1) + a["mean_frac_bits"],
-                      a["out_dtype"], a["out_zero_point"])
-
-
-INT_KERNELS = {"yuv2rgb": k_yuv2rgb}   # listed by convert._family_tables with the ops families
-
-
 # -- segmented deployment ------------------------------------------------------------------------------
 def split(g: Graph, cut_points) -> list[Graph]:
     """Cut ``g`` right after each named QuantStub node; returns the stages in order.
@@ -232,4 +217,4 @@ def run_stages(stages: list[Graph], *inputs):
     return result
 
 
-__all__ = ["insert_yuv2rgb", "split", "run_stages", "DeployError", "k_yuv2rgb"]
+__all__ = ["insert_yuv2rgb", "split", "run_stages", "DeployError"]

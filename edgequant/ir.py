@@ -23,8 +23,16 @@ import torch
 
 IR_VERSION = 1
 LEVELS = ("quant", "int")
-FLOAT_DTYPES = ("float32",)
 PLAIN_DTYPES = ("float32", "int64", "int32", "bool")  # unquantized tensors (outside the quantized region, index math)
+
+
+_RUNNER = None   # edgequant.run.run, set when that module loads (it sits above this one)
+
+
+def set_runner(fn) -> None:
+    """Install the function ``Graph.__call__`` delegates to (``edgequant.run`` does, on import)."""
+    global _RUNNER
+    _RUNNER = fn
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,9 @@ class Graph:
         return rows
 
     def __call__(self, *inputs, **kwargs):
-        from .run import run
-
-        return run(self, *inputs, **kwargs)
+        if _RUNNER is None:
+            raise RuntimeError("graphs run through edgequant.run; import edgequant first")
+        return _RUNNER(self, *inputs, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Graph(level={self.level!r}, {len(self.nodes)} nodes, {len(self.constants)} constants, "

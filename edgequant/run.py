@@ -16,41 +16,12 @@ from torch.utils import _pytree as pytree
 
 from .inputs import (NonFiniteInputError, binding_error, bind_inputs, check_count, check_input,
                      check_quantizable, value_label)
-from .ir import Graph, Node
-from .ops.names import DTYPES, MEMORY_FORMATS, device_ok
-from .ops.spec import resolve
+from .ir import Graph, Node, set_runner
+from .ops import calls_python, is_dequantize, is_quantize, run_int_node
+from .ops.call import call_target, decode  # noqa: F401  (decode: re-exported for reports)
+from .ops.nonlinear import run_quant
 from .qmath import fake_quantize
 
-
-
-def decode(arg, tensors):
-    """Rebuild a call argument from its IR form (``{"$in": k}`` -> ``tensors[k]``)."""
-    if isinstance(arg, dict):
-        if "$in" in arg:
-            return tensors[arg["$in"]]
-        if "$dtype" in arg:
-            return DTYPES[arg["$dtype"]]   # allow-listed names (ops.names), never getattr'd
-        if "$float" in arg:
-            return float(arg["$float"])
-        if "$device" in arg:
-            if not device_ok(arg["$device"]):
-                raise ValueError(f"{arg['$device']!r} is not a device edgequant runs on")
-            return torch.device(arg["$device"])
-        if "$memory_format" in arg:
-            return MEMORY_FORMATS[arg["$memory_format"]]
-        return {k: decode(v, tensors) for k, v in arg.items()}
-    if isinstance(arg, list):
-        return [decode(a, tensors) for a in arg]
-    return arg
-
-
-def call_target(node: Node, tensors: list):
-    """Call the node's recorded torch op on ``tensors`` (the values named by ``node.inputs``)."""
-    op = resolve(node.attrs["target"])
-    if op is None:
-        raise RuntimeError(f"node {node.name}: torch has no op {node.attrs['target']} that edgequant runs "
-                           "(targets resolve only through the allow-list of edgequant.ops.names)")
-    return op(*decode(node.attrs["args"], tensors), **decode(node.attrs["kwargs"], tensors))
 
 
 def _flatten_inputs(g: Graph, inputs) -> list:
@@ -81,15 +52,13 @@ def _fq(t: torch.Tensor, g: Graph, name: str) -> torch.Tensor:
 
 
 def _run_quant_node(g: Graph, node: Node, args: list, callables: dict, fake_quant: bool = True):
-    if node.op == "quantize":
+    if is_quantize(node.op):
         return _fq(args[0], g, node.outputs[0]) if fake_quant else args[0]
-    if node.op == "dequantize":
+    if is_dequantize(node.op):
         return args[0]
-    if "lut" in node.attrs:  # table ops run their integer kernel (edgequant.lut.ir_ops)
-        from .lut.ir_ops import run_quant
-
+    if "lut" in node.attrs:  # table ops run their integer kernel (ops/nonlinear.py)
         return run_quant(g, node, args, fake_quant, callables)
-    if node.op in ("segment_lut", "float_call"):
+    if calls_python(node.op):
         fn = callables.get(node.attrs.get("callable_ref"))
         if fn is None:
             raise RuntimeError(f"node {node.name}: its Python callable is not part of a saved graph")
@@ -101,12 +70,15 @@ def _run_quant_node(g: Graph, node: Node, args: list, callables: dict, fake_quan
     return out
 
 
-def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool = True, **named):
+def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool = True, reference: bool = False,
+        **named):
     """Execute ``g`` on ``inputs`` (see the module docstring); inputs may also be given by their
     graph input names (``quantized(x=...)``).
 
     ``fake_quant=False`` runs a quant-level graph in plain float (the float model, with batch
-    norms folded), for per-layer comparisons.
+    norms folded), for per-layer comparisons. ``reference=True`` runs an int-level graph
+    through the plain-int reference kernels of the op table where an op has one (int64 sums
+    instead of the fast float carriers): the same codes, much slower.
     """
     if named:
         inputs, problems = bind_inputs(list(g.inputs), inputs, named)
@@ -124,14 +96,12 @@ def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool 
             env[name] = _fq(c, g, name) if qp is not None and c.is_floating_point() and fake_quant else c
         step = lambda node, args: _run_quant_node(g, node, args, callables, fake_quant)  # noqa: E731
     else:
-        from .convert import run_int_node
-
         env.update(g.constants)
-        step = lambda node, args: run_int_node(g, node, args, callables)  # noqa: E731
+        step = lambda node, args: run_int_node(g, node, args, callables, reference)  # noqa: E731
     with torch.no_grad():
         for node in g.nodes:
             args = [env[i] if i is not None else None for i in node.inputs]
-            if quant_sim and node.op == "quantize" and isinstance(args[0], torch.Tensor):
+            if quant_sim and is_quantize(node.op) and isinstance(args[0], torch.Tensor):
                 check_quantizable(args[0], value_label(g.inputs, node.inputs[0]), f"quantize node {node.name!r}")
             try:
                 out = step(node, args)
@@ -149,3 +119,6 @@ def run(g: Graph, *inputs, return_intermediates: bool = False, fake_quant: bool 
                     env[o] = t
     result = _unflatten(g, [env[o] if isinstance(o, str) else o for o in g.outputs])
     return (result, env) if return_intermediates else result
+
+
+set_runner(run)   # ``Graph.__call__`` runs graphs through this module

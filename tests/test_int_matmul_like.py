@@ -32,6 +32,8 @@ from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig
 from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 from edgequant.run import call_target
 
+ML_OPS = {s.name for s in ML.SPECS}   # the family's rows
+
 F32 = np.float32
 QRANGE = {"qint4": (-8, 7), "qint8": (-128, 127), "quint8": (0, 255), "qint16": (-32768, 32767),
           "qint32": (-2**31, 2**31 - 1), "qint48": (-2**47, 2**47 - 1), "qint64": (-2**63, 2**63 - 1)}
@@ -333,7 +335,7 @@ CASES = {
 
 def golden(g: Graph, qg: Graph, env: dict, march_float: bool = False):
     """The op node's int output by the plain twin, from the int inputs and the float constants."""
-    qnode = next(n for n in g.nodes if n.op in ML.LOWER)
+    qnode = next(n for n in g.nodes if n.op in ML_OPS)
     inode = next(n for n in qg.nodes if n.name == qnode.name)
     attrs = inode.attrs
     def operand(name):
@@ -426,15 +428,9 @@ def golden(g: Graph, qg: Graph, env: dict, march_float: bool = False):
     return py_finish(acc, ch_axis, case, s_acc, s_acc64), inode
 
 
-def run_int(qg, xs, kernels=None):
-    if kernels is None:
-        return qg(*xs, return_intermediates=True)
-    saved = ML.INT_KERNELS
-    ML.INT_KERNELS = kernels
-    try:
-        return qg(*xs, return_intermediates=True)
-    finally:
-        ML.INT_KERNELS = saved
+def run_int(qg, xs, reference=False):
+    """The int-level graph's intermediates, through the fast kernels or the int64 references."""
+    return qg(*xs, return_intermediates=True, reference=reference)
 
 
 # =============================================================================================
@@ -456,7 +452,7 @@ def test_golden_and_reference(case, march, monkeypatch):
         assert got.dtype == get_dtype(inode.attrs["out_dtype"]).storage
         assert got.tolist() == want.tolist()
     # the int64 reference path gives the same bits, and so does requantizing a row at a time
-    _, env_ref = run_int(qg, xs, ML.REFERENCE_KERNELS)
+    _, env_ref = run_int(qg, xs, reference=True)
     assert torch.equal(env_ref[inode.outputs[0]], got)
     monkeypatch.setattr(ML, "_CHUNK", 5)
     assert torch.equal(run_int(qg, xs)[1][inode.outputs[0]], got)
@@ -516,7 +512,7 @@ def test_fast_equals_reference_on_larger_convs(dtype):
         g, xs = make(rng)
         qg = convert(g, "nash-m")
         y_fast, _ = run_int(qg, xs)
-        y_ref, _ = run_int(qg, xs, ML.REFERENCE_KERNELS)
+        y_ref, _ = run_int(qg, xs, reference=True)
         assert torch.equal(y_fast, y_ref)
         node = next(n for n in qg.nodes if n.op == "conv2d")
         assert node.attrs["carrier"] == ("float32" if dtype == "qint8" else "float32_limbs")
@@ -602,7 +598,7 @@ def test_one_op_models_agree_with_quant_graph(name):
     qg = convert(ir, "nash-m")
     _, env_q = ir(*xs, return_intermediates=True)
     _, env_i = qg(*xs, return_intermediates=True)
-    node = next(n for n in qg.nodes if n.op in ML.LOWER)
+    node = next(n for n in qg.nodes if n.op in ML_OPS)
     out = node.attrs.get("fused_activation") and next(n for n in qg.nodes if n.name == node.attrs["fused_activation"])
     value = (out or node).outputs[0]
     qp = qg.values[value].qparams
@@ -668,7 +664,7 @@ def _convert_or_skip(ir, march):
     try:
         return convert(ir, march)
     except ConvertError as exc:
-        if any(f"({op})" in str(exc) for op in ML.LOWER):
+        if any(f"({op})" in str(exc) for op in ML_OPS):
             raise
         pytest.skip(f"another family's lowering is missing: {exc}")
 
@@ -677,9 +673,9 @@ def test_cnn_fast_equals_reference_and_cases(cnn_ir):
     ir, x = cnn_ir
     qg = _convert_or_skip(ir, "nash-m")
     _, env_fast = run_int(qg, [x])
-    _, env_ref = run_int(qg, [x], ML.REFERENCE_KERNELS)
+    _, env_ref = run_int(qg, [x], reference=True)
     for n in qg.nodes:
-        if n.op in ML.LOWER:
+        if n.op in ML_OPS:
             assert torch.equal(env_fast[n.outputs[0]], env_ref[n.outputs[0]]), n.name
     by_name = {n.name: n for n in qg.nodes}
     assert by_name["stem.0"].attrs["fused_activation"] == "stem.2" and by_name["stem.2"].op == "identity"
@@ -687,7 +683,7 @@ def test_cnn_fast_equals_reference_and_cases(cnn_ir):
     assert by_name["pw"].attrs["output"] == "acc" and qg.values["conv2d_2"].qparams.ch_axis == 1
     assert by_name["head"].attrs["output"] == "acc" and qg.values["linear"].dtype == "qint32"
     for n in qg.nodes:
-        if n.op in ML.LOWER:
+        if n.op in ML_OPS:
             assert n.attrs["acc_bits"] == 32 and n.attrs["carrier"] == "float32", n.name
 
 
@@ -751,7 +747,7 @@ def test_wide_accumulator_on_nash_m():
     node = next(n for n in qg.nodes if n.op == "matmul")
     assert node.attrs["acc_bits"] == 48 and node.attrs["multiplier_bits"] == 63 - node.attrs["bound"].bit_length()
     y_fast, _ = run_int(qg, xs)
-    y_ref, _ = run_int(qg, xs, ML.REFERENCE_KERNELS)
+    y_ref, _ = run_int(qg, xs, reference=True)
     assert torch.equal(y_fast, y_ref)
 
 
@@ -819,7 +815,7 @@ def test_dynamic_reduction_length(setter):
         x = torch.randint(0, 30, (3, length))
         _, env_q = ir(x, return_intermediates=True)
         _, env_i = run_int(qg, [x])
-        _, env_r = run_int(qg, [x], ML.REFERENCE_KERNELS)
+        _, env_r = run_int(qg, [x], reference=True)
         out = node.outputs[0]
         assert torch.equal(env_i[out], env_r[out])
         qp = qg.values[out].qparams

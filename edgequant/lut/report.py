@@ -112,8 +112,8 @@ def _ir_function(g: Graph, node):
         return getattr(fn, "simulated_func", fn)
     if a.get("target") in (None, "segment_lut"):
         return None
-    from ..ops.spec import resolve
-    from ..run import decode
+    from ..ops.names import resolve
+    from ..ops.call import decode
 
     op = resolve(a["target"])
     if op is None:   # not on the allow-list (check_graph refuses such graphs): no function to compare
@@ -126,7 +126,7 @@ def report(model_or_ir) -> list[dict]:
     """Every table of a prepared model or a graph (see the module docstring)."""
     out = []
     if isinstance(model_or_ir, Graph):
-        from .ir_ops import unpack
+        from .params import unpack
 
         g = model_or_ir
         for n in g.nodes:

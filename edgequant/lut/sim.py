@@ -24,11 +24,12 @@ import torch
 from torch import fx, nn
 
 from ..fake_quant import FakeQuantize, FakeQuantState
+from ..ir import Node
 from ..march import get_profile
 from ..nn.segment_lut import SegmentLUT
 from ..qmath import dequantize, quantize
 from . import composite
-from .kernel import lut_apply
+from ..ops.nonlinear import run_kernel
 from .table import LutTable, build_table
 
 CONTAINER = "eq_lut"
@@ -136,7 +137,6 @@ class LutOp(nn.Module):
 
     def export_ir(self, exporter, node: fx.Node):
         """Write this op into the IR (``export`` calls it): see ``lut.ir_ops``."""
-        from .ir_ops import export_lut_op
 
         return export_lut_op(exporter, node, self)
 
@@ -237,17 +237,38 @@ class DivOp(LutOp):
         return {"params": params, "tables": tables, "consts": {}}
 
 
-def run_kernel(kind: str, qs: list[torch.Tensor], p: dict) -> torch.Tensor:
-    """The integer kernel of a table op: input codes -> output codes."""
-    if kind == "table":
-        return lut_apply(qs[0], p["tables"][0])
-    if kind == "softmax":
-        return composite.softmax_int(qs[0], p["params"], p["tables"])
-    if kind == "layer_norm":
-        return composite.layer_norm_int(qs[0], p["params"], p["tables"], p["consts"])
-    if kind == "div":
-        return composite.div_int(qs[0], qs[1], p["params"], p["tables"])
-    raise ValueError(f"unknown table op kind {kind!r}")
+# -- export's hook -------------------------------------------------------------------------------
+def _target_str(target) -> str:
+    if target is None:
+        return "segment_lut"
+    return f"{target.namespace}.{target._schema.name.split('::')[1]}.{target._overloadname}"
+
+
+def _fetch(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def export_lut_op(ex, node: fx.Node, mod: LutOp):
+    """Emit ``node`` (a call of ``mod``) with its tables into the exporter ``ex``."""
+    args = [_fetch(ex.gm, a.target) if isinstance(a, fx.Node) and a.op == "get_attr" else None for a in node.args]
+    p = mod.int_params(args)
+    extra_attrs = {}
+    seg = getattr(mod, "segment_lut", None)
+    if seg is not None:  # float runs of the quant-level graph still call the user's function
+        ex.callables[node.target] = seg
+        extra_attrs["callable_ref"] = node.target
+    out = ex._emit(node, mod.op, node.args, node.kwargs, **extra_attrs)
+    last = ex.nodes[-1]
+    extra = [ex._const(f"{last.name}.lut{i}", t.entries) for i, t in enumerate(p["tables"])]
+    extra += [ex._const(f"{last.name}.{role}", c) for role, c in p["consts"].items()]
+    lut = {"kind": mod.kind, "tables": [t.attrs() for t in p["tables"]], "params": p["params"],
+           "consts": list(p["consts"]), "n_quant": len(mod.in_fqs)}
+    attrs = {**last.attrs, "target": _target_str(mod.target), "lut": lut}
+    ex.nodes[-1] = Node(last.name, last.op, tuple(last.inputs) + tuple(extra), last.outputs, attrs, last.source)
+    return out
 
 
 # -- prepare's hook --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from onnx import TensorProto
 
 from ..dtype import get_dtype
 from ..ir import Node
-from ..lut.ir_ops import n_extra, unpack
+from ..lut.params import n_extra, unpack
 from ..lut.table import LutTable
 from .builder import Builder
 from .errors import unsupported

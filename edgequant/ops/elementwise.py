@@ -79,28 +79,10 @@ from ..dtype import get_dtype
 from ..ir import Node, QParams
 from ..qmath import F64_EXACT, multiply_by_quantized_multiplier, quantize, quantize_multiplier, round_shift_f64, \
     rounding_shift_right, saturate
-from ..run import call_target
-from .spec import OpSpec, resolve
+from .call import call_target
+from .names import resolve
+from .spec import OpSpec
 
-SPECS = [
-    OpSpec("add", ("aten.add.Tensor", "aten.add.Scalar"), fuse_activation=True),
-    OpSpec("sub", ("aten.sub.Tensor", "aten.sub.Scalar", "aten.rsub.Scalar", "aten.rsub.Tensor")),
-    OpSpec("mul", ("aten.mul.Tensor", "aten.mul.Scalar")),
-    OpSpec("div", ("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode")),
-    OpSpec("neg", ("aten.neg.default",)),
-    OpSpec("abs", ("aten.abs.default",)),
-    OpSpec("maximum", ("aten.maximum.default",)),
-    OpSpec("minimum", ("aten.minimum.default",)),
-    OpSpec("where", ("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf")),
-    OpSpec("clamp", ("aten.clamp.default", "aten.clamp.Tensor", "aten.clamp_min.default",
-                     "aten.clamp_max.default", "aten.hardtanh.default", "aten.relu6.default"), activation=True),
-    OpSpec("relu", ("aten.relu.default", "aten.relu_.default"), rule="shared", activation=True),
-    OpSpec("leaky_relu", ("aten.leaky_relu.default",)),
-    OpSpec("prelu", ("aten.prelu.default", "aten._prelu_kernel.default"), param_args=(1,)),
-    OpSpec("compare", ("aten.gt.Scalar", "aten.gt.Tensor", "aten.ge.Scalar", "aten.ge.Tensor",
-                       "aten.lt.Scalar", "aten.lt.Tensor", "aten.le.Scalar", "aten.le.Tensor",
-                       "aten.eq.Scalar", "aten.eq.Tensor", "aten.ne.Scalar", "aten.ne.Tensor"), rule="shared"),
-]
 
 INT64_LIMIT = 1 << 63
 
@@ -269,9 +251,7 @@ def output_grid(ctx, node: Node):
     fused = node.attrs.get("fused_into")
     if fused:
         act = find_qnode(ctx, fused)
-        from . import OPS
-
-        if act is None or not OPS.get(act.op) or not OPS[act.op].activation:
+        if act is None or not is_activation(act.op):
             raise ctx.error(node, f"it is fused into {fused!r}, which is not an activation edgequant can fuse")
         qp = ctx.q.values[act.outputs[0]].qparams
     else:
@@ -670,14 +650,6 @@ def _lower_compare2(ctx, node: Node, fn: str, a: Operand, b: Operand) -> None:
     emit(ctx, node, node.op, [a.name, b.name], [node.outputs[0]], attrs, None, out_dtype="bool")
 
 
-LOWER = {
-    "add": lower_add_sub, "sub": lower_add_sub, "mul": lower_mul, "div": lower_div, "neg": lower_neg,
-    "abs": lower_abs, "maximum": lower_rescale_call, "minimum": lower_rescale_call, "where": lower_rescale_call,
-    "clamp": lower_activation, "relu": lower_activation, "leaky_relu": lower_leaky_relu, "prelu": lower_prelu,
-    "compare": lower_compare,
-}
-
-
 # == integer kernels ==================================================================================
 def _vec(v, axis: int | None) -> torch.Tensor:
     """An int (or a per-channel list along the negative ``axis``) as a broadcastable int64 tensor."""
@@ -750,6 +722,11 @@ KERNELS = {"affine": k_affine, "product": k_product, "rescale_call": k_rescale_c
            "compare2": k_compare2}
 
 
+def is_activation(op: str) -> bool:
+    """Whether ``op`` is a row of this family that a conv/linear/add may absorb (relu, clamp)."""
+    return any(s.name == op and s.activation for s in SPECS)
+
+
 def run_kernel(g, node: Node, args):
     """Run an int-level node of this family by its ``attrs["kernel"]``."""
     k = KERNELS.get(node.attrs.get("kernel"))
@@ -758,4 +735,31 @@ def run_kernel(g, node: Node, args):
     return k(g, node, args)
 
 
-INT_KERNELS = {op: run_kernel for op in LOWER}
+_K = dict(kernel=run_kernel)
+SPECS = [
+    OpSpec("add", ("aten.add.Tensor", "aten.add.Scalar"), fuse_activation=True, residual_add=True,
+           lower=lower_add_sub, **_K),
+    OpSpec("sub", ("aten.sub.Tensor", "aten.sub.Scalar", "aten.rsub.Scalar", "aten.rsub.Tensor"),
+           lower=lower_add_sub, **_K),
+    OpSpec("mul", ("aten.mul.Tensor", "aten.mul.Scalar"), lower=lower_mul, **_K),
+    OpSpec("div", ("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode"), table="div",
+           lower=lower_div, **_K),
+    OpSpec("neg", ("aten.neg.default",), lower=lower_neg, **_K),
+    OpSpec("abs", ("aten.abs.default",), lower=lower_abs, **_K),
+    OpSpec("maximum", ("aten.maximum.default",), lower=lower_rescale_call, **_K),
+    OpSpec("minimum", ("aten.minimum.default",), lower=lower_rescale_call, **_K),
+    OpSpec("where", ("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf"),
+           lower=lower_rescale_call, **_K),
+    OpSpec("clamp", ("aten.clamp.default", "aten.clamp.Tensor", "aten.clamp_min.default",
+                     "aten.clamp_max.default", "aten.hardtanh.default", "aten.relu6.default"), activation=True,
+           lower=lower_activation, **_K),
+    OpSpec("relu", ("aten.relu.default", "aten.relu_.default"), rule="shared", activation=True,
+           lower=lower_activation, **_K),
+    OpSpec("leaky_relu", ("aten.leaky_relu.default",), lower=lower_leaky_relu, **_K),
+    OpSpec("prelu", ("aten.prelu.default", "aten._prelu_kernel.default"), param_args=(1,),
+           lower=lower_prelu, **_K),
+    OpSpec("compare", ("aten.gt.Scalar", "aten.gt.Tensor", "aten.ge.Scalar", "aten.ge.Tensor",
+                       "aten.lt.Scalar", "aten.lt.Tensor", "aten.le.Scalar", "aten.le.Tensor",
+                       "aten.eq.Scalar", "aten.eq.Tensor", "aten.ne.Scalar", "aten.ne.Tensor"), rule="shared",
+           lower=lower_compare, **_K),
+]

@@ -108,20 +108,11 @@ import torch.nn.functional as F
 from ..dtype import DTYPES, get_dtype
 from ..ir import Node, QParams
 from ..qmath import dequantize, quantize, quantize_multiplier, requantize, saturate
-from .elementwise import activation_bounds
+from .elementwise import activation_bounds, is_activation
 from .spec import OpSpec
 
 _CONV = dict(weight_arg=1, bias_arg=2, fuse_activation=True, fuse_add=True, high_precision_output=True)
 
-SPECS = [
-    OpSpec("conv1d", ("aten.conv1d.default",), **_CONV),
-    OpSpec("conv2d", ("aten.conv2d.default",), **_CONV),
-    OpSpec("conv_transpose2d", ("aten.conv_transpose2d.input",), weight_ch_axis=1, **_CONV),
-    OpSpec("linear", ("aten.linear.default",), **_CONV),
-    OpSpec("matmul", ("aten.matmul.default", "aten.bmm.default", "aten.mm.default"),
-           fuse_activation=True, high_precision_output=True),
-    OpSpec("embedding", ("aten.embedding.default",), rule="source", weight_arg=0),
-]
 
 # argument positions of the aten overloads (after input, weight, bias)
 _CONV_ARGS = {
@@ -264,9 +255,7 @@ def _plan_output(ctx, node: Node, acc_scale: list[float], acc_scale64: list[floa
         if key in a:
             attrs[key] = a[key]
     fused = _quant_node(ctx, a["fused_into"]) if a.get("fused_into") else None
-    from . import OPS
-
-    act = fused if fused is not None and OPS.get(fused.op) is not None and OPS[fused.op].activation else None
+    act = fused if fused is not None and is_activation(fused.op) else None
     if a.get("high_precision") and not ctx.integer_conv:
         attrs.update(output="float", acc_scale=[float(s) for s in acc_scale])
         ctx.set_value(out, "float32", None)
@@ -394,9 +383,7 @@ def _requant_dtype(ctx, node: Node) -> str | None:
     if node.attrs.get("fq"):
         return ctx.q.values[node.outputs[0]].qparams.dtype
     act = _quant_node(ctx, node.attrs["fused_into"]) if node.attrs.get("fused_into") else None
-    from . import OPS
-
-    if act is not None and OPS.get(act.op) is not None and OPS[act.op].activation:
+    if act is not None and is_activation(act.op):
         qp = ctx.q.values[act.outputs[0]].qparams
         return qp.dtype if qp is not None else None
     return None
@@ -493,10 +480,6 @@ def lower_embedding(ctx, node: Node) -> None:
     tq_name = ctx.add_const(_fresh(ctx, t_name), t_q, t_qp, t_qp.dtype)
     ctx.set_value(out, grid.dtype, grid)
     ctx.emit(Node(node.name, "embedding", (tq_name, idx_name, *mult), node.outputs, attrs, node.source))
-
-
-LOWER = {"conv1d": lower_weighted, "conv2d": lower_weighted, "conv_transpose2d": lower_weighted,
-         "linear": lower_weighted, "matmul": lower_matmul, "embedding": lower_embedding}
 
 
 # =============================================================================================
@@ -692,7 +675,15 @@ def k_embedding(g, node: Node, args):
 k_reduce = _reduce_kernel(reference=False)
 k_reduce_reference = _reduce_kernel(reference=True)
 
-INT_KERNELS = {"conv1d": k_reduce, "conv2d": k_reduce, "conv_transpose2d": k_reduce, "linear": k_reduce,
-               "matmul": k_reduce, "embedding": k_embedding}
-# the same ops through the int64 reference sums (tests swap these in to compare whole models)
-REFERENCE_KERNELS = {**INT_KERNELS, **{op: k_reduce_reference for op in _REFERENCE}}
+_R = dict(lower=lower_weighted, kernel=k_reduce, reference=k_reduce_reference, onnx_int="reduce")
+SPECS = [
+    OpSpec("conv1d", ("aten.conv1d.default",), spatial_dims=1, **_CONV, **_R),
+    OpSpec("conv2d", ("aten.conv2d.default",), spatial_dims=2, **_CONV, **_R),
+    OpSpec("conv_transpose2d", ("aten.conv_transpose2d.input",), weight_ch_axis=1, spatial_dims=2, transposed=True,
+           **_CONV, **_R),
+    OpSpec("linear", ("aten.linear.default",), **_CONV, **_R),
+    OpSpec("matmul", ("aten.matmul.default", "aten.bmm.default", "aten.mm.default"),
+           fuse_activation=True, high_precision_output=True, **{**_R, "lower": lower_matmul}),
+    OpSpec("embedding", ("aten.embedding.default",), rule="source", weight_arg=0, lower=lower_embedding,
+           kernel=k_embedding, onnx_int="embedding"),
+]

@@ -20,7 +20,37 @@ import re
 
 import torch
 
-from .spec import torch_op
+
+def torch_op(name: str):
+    """The aten overload ``name`` of this torch, or None. For the literal names of the op table
+    and of this module only (``targets`` builds the allow-list with it); never pass it a string
+    from a file."""
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        return None
+    packet = getattr(torch.ops.aten, parts[1], None)
+    return None if packet is None else getattr(packet, parts[2], None)
+
+
+_TABLE: dict[str, tuple[str, ...]] = {}   # op name -> aten targets of its row; ops/__init__ fills it
+
+
+def set_table(specs) -> None:
+    """Record the op table's names and targets (``edgequant.ops`` calls this once, as it
+    assembles the table; this module sits below the families so that they may resolve calls)."""
+    _TABLE.clear()
+    _TABLE.update({s.name: tuple(s.targets) for s in specs})
+    targets.cache_clear()
+    op_names.cache_clear()
+
+
+def resolve(target: str):
+    """The torch op overload named ``target`` (``"aten.add.Tensor"``), or None if absent.
+
+    Only names on the allow-list (``targets()``: the op table and its reviewed extras)
+    resolve; any other string, e.g. one read from a file, gives None and is never looked up.
+    """
+    return targets().get(target) if isinstance(target, str) else None
 
 # Ops capture records for non-float plumbing (op "aten", index math, masks, casts) and that the
 # table does not list. Each only computes on its arguments. Creation ops (``BOUNDED_ARGS``) get
@@ -131,10 +161,8 @@ MARKER_TARGETS = frozenset({"segment_lut", "edgequant.nn.stubs.dequant_point", "
 def targets() -> dict[str, object]:
     """``{target name: op}``: every call target a graph may name, built once (on first use, as
     ``run`` is imported while the op table loads)."""
-    from . import ALL_SPECS
-
     table: dict[str, object] = {}
-    names = [t for s in ALL_SPECS for t in s.targets if t.startswith("aten.")] + list(EXTRA_TARGETS) \
+    names = [t for ts in _TABLE.values() for t in ts if t.startswith("aten.")] + list(EXTRA_TARGETS) \
         + list(FLOAT_TARGETS)
     for name in names:
         op = torch_op(name)
@@ -182,17 +210,11 @@ MEMORY_FORMATS: dict[str, torch.memory_format] = {
     "channels_last_3d": torch.channels_last_3d, "preserve_format": torch.preserve_format}
 _DEVICE = re.compile(r"(cpu|cuda|mps|meta)(:\d{1,3})?")
 
-_OWN_OPS = ("quantize", "dequantize", "aten", "float_call",   # export
-            "rescale", "identity", "lut", "lut_div", "yuv2rgb")   # convert, edgequant.lut, deploy
-
-
 @functools.lru_cache(maxsize=None)
 def op_names() -> frozenset[str]:
-    """Every ``Node.op`` a graph may have: the table's canonical names and the ops export and
-    convert write themselves."""
-    from . import ALL_SPECS
-
-    return frozenset({s.name for s in ALL_SPECS} | set(_OWN_OPS))
+    """Every ``Node.op`` a graph may have: the rows of the op table (captured ops, and the ops
+    export and convert write themselves: ``ops/core.py``)."""
+    return frozenset(_TABLE)
 
 
 def device_ok(name) -> bool:
@@ -213,5 +235,5 @@ def dim_ok(d) -> bool:
     return isinstance(d, str) and _DIM.fullmatch(d) is not None and any(c.isalnum() for c in d)
 
 
-__all__ = ["targets", "op_names", "EXTRA_TARGETS", "FLOAT_TARGETS", "MARKER_TARGETS", "BOUNDED_ARGS", "DTYPES", "MEMORY_FORMATS",
+__all__ = ["targets", "op_names", "resolve", "torch_op", "set_table", "EXTRA_TARGETS", "FLOAT_TARGETS", "MARKER_TARGETS", "BOUNDED_ARGS", "DTYPES", "MEMORY_FORMATS",
            "device_ok", "dim_ok"]

@@ -1,38 +1,116 @@
-"""Elementwise nonlinear functions: lookup tables in the integer model."""
+"""Elementwise nonlinear functions and the other table ops: lookup tables in the integer model.
+
+Takes quant-level nodes that ``edgequant.lut`` simulated with tables (``attrs["lut"]``: kind,
+table attributes, parameters, constant names; ``lut/sim.py`` writes them at export) and
+declares their rows: every function below becomes one integer ``lut`` node, tensor / tensor
+division a ``lut_div`` node, and softmax / layer norm (rows in ``norm_softmax``) integer
+``softmax`` / ``layer_norm`` nodes, all run by ``k_lut`` (``lut.params.run_kernel``). At the
+quant level ``run_quant`` runs a table node as VALIDATION did: quantize the inputs, the
+integer kernel, dequantize. A row's ``table_symmetry`` is the symmetric mode of its table.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir import Graph, Node
+from ..lut import composite
+from ..lut.kernel import lut_apply
+from ..lut.params import n_extra, unpack
+from ..qmath import dequantize, quantize
+from .call import call_target
 from .spec import OpSpec
 
+
+# the integer kernel of each table kind (``attrs["lut"]["kind"]``, written by lut/sim.py)
+_KINDS = {
+    "table": lambda qs, p: lut_apply(qs[0], p["tables"][0]),
+    "softmax": lambda qs, p: composite.softmax_int(qs[0], p["params"], p["tables"]),
+    "layer_norm": lambda qs, p: composite.layer_norm_int(qs[0], p["params"], p["tables"], p["consts"]),
+    "div": lambda qs, p: composite.div_int(qs[0], qs[1], p["params"], p["tables"]),
+}
+
+
+def run_kernel(kind: str, qs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    """The integer kernel of a table op: input codes -> output codes."""
+    fn = _KINDS.get(kind)
+    if fn is None:
+        raise ValueError(f"unknown table op kind {kind!r}")
+    return fn(qs, p)
+
+
+def run_quant(g: Graph, node: Node, args: list, fake_quant: bool, callables: dict):
+    """One quant-level table node: the integer kernel between quantize and dequantize (or, with
+    ``fake_quant=False``, the float function)."""
+    lut = node.attrs["lut"]
+    if not fake_quant:
+        fn = callables.get(node.attrs.get("callable_ref"))
+        if fn is not None:
+            return fn(args[0])
+        if node.attrs["target"] != "segment_lut":
+            return call_target(node, args)
+    nq = lut["n_quant"]
+    qs = []
+    for name, x in zip(node.inputs[:nq], args[:nq]):
+        qp = g.values[name].qparams
+        qs.append(quantize(x, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype))
+    yq = run_kernel(lut["kind"], qs, unpack(lut, args[len(args) - n_extra(lut):]))
+    qp = g.values[node.outputs[0]].qparams
+    return dequantize(yq, qp.scale_tensor(), qp.zero_point_tensor())
+
+
+# the int-level op of each table kind: one ``lut`` op for elementwise tables, ``lut_div`` for
+# tensor / tensor division; softmax and layer norm keep their names
+_INT_OP = {"table": "lut", "div": "lut_div"}
+
+
+def lower_lut(ctx, node: Node) -> None:
+    """quant-level table node -> one integer node reading the codes and the table constants."""
+    lut = node.attrs.get("lut")
+    if lut is None:
+        raise ctx.error(node, "this table op was not simulated with a table (its input or output is not "
+                              "quantized per tensor); give it per-tensor qconfigs")
+    nq, ne = lut["n_quant"], n_extra(lut)
+    qins = list(node.inputs[:nq])
+    extras = list(node.inputs[len(node.inputs) - ne:])
+    for i in qins:
+        if ctx.qparams(i) is None:
+            raise ctx.error(node, f"its input {i!r} is not quantized")
+    for e in extras:
+        ctx.add_const(e, ctx.q.constants[e])
+    qp = ctx.q.values[node.outputs[0]].qparams
+    ctx.set_value(node.outputs[0], qp.dtype, qp)
+    keep = {k: node.attrs[k] for k in ("target", "args", "kwargs", "callable_ref") if k in node.attrs}  # for reports
+    ctx.emit(Node(node.name, _INT_OP.get(lut["kind"], lut["kind"]), tuple(qins + extras), node.outputs, {"lut": lut, **keep},
+                  node.source))
+
+
+def k_lut(g: Graph, node: Node, args):
+    """Integer kernel of ``lut``, ``softmax``, ``layer_norm`` and ``lut_div`` nodes."""
+    lut = node.attrs["lut"]
+    nq = lut["n_quant"]
+    return run_kernel(lut["kind"], list(args[:nq]), unpack(lut, list(args[nq:])))
+
+
+def _table(name: str, target: str, symmetry: str) -> OpSpec:
+    return OpSpec(name, (target,), table="table", table_symmetry=symmetry, lower=lower_lut)
+
+
 SPECS = [
-    OpSpec("sigmoid", ("aten.sigmoid.default",)),
-    OpSpec("tanh", ("aten.tanh.default",)),
-    OpSpec("exp", ("aten.exp.default",)),
-    OpSpec("log", ("aten.log.default",)),
-    OpSpec("sqrt", ("aten.sqrt.default",)),
-    OpSpec("rsqrt", ("aten.rsqrt.default",)),
-    OpSpec("reciprocal", ("aten.reciprocal.default",)),
-    OpSpec("gelu", ("aten.gelu.default",)),
-    OpSpec("silu", ("aten.silu.default",)),
-    OpSpec("hardswish", ("aten.hardswish.default",)),
-    OpSpec("hardsigmoid", ("aten.hardsigmoid.default",)),
-    OpSpec("erf", ("aten.erf.default",)),
-    OpSpec("pow", ("aten.pow.Tensor_Scalar",)),
-    OpSpec("segment_lut", ("segment_lut",)),
+    _table("sigmoid", "aten.sigmoid.default", "ASYM"),
+    _table("tanh", "aten.tanh.default", "CSYM"),
+    _table("exp", "aten.exp.default", "ASYM"),
+    _table("log", "aten.log.default", "ASYM"),
+    _table("sqrt", "aten.sqrt.default", "ASYM"),
+    _table("rsqrt", "aten.rsqrt.default", "ASYM"),
+    _table("reciprocal", "aten.reciprocal.default", "ASYM"),
+    _table("gelu", "aten.gelu.default", "ASYM"),
+    _table("silu", "aten.silu.default", "ASYM"),
+    _table("hardswish", "aten.hardswish.default", "ASYM"),
+    _table("hardsigmoid", "aten.hardsigmoid.default", "ASYM"),
+    _table("erf", "aten.erf.default", "CSYM"),
+    _table("pow", "aten.pow.Tensor_Scalar", "ASYM"),
+    OpSpec("segment_lut", ("segment_lut",), table="table", python_call=True, lower=lower_lut),
+    # int level only: what convert writes for the rows above (softmax and layer_norm keep their names)
+    OpSpec("lut", (), table="table", kernel=k_lut, onnx_int="lut", quant_level=False),
+    OpSpec("lut_div", (), table="div", kernel=k_lut, onnx_int="lut", quant_level=False),
 ]
-
-
-def _lower(ctx, node):
-    from ..lut.ir_ops import lower_lut
-
-    lower_lut(ctx, node)
-
-
-def _kernel(g, node, args):
-    from ..lut.ir_ops import k_lut
-
-    return k_lut(g, node, args)
-
-
-# Every op above is a table (edgequant.lut): one integer node "lut" each. softmax, layer_norm and
-# tensor / tensor division lower through the same code (convert sends every node with
-# attrs["lut"] there) to the integer nodes "softmax", "layer_norm" and "lut_div".
-LOWER = {s.name: _lower for s in SPECS}
-INT_KERNELS = {"lut": _kernel, "lut_div": _kernel, "softmax": _kernel, "layer_norm": _kernel}

@@ -22,15 +22,9 @@ import math
 
 from ..ir import Node
 from .elementwise import Operand, arg, emit_op, is_input, k_affine, operand, operand_term, output_grid, plan_affine, scalar
+from .nonlinear import k_lut
 from .spec import OpSpec
 
-SPECS = [
-    OpSpec("batch_norm", ("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"),
-           param_args=(1, 2, 3, 4)),
-    OpSpec("layer_norm", ("aten.layer_norm.default",), param_args=(2, 3)),
-    OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default")),
-    OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default")),
-]
 
 
 def _param(ctx, node: Node, pos: int, name: str, n: int, default: float) -> list[float]:
@@ -69,5 +63,12 @@ def lower_batch_norm(ctx, node: Node) -> None:
     emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
-LOWER = {"batch_norm": lower_batch_norm}
-INT_KERNELS = {"batch_norm": k_affine}
+SPECS = [
+    OpSpec("batch_norm", ("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"),
+           param_args=(1, 2, 3, 4), folds_into_weighted=True, lower=lower_batch_norm, kernel=k_affine),
+    OpSpec("layer_norm", ("aten.layer_norm.default",), param_args=(2, 3), table="layer_norm",
+           kernel=k_lut, onnx_int="lut"),   # lowered only when simulated with tables (attrs["lut"])
+    OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default"), table="softmax",
+           kernel=k_lut, onnx_int="lut"),
+    OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default")),
+]

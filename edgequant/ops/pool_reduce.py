@@ -36,21 +36,10 @@ from ..dtype import get_dtype
 from ..ir import Node
 from ..qmath import multiply_by_quantized_multiplier, quantize_multiplier, rounding_shift_right, saturate
 from .elementwise import Operand, arg, emit_op, fixed_point, operand, output_grid, scalar
+from .call import call_target
 from .shape import lower_move
 from .spec import OpSpec
 
-SPECS = [
-    OpSpec("max_pool", ("aten.max_pool1d.default", "aten.max_pool2d.default",
-                        "aten.adaptive_max_pool2d.default"), rule="shared"),
-    OpSpec("max", ("aten.max.dim", "aten.max.default", "aten.amax.default",
-                   "aten.min.dim", "aten.min.default", "aten.amin.default"), rule="shared"),
-    OpSpec("avg_pool", ("aten.avg_pool1d.default", "aten.avg_pool2d.default",
-                        "aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default")),
-    OpSpec("mean", ("aten.mean.dim", "aten.mean.default")),
-    OpSpec("sum", ("aten.sum.dim_IntList", "aten.sum.default")),
-    OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec"), rule="shared"),
-    OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",)),
-]
 
 WEIGHT_BITS = 16  # fractional bits of the bilinear weights
 
@@ -256,8 +245,6 @@ def k_bilinear(g, node: Node, args):
 def k_carrier(g, node: Node, args):
     """Run the recorded torch op on the codes through a float carrier (exact: it only moves or
     compares values; float32 holds every code of 24 bits or fewer, float64 of 32 or fewer)."""
-    from ..run import call_target
-
     x = args[0]
     carrier = torch.float32 if x.dtype in (torch.int8, torch.uint8, torch.int16) else torch.float64
     out = call_target(node, [x.to(carrier)] + list(args[1:]))
@@ -266,8 +253,18 @@ def k_carrier(g, node: Node, args):
     return out.to(x.dtype)
 
 
-LOWER = {"max_pool": lower_move, "max": lower_move, "interpolate_nearest": lower_move, "avg_pool": lower_avg_pool,
-         "mean": lower_reduce, "sum": lower_reduce, "interpolate_bilinear": lower_bilinear}
-
-INT_KERNELS = {"max_pool": k_carrier, "interpolate_nearest": k_carrier, "avg_pool": k_window_sum,
-               "mean": k_reduce_sum, "sum": k_reduce_sum, "interpolate_bilinear": k_bilinear}
+SPECS = [
+    OpSpec("max_pool", ("aten.max_pool1d.default", "aten.max_pool2d.default",
+                        "aten.adaptive_max_pool2d.default"), rule="shared", lower=lower_move, kernel=k_carrier,
+           onnx_int="max_pool"),
+    OpSpec("max", ("aten.max.dim", "aten.max.default", "aten.amax.default",
+                   "aten.min.dim", "aten.min.default", "aten.amin.default"), rule="shared", lower=lower_move),
+    OpSpec("avg_pool", ("aten.avg_pool1d.default", "aten.avg_pool2d.default",
+                        "aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default"),
+           lower=lower_avg_pool, kernel=k_window_sum),
+    OpSpec("mean", ("aten.mean.dim", "aten.mean.default"), lower=lower_reduce, kernel=k_reduce_sum),
+    OpSpec("sum", ("aten.sum.dim_IntList", "aten.sum.default"), lower=lower_reduce, kernel=k_reduce_sum),
+    OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec"), rule="shared",
+           lower=lower_move, kernel=k_carrier),
+    OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",), lower=lower_bilinear, kernel=k_bilinear),
+]

@@ -21,30 +21,12 @@ import math
 
 from ..ir import Node
 from .elementwise import arg, is_input, k_rescale_call, lower_rescale_call, quantize_value, scalar
+from .core import k_identity
+from .lowering import lower_shared
 from .spec import OpSpec
 
 _S = dict(rule="shared")
 
-SPECS = [
-    OpSpec("reshape", ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
-                       "aten.flatten.using_ints", "aten.unflatten.int"), **_S),
-    OpSpec("permute", ("aten.permute.default", "aten.transpose.int", "aten.t.default"), **_S),
-    OpSpec("squeeze", ("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default"), **_S),
-    OpSpec("unsqueeze", ("aten.unsqueeze.default",), **_S),
-    OpSpec("identity", ("aten.contiguous.default", "aten.clone.default", "aten.alias.default",
-                        "aten.detach.default", "aten.detach_.default", "aten.lift_fresh_copy.default",
-                        "aten.dropout.default"), **_S),
-    OpSpec("expand", ("aten.expand.default", "aten.repeat.default"), **_S),
-    OpSpec("slice", ("aten.slice.Tensor", "aten.select.int", "aten.narrow.default", "aten.index.Tensor"), **_S),
-    OpSpec("split", ("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default",
-                     "aten.unbind.int"), **_S),
-    OpSpec("getitem", ("getitem",), **_S),
-    OpSpec("flip", ("aten.flip.default",), **_S),
-    OpSpec("pad", ("aten.pad.default", "aten.constant_pad_nd.default"), **_S),
-    OpSpec("masked_fill", ("aten.masked_fill.Scalar",), **_S),
-    OpSpec("cat", ("aten.cat.default",)),
-    OpSpec("stack", ("aten.stack.default",)),
-]
 
 
 def _per_tensor_input(ctx, node: Node):
@@ -58,8 +40,6 @@ def _per_tensor_input(ctx, node: Node):
 
 def lower_move(ctx, node: Node) -> None:
     """Reshape-like ops: the driver's shared-grid lowering, for per-tensor inputs."""
-    from ..convert import lower_shared
-
     _per_tensor_input(ctx, node)
     for i in node.inputs:  # index tensors and other integer constants the op reads
         if i is not None and i in ctx.q.constants and i not in ctx.constants:
@@ -107,8 +87,25 @@ def lower_masked_fill(ctx, node: Node) -> None:
     lower_move(ctx, _with_arg(node, 2, "value", _fill_code(ctx, node, arg(node, 2, "value"), qp)))
 
 
-LOWER = {s.name: lower_move for s in SPECS if s.rule == "shared"}
-LOWER.update({"pad": lower_pad, "masked_fill": lower_masked_fill, "cat": lower_rescale_call,
-              "stack": lower_rescale_call})
+_S = dict(rule="shared", lower=lower_move)
 
-INT_KERNELS = {"cat": k_rescale_call, "stack": k_rescale_call}
+SPECS = [
+    OpSpec("reshape", ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+                       "aten.flatten.using_ints", "aten.unflatten.int"), **_S),
+    OpSpec("permute", ("aten.permute.default", "aten.transpose.int", "aten.t.default"), **_S),
+    OpSpec("squeeze", ("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default"), **_S),
+    OpSpec("unsqueeze", ("aten.unsqueeze.default",), **_S),
+    OpSpec("identity", ("aten.contiguous.default", "aten.clone.default", "aten.alias.default",
+                        "aten.detach.default", "aten.detach_.default", "aten.lift_fresh_copy.default",
+                        "aten.dropout.default"), kernel=k_identity, onnx_int="identity", **_S),
+    OpSpec("expand", ("aten.expand.default", "aten.repeat.default"), **_S),
+    OpSpec("slice", ("aten.slice.Tensor", "aten.select.int", "aten.narrow.default", "aten.index.Tensor"), **_S),
+    OpSpec("split", ("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default",
+                     "aten.unbind.int"), **_S),
+    OpSpec("getitem", ("getitem",), **_S),
+    OpSpec("flip", ("aten.flip.default",), **_S),
+    OpSpec("pad", ("aten.pad.default", "aten.constant_pad_nd.default"), rule="shared", lower=lower_pad),
+    OpSpec("masked_fill", ("aten.masked_fill.Scalar",), rule="shared", lower=lower_masked_fill),
+    OpSpec("cat", ("aten.cat.default",), lower=lower_rescale_call, kernel=k_rescale_call),
+    OpSpec("stack", ("aten.stack.default",), lower=lower_rescale_call, kernel=k_rescale_call),
+]

@@ -1,9 +1,14 @@
-"""The record that describes one canonical op.
+"""The record that describes one op: a row of the op table.
 
-Takes nothing; defines ``OpSpec``, the row of the op table that every stage reads: the
-canonical name (``conv2d``, ``add``, ...), the aten overloads that capture maps to it, and how
-the op is quantized in simulation (its ``rule``). Later stages add their parts (integer
-lowering, kernels, ONNX) to the op's entry in its family file, never elsewhere.
+Takes nothing; defines ``OpSpec``, the row that every stage reads: the canonical name
+(``conv2d``, ``add``, ...), the aten overloads that capture maps to it, how the op is quantized
+in simulation (its ``rule``), its roles in fusion and calibration, how ``convert`` lowers it
+(``lower``), the integer kernel that runs it (``kernel``) and its plain-int reference twin
+(``reference``), its table kind (``edgequant.lut``) and its integer ONNX form. Each entry is
+declared once, in its family's file, next to the functions it names; stages read these fields
+and never compare op names. Ops that exist only in integer graphs (``lut``, ``rescale``,
+``yuv2rgb``, ...) and the IR's own ops (``quantize``, ``dequantize``, ``aten``, ...) are rows too,
+with ``targets=()``.
 
 Quantization rules:
 
@@ -17,12 +22,14 @@ Quantization rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-import torch
 
 
 @dataclass(frozen=True)
 class OpSpec:
+    """One op (module docstring); every field but ``name`` and ``targets`` has a neutral default."""
+
     name: str                         # canonical lowercase op name
     targets: tuple[str, ...]          # aten overload names, e.g. "aten.conv2d.default"
     rule: str = "compute"             # compute | shared | source | float
@@ -34,24 +41,24 @@ class OpSpec:
     high_precision_output: bool = False  # may output int32 when it feeds only a DeQuantStub
     activation: bool = False          # relu-like: can be absorbed by a conv/linear/add
     param_args: tuple[int, ...] = ()  # parameter inputs folded into the integer op (norm affine)
+    # -- roles other stages read instead of comparing names ----------------------------------------
+    spatial_dims: int | None = None   # conv-like: 1 or 2 spatial dims; None for linear/matmul/others
+    transposed: bool = False          # conv_transpose: weight is (in, out/groups, k...)
+    folds_into_weighted: bool = False  # batch norm: folded into the conv/linear before it
+    residual_add: bool = False        # add: may take a conv/linear accumulator as a term
+    table: str | None = None          # table kind ("table", "softmax", "layer_norm", "div"): edgequant.lut
+    table_symmetry: str | None = None  # for table kind "table": the table's symmetric mode
+    boundary: str | None = None       # "quantize" / "dequantize": where a graph enters or leaves integers
+    python_call: bool = False         # runs a Python callable the graph holds (never from a file)
+    float_op: bool = False            # an op the IR keeps float (a recorded aten call, float code)
+    # -- the stages -----------------------------------------------------------------------------
+    lower: Callable | None = None     # convert: (LowerCtx, quant-level node) -> emits int-level nodes
+    kernel: Callable | None = None    # run, int level: (graph, node, args) -> tensor
+    reference: Callable | None = None  # plain-int reference of ``kernel`` (defaults to ``kernel``)
+    onnx_int: str | None = None       # integer ONNX form (edgequant.onnx_export.integer.FORMS)
+    quant_level: bool = True          # appears in quant-level graphs (False: only convert writes it)
 
-
-def resolve(target: str):
-    """The torch op overload named ``target`` (``"aten.add.Tensor"``), or None if absent.
-
-    Only names on the allow-list (``ops.names.targets()``: the op table and its reviewed extras)
-    resolve; any other string, e.g. one read from a file, gives None and is never looked up.
-    """
-    from .names import targets
-
-    return targets().get(target) if isinstance(target, str) else None
-
-
-def torch_op(name: str):
-    """The aten overload ``name`` of this torch, or None. For the literal names of the op table
-    only (``ops.names`` builds the allow-list with it); never pass it a string from a file."""
-    parts = name.split(".")
-    if len(parts) != 3 or parts[0] != "aten":
-        return None
-    packet = getattr(torch.ops.aten, parts[1], None)
-    return None if packet is None else getattr(packet, parts[2], None)
+    @property
+    def weighted(self) -> bool:
+        """Conv/linear: a weight parameter, quantized per output channel, folded with batch norm."""
+        return self.weight_arg is not None and self.rule == "compute"

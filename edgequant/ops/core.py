@@ -1,0 +1,79 @@
+"""The IR's own ops: the integer region's boundary, rescales, float code, deployment inserts.
+
+Takes nothing at import; declares the table rows of the ops that no aten overload captures:
+``quantize``/``dequantize`` (export writes them at stubs; the int level turns floats into codes
+and back, A1/A2), ``rescale`` (convert writes it where a dequantize feeds a quantize: codes
+onto another grid, A7), ``aten`` (an op recorded outside the quantized region, run as its torch
+call), ``float_call`` (a ``wrap``ped Python function, never saved), and ``yuv2rgb``
+(``deploy.insert_yuv2rgb``'s integer colour conversion). Each row names its lowering and its
+integer kernel, as the family files do for the captured ops.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..inputs import check_quantizable, value_label
+from ..ir import Graph, Node
+from ..qmath import dequantize, quantize, requantize, rounding_shift_right
+from .call import call_target, k_call
+from .lowering import lower_dequantize, lower_plain, lower_quantize
+from .spec import OpSpec
+
+
+def channel_vector(values, ndim: int, ch_axis: int | None) -> torch.Tensor:
+    """Per-channel integers (or one) as an int64 tensor that broadcasts along ``ch_axis`` of a
+    rank-``ndim`` tensor: a scalar when there is one value or no axis."""
+    v = torch.tensor(values, dtype=torch.int64)
+    if ch_axis is None or v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[ch_axis % ndim] = -1
+    return v.reshape(shape)
+
+
+def k_quantize(g: Graph, node: Node, args):
+    # NaN has no integer code: refuse it (+-Inf saturate); the policy is in edgequant.inputs
+    check_quantizable(args[0], value_label(g.inputs, node.inputs[0]),
+                      f"the integer model's quantize node {node.name!r}")
+    qp = g.values[node.outputs[0]].qparams
+    return quantize(args[0], qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis)
+
+
+def k_dequantize(g: Graph, node: Node, args):
+    qp = g.values[node.inputs[0]].qparams
+    return dequantize(args[0], qp.scale_tensor(), qp.zero_point_tensor(), qp.ch_axis)
+
+
+def k_rescale(g: Graph, node: Node, args):
+    a = node.attrs
+    x = args[0].to(torch.int64) - channel_vector(a["in_zero_point"], args[0].dim(), a["ch_axis"])
+    return requantize(x, channel_vector(a["m0"], x.dim(), a["ch_axis"]),
+                      channel_vector(a["shift"], x.dim(), a["ch_axis"]), a["out_dtype"], a["out_zero_point"])
+
+
+def k_identity(g: Graph, node: Node, args):
+    # a recorded clone/contiguous/alias/dropout runs as itself: a later view may need its layout
+    return call_target(node, args) if "target" in node.attrs else args[0]
+
+
+def k_yuv2rgb(g: Graph, node: Node, args):
+    """The integer kernel of ``yuv2rgb`` (``edgequant.deploy`` documents the arithmetic)."""
+    x, coef, bias, m0, shift, mean = args
+    a = node.attrs
+    x = x.to(torch.int64)
+    acc = torch.einsum("ij,...jhw->...ihw", coef, x) + bias.reshape(3, 1, 1)
+    rgb = rounding_shift_right(acc, a["frac_bits"]).clamp_(0, 255)
+    centred = (rgb << a["mean_frac_bits"]) - mean.reshape(3, 1, 1)
+    return requantize(centred, m0.reshape(3, 1, 1), shift.reshape(3, 1, 1) + a["mean_frac_bits"],
+                      a["out_dtype"], a["out_zero_point"])
+
+
+SPECS = [
+    OpSpec("quantize", (), boundary="quantize", lower=lower_quantize, kernel=k_quantize, onnx_int="quantize"),
+    OpSpec("dequantize", (), boundary="dequantize", lower=lower_dequantize, kernel=k_dequantize,
+           onnx_int="dequantize"),
+    OpSpec("rescale", (), kernel=k_rescale, onnx_int="rescale", quant_level=False),
+    OpSpec("aten", (), rule="float", float_op=True, lower=lower_plain, kernel=k_call),
+    OpSpec("float_call", (), rule="float", float_op=True, python_call=True, lower=lower_plain),
+    OpSpec("yuv2rgb", (), kernel=k_yuv2rgb, quant_level=False),
+]
