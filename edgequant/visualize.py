@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .dtype import DTYPES
 from .ir import Graph, Node, Value
+from .version import __version__
 
 OPSET = 21
 DOMAIN = "edgequant"
@@ -132,8 +133,6 @@ def _node(n: Node, g: Graph) -> onnx.NodeProto:
 
 def to_onnx(g: Graph) -> onnx.ModelProto:
     """The ONNX picture of ``g`` (see the module docstring); checked with ``full_check=True``."""
-    from . import __version__
-
     inputs = [_value_info(g.values[i]) for i in g.inputs]
     seen: set[str] = set()
     outputs = []

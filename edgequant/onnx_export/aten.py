@@ -4,14 +4,16 @@ Takes an IR node whose ``attrs`` record an aten call (``target``, ``args``, ``kw
 docs/ir.md) and the ONNX names of its inputs; appends standard ONNX nodes to a ``Builder`` and
 returns the ONNX names of its outputs. The same translation serves float tensors (the QDQ
 flavour's float ops) and integer tensors (the integer flavour's reshapes, slices and index
-arithmetic): every op here moves or compares values without rounding. A target with no entry
-raises ``OnnxExportError`` naming the node.
+arithmetic): every op here moves or compares values without rounding. An op-table row may carry
+its own translations (``OpSpec.onnx``, in its family file), which take precedence over ``ATEN``
+here; a target with neither raises ``OnnxExportError`` naming the node.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir import Node
+from ..ops import spec_of
 from .builder import Builder
 from .errors import unsupported
 
@@ -405,7 +407,9 @@ def translate(c: Ctx, outs: list[str]):
     target = c.node.attrs.get("target")
     if target in NO_OUTPUT:
         return None
-    fn = ATEN.get(target)
+    spec = spec_of(c.node.op)
+    fn = (spec.onnx or {}).get(target) if spec is not None else None
+    fn = fn or ATEN.get(target)
     if fn is None:
         raise c.fail(f"no ONNX translation for the aten call {target}")
     return fn(c, outs)

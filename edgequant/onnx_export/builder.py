@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..visualize import IR_VERSION_ONNX, OPSET, annotation, elem_type
 from ..ir import Value
+from ..version import __version__
 
 CUSTOM_DOMAIN = "ai.edgequant"
 
@@ -78,8 +79,6 @@ class Builder:
 
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], props: dict,
               doc: str) -> onnx.ModelProto:
-        from .. import __version__
-
         graph = helper.make_graph(self.nodes, self.name, inputs, outputs, list(self.inits.values()), doc_string=doc)
         opsets = [helper.make_opsetid("", OPSET)]
         if self.custom_used:

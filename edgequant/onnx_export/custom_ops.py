@@ -37,7 +37,7 @@ def conv_accumulate_np(x, w, strides, pads, dilations, group, x_zero_point, w_ze
     (``ops.matmul_like``'s tap-by-tap conv) on the centered codes."""
     import torch
 
-    from ..ops.matmul_like import _ref_conv
+    from ..ops.matmul_kernels import ref_conv
 
     nd = w.ndim - 2
     if list(pads[:nd]) != list(pads[nd:]):
@@ -46,7 +46,7 @@ def conv_accumulate_np(x, w, strides, pads, dilations, group, x_zero_point, w_ze
     xc = torch.from_numpy(x.astype(np.int64) - x_zero_point)
     wc = torch.from_numpy(w.astype(np.int64) - (wz.reshape([-1] + [1] * (nd + 1)) if wz.size > 1 else wz.reshape(())))
     attrs = {"stride": list(strides), "padding": list(pads[:nd]), "dilation": list(dilations), "groups": group}
-    return _ref_conv(xc, wc, attrs).numpy()
+    return ref_conv(xc, wc, attrs).numpy()
 
 
 class ConvAccumulate(OpRun):

@@ -1,15 +1,18 @@
 """The integer flavour: an int-level ``Graph`` -> ONNX integer ops that reproduce it bit for bit.
 
 Takes the graph ``convert`` returns (level ``"int"``) and a ``Builder``; writes each integer
-kernel of ``edgequant/ops`` in standard ONNX ops (docs/onnx.md has the table):
+kernel of ``edgequant/ops`` in standard ONNX ops (docs/onnx.md has the table). A node is written
+by its ``attrs["kernel"]`` when it has one, else by the writer of its op row's integer form
+(``OpSpec.onnx_int``, the keys of ``FORMS``), else as its recorded aten call:
 
 - ``quantize``: (A1) as ``Div`` (one float32 division), ``Round`` (half to even), ``Add`` of the
   zero point, ``Clip``, ``Cast``; ``dequantize``: (A2) ``(q - z)`` in int64, one float32 ``Mul``;
-- conv/linear/matmul: the exact accumulator, by ``ConvInteger``/``MatMulInteger`` (int8/uint8
-  operands, int32 sums) or an int64 ``MatMul``; a conv on wider codes by a float32 ``Conv`` on
-  the centered codes when convert proved every partial sum below 2^24 (docs/arithmetic.md,
-  section 9), else the custom op ``ai.edgequant.ConvAccumulate`` (``custom_ops``); then the bias
-  and (A7) requantization in int64 (``intmath``);
+- conv/linear/matmul (form ``reduce``; transposed convolutions are not written yet): the exact
+  accumulator, by ``ConvInteger``/``MatMulInteger`` (int8/uint8 operands, int32 sums) or an
+  int64 ``MatMul``; a conv on wider codes by a float32 ``Conv`` on the centered codes when
+  convert proved every partial sum below 2^24 (docs/arithmetic.md, section 9), else the custom
+  op ``ai.edgequant.ConvAccumulate`` (``custom_ops``); then the bias and (A7) requantization in
+  int64 (``intmath``);
 - ``affine`` (add, sub, scalar mul, clamps, batch norm), ``product``, ``window_sum`` (average
   pooling, by ``CumSum`` differences), ``reduce_sum``, ``rescale``, embeddings (``Gather``) and
   table ops (``tables``): the kernels' int64 arithmetic op by op;
@@ -22,11 +25,14 @@ the graph's value types are those of the integer model. A kernel with no transla
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from onnx import TensorProto
 
 from ..dtype import get_dtype
 from ..ir import Graph, Node, QParams
+from ..ops import OpSpec, calls_python, spec_of
 from . import aten, tables
 from .builder import Builder
 from .errors import translate_nodes, unsupported
@@ -34,7 +40,15 @@ from .integer_types import storage_elem, storage_name, storage_np
 from .intmath import along, requantize, rounding_shift, saturate_cast, to_i64
 
 FLAVOUR = "integer"
-_SPATIAL = {"conv1d": 1, "conv2d": 2}
+FORMS: dict[str, Callable] = {}   # integer ONNX form (an op row's ``onnx_int``) -> its writer
+
+
+def form(name: str):
+    """Register the decorated writer ``(IntWriter, node, ins, out)`` as the integer form ``name``."""
+    def register(fn):
+        FORMS[name] = fn
+        return fn
+    return register
 
 
 class IntWriter:
@@ -80,9 +94,12 @@ class IntWriter:
             return _KERNELS[kernel](self, node, ins, out)
         if kernel is not None:
             raise unsupported(node, FLAVOUR, f"its integer kernel {kernel!r} has no ONNX translation yet")
-        if node.op in _OPS:
-            return _OPS[node.op](self, node, ins, out)
-        if node.op in ("segment_lut", "float_call"):
+        spec = spec_of(node.op)
+        if spec is not None and spec.onnx_int is not None:
+            if spec.onnx_int not in FORMS:
+                raise unsupported(node, FLAVOUR, f"its integer form {spec.onnx_int!r} has no ONNX writer")
+            return FORMS[spec.onnx_int](self, node, ins, out)
+        if calls_python(node.op):
             raise unsupported(node, FLAVOUR, "it runs Python code")
         return self._aten(node, ins, out)
 
@@ -98,6 +115,7 @@ class IntWriter:
 
 
 # -- generic ------------------------------------------------------------------------------------------
+@form("quantize")
 def k_quantize(w: IntWriter, node: Node, ins, out) -> None:
     b, qp = w.b, w.g.values[out[0]].qparams
     r = w.rank(out[0])
@@ -123,6 +141,7 @@ def dequantize(w: IntWriter, x: str, qp: QParams, rank: int, out=1) -> str:
     return b.op("Mul", [v, b.const(s, base="scale")], out)
 
 
+@form("dequantize")
 def k_dequantize(w: IntWriter, node: Node, ins, out) -> None:
     qp = w.g.values[node.inputs[0]].qparams
     if qp is None:
@@ -131,16 +150,19 @@ def k_dequantize(w: IntWriter, node: Node, ins, out) -> None:
     dequantize(w, ins[0], qp, w.rank(node.inputs[0]), out)
 
 
+@form("rescale")
 def k_rescale(w: IntWriter, node: Node, ins, out) -> None:
     a, r = node.attrs, w.rank(node.inputs[0])
     x = to_i64(w.b, ins[0], a["in_zero_point"], a["ch_axis"], r)
     w.out_cast(node, requantize(w.b, x, a["m0"], a["shift"], a["out_zero_point"], axis=a["ch_axis"], rank=r), out)
 
 
+@form("identity")
 def k_identity(w: IntWriter, node: Node, ins, out) -> None:
     w.b.op("Identity", [ins[0]], out)
 
 
+@form("max_pool")
 def k_max_pool(w: IntWriter, node: Node, ins, out) -> None:
     """The recorded pooling on a float carrier of the codes (exact: it only compares them)."""
     b = w.b
@@ -162,20 +184,23 @@ def _zp_input(b: Builder, zp, dtype: str) -> str:
     return b.const(arr if isinstance(zp, list) else arr.reshape(()), base="zero_point")
 
 
+@form("reduce")
 def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
     g, b, a = w.g, w.b, node.attrs
     x_name, w_name = node.inputs[0], node.inputs[1]
     xv, wv = g.values[x_name], g.values[w_name]
-    op = node.op
+    spec = spec_of(node.op)
+    if spec.transposed:
+        raise unsupported(node, FLAVOUR, "transposed convolutions have no integer ONNX translation yet")
     r = w.rank(node.outputs[0])
     per_tensor_x = not isinstance(a["x_zero_point"], list)
     w_const = w_name in g.constants
-    if _small(xv.dtype) and _small(wv.dtype) and per_tensor_x and (w_const or op == "matmul"):
-        acc = _integer_op(w, node, ins)
-    elif op in ("linear", "matmul"):
+    if _small(xv.dtype) and _small(wv.dtype) and per_tensor_x and (w_const or not spec.weighted):
+        acc = _integer_op(w, node, spec, ins)
+    elif spec.spatial_dims is None:                        # linear, matmul
         xc = to_i64(b, ins[0], a["x_zero_point"], a.get("x_ch_axis"), len(xv.shape))
         wc = to_i64(b, ins[1], a["w_zero_point"], a.get("w_ch_axis"), len(wv.shape))
-        if op == "linear":
+        if spec.weight_transposed_in_product:
             wc = b.op("Transpose", [wc], perm=[1, 0])
         acc = b.op("MatMul", [xc, wc])
     elif a.get("carrier") == "float32" and not a.get("limb_shift"):
@@ -183,7 +208,7 @@ def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
                   to=TensorProto.FLOAT)
         wc = b.op("Cast", [to_i64(b, ins[1], a["w_zero_point"], a.get("w_ch_axis"), len(wv.shape))],
                   to=TensorProto.FLOAT)
-        acc = b.op("Cast", [_conv(b, node, [xc, wc])], to=TensorProto.INT64)
+        acc = b.op("Cast", [_conv(b, node, spec, [xc, wc])], to=TensorProto.INT64)
     else:
         from .custom_ops import conv_accumulate
 
@@ -205,25 +230,25 @@ def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
         b.op("Mul", [b.op("Cast", [acc], to=TensorProto.FLOAT), b.const(s, base="acc_scale")], out)
 
 
-def _conv(b: Builder, node: Node, inputs: list[str], op_type: str = "Conv"):
+def _conv(b: Builder, node: Node, spec: OpSpec, inputs: list[str], op_type: str = "Conv"):
     a = node.attrs
-    nd = _SPATIAL[node.op]
+    nd = spec.spatial_dims
     kw = dict(strides=list(a["stride"]), pads=list(a["padding"]) * 2, dilations=list(a["dilation"]), group=a["groups"])
     if len(a["stride"]) != nd:
         raise ValueError("stride does not match the conv's spatial rank")
     return b.op(op_type, inputs, **kw)
 
 
-def _integer_op(w: IntWriter, node: Node, ins) -> str:
+def _integer_op(w: IntWriter, node: Node, spec: OpSpec, ins) -> str:
     """ConvInteger / MatMulInteger on int8/uint8 codes with their zero points: exact int32 sums."""
     g, b, a = w.g, w.b, node.attrs
     xv, wv = g.values[node.inputs[0]], g.values[node.inputs[1]]
     x, wt = ins[0], ins[1]
     x_zp = _zp_input(b, a["x_zero_point"], xv.dtype)
     w_zp = _zp_input(b, a["w_zero_point"], wv.dtype)
-    if node.op in _SPATIAL:
-        acc = _conv(b, node, [x, wt, x_zp, w_zp], "ConvInteger")
-    elif node.op == "linear":
+    if spec.spatial_dims is not None:
+        acc = _conv(b, node, spec, [x, wt, x_zp, w_zp], "ConvInteger")
+    elif spec.weight_transposed_in_product:
         wt = b.op("Transpose", [wt], perm=[1, 0])
         acc = b.op("MatMulInteger", [x, wt, x_zp, w_zp])
     else:
@@ -287,6 +312,7 @@ def k_reduce_sum(w: IntWriter, node: Node, ins, out) -> None:
     w.out_cast(node, requantize(b, v, a["m0"], a["shift"], a["out_zp"]), out, a["lo"], a["hi"])
 
 
+@form("embedding")
 def k_embedding(w: IntWriter, node: Node, ins, out) -> None:
     b, a = w.b, node.attrs
     if a.get("output") == "requant":
@@ -298,6 +324,7 @@ def k_embedding(w: IntWriter, node: Node, ins, out) -> None:
         b.op("Gather", [ins[0], ins[1]], out, axis=0)
 
 
+@form("lut")
 def k_lut(w: IntWriter, node: Node, ins, out) -> None:
     lut = node.attrs["lut"]
     nq = lut["n_quant"]
@@ -307,10 +334,6 @@ def k_lut(w: IntWriter, node: Node, ins, out) -> None:
 
 
 _KERNELS = {"affine": k_affine, "product": k_product, "window_sum": k_window_sum, "reduce_sum": k_reduce_sum}
-_OPS = {"quantize": k_quantize, "dequantize": k_dequantize, "rescale": k_rescale, "identity": k_identity,
-        "conv1d": k_reduce, "conv2d": k_reduce, "linear": k_reduce, "matmul": k_reduce,
-        "embedding": k_embedding, "lut": k_lut, "softmax": k_lut, "layer_norm": k_lut, "lut_div": k_lut,
-        "max_pool": k_max_pool}
 
 
 def build(g: Graph):

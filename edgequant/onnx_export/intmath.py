@@ -17,6 +17,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..dtype import get_dtype
+from ..qmath import channel_vector
 from .builder import Builder
 
 
@@ -25,9 +26,8 @@ def along(values, axis: int | None, rank: int | None) -> np.ndarray:
     a = np.asarray(values, dtype=np.int64)
     if a.ndim == 0 or a.size == 1 or axis is None:
         return a.reshape(()) if a.size == 1 else a
-    if axis < 0:
-        return a.reshape([-1] + [1] * (-axis - 1))
-    return a.reshape([-1] + [1] * (rank - axis - 1))
+    # qmath's shaping, without the leading ones (ONNX broadcasts from the right)
+    return channel_vector(a, -axis if axis < 0 else rank - axis, 0).numpy()
 
 
 def rounding_shift(b: Builder, v: str, shift: np.ndarray) -> str:

@@ -14,7 +14,7 @@ the VALIDATION simulation written the way ONNX tools expect quantized models:
 - table ops (``attrs["lut"]``, the simulation runs their integer kernel on the input codes)
   quantize their input, run the same integer kernel in int64 ops (``tables``) and dequantize:
   ONNX Runtime computes exactly what the simulation computes. Composite tables the integer
-  emitters do not cover (see ``tables.SUPPORTED``) fall back to the float ONNX op followed by the
+  emitters do not cover (see ``tables.WRITERS``) fall back to the float ONNX op followed by the
   output's QDQ pair, within the table's documented error (docs/onnx.md).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto
 
 from ..ir import Graph, Node, QParams
+from ..ops import calls_python, is_dequantize, is_quantize
 from ..qmath import quantize
 from . import aten, tables
 from .builder import Builder
@@ -104,9 +105,9 @@ class QdqWriter:
         """Whether the output gets a QDQ pair: fake-quantized outputs, and shared-grid outputs (a
         reshape, max pooling) whose values already lie on their grid, where the pair is exact and
         keeps every quantized tensor in the QDQ form ONNX Runtime's graph transforms expect."""
-        if node.op == "quantize" or node.attrs.get("fq"):
+        if is_quantize(node.op) or node.attrs.get("fq"):
             return True
-        if node.op == "dequantize" or len(node.outputs) != 1:
+        if is_dequantize(node.op) or len(node.outputs) != 1:
             return False
         v = self.g.values[node.outputs[0]]
         return v.qparams is not None and v.dtype == "float32" and v.qparams.ch_axis is None
@@ -119,16 +120,16 @@ class QdqWriter:
         if fq:
             qp = g.values[out].qparams
             _check_qdq_type(qp, f"the output of {node.name!r}")
-        if node.op == "quantize":
+        if is_quantize(node.op):
             self.names[out] = qdq(b, ins[0], qp, self.rank(out), [out])
             return
-        if node.op == "dequantize":
+        if is_dequantize(node.op):
             self.names[out] = b.op("Identity", [ins[0]], [out])
             return
         if "lut" in node.attrs and tables.supported(node.attrs["lut"]):
             self._table(node, ins)
             return
-        if node.op in ("segment_lut", "float_call"):
+        if calls_python(node.op):
             raise unsupported(node, FLAVOUR, "it runs Python code; give it per-tensor qconfigs so that it "
                                              "becomes a table op")
         raw = [f"{o}.float" for o in node.outputs] if fq else list(node.outputs)

@@ -6,10 +6,14 @@ and its table constants (the trailing IR inputs); appends nodes that compute the
 (docs/arithmetic.md, T1..T4): the table coordinate ``a = u`` or ``|u|`` with mirroring, a direct
 table by ``Gather``, a segmented table by counting the segment bounds at or below ``a``,
 gathering the two entries around it and one half-to-even rounding shift ``A6`` per element,
-linear extrapolation outside the range. Both flavours use it: the QDQ flavour between a
+linear extrapolation outside the range. Each table kind (``lut["kind"]``, the ``table`` of the
+op's row) has one writer in ``WRITERS``: a single table, softmax (T6) and layer norm (T7);
+tensor division (kind ``div``) has none yet. Both flavours use it: the QDQ flavour between a
 QuantizeLinear and a DequantizeLinear, the integer flavour on the integer codes.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,11 +27,20 @@ from .builder import Builder
 from .errors import unsupported
 from .intmath import clamp, rounding_shift, shift_by_pow2
 
-SUPPORTED = ("table", "softmax", "layer_norm")
+WRITERS: dict[str, Callable] = {}   # table kind (``lut["kind"]``, an op row's ``table``) -> its writer
+
+
+def writes(kind: str):
+    """Register the decorated ``(b, q, params, tables, consts, node) -> codes`` as the writer of ``kind``."""
+    def register(fn):
+        WRITERS[kind] = fn
+        return fn
+    return register
 
 
 def supported(lut: dict) -> bool:
-    return lut["kind"] in SUPPORTED
+    """Whether the table op's kind has an int64 ONNX writer (``tables.WRITERS``)."""
+    return lut["kind"] in WRITERS
 
 
 def _pow2(n) -> np.ndarray:
@@ -105,6 +118,12 @@ def apply_table(b: Builder, q: str, t: LutTable, node: Node) -> str:
     return clamp(b, v, dt.qmin, dt.qmax)
 
 
+@writes("table")
+def single_table(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
+    """An elementwise function of one table (``lut_apply``)."""
+    return apply_table(b, q, tabs[0], node)
+
+
 def shift_dynamic(b: Builder, v: str, n: str) -> str:
     """(A6) by a per-element shift tensor ``n`` of any sign: ``n <= 0`` is an exact left shift,
     ``n > 62`` gives 0 (every value shifted here is below 2^62 in magnitude)."""
@@ -134,7 +153,8 @@ def _saturated(b: Builder, y: str, out_zero: int, out_dtype: str) -> str:
     return clamp(b, b.op("Add", [y, b.i64(out_zero)]) if out_zero else y, dt.qmin, dt.qmax)
 
 
-def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], node: Node) -> str:
+@writes("softmax")
+def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
     """``composite.softmax_int`` (docs/arithmetic.md T6)."""
     from ..lut.composite import RECIP_BITS
 
@@ -150,6 +170,7 @@ def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], node: Node) -> st
     return _saturated(b, y, p["out_zero"], p["out_dtype"])
 
 
+@writes("layer_norm")
 def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
     """``composite.layer_norm_int`` (docs/arithmetic.md T7) over the last ``n`` elements."""
     from ..lut.composite import RSQRT_BITS, XHAT_BITS
@@ -174,15 +195,10 @@ def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, 
 def emit(b: Builder, lut: dict, codes: list[str], extra: list[torch.Tensor], node: Node) -> str:
     """The output codes (int64, saturated) of a table op whose input codes are ``codes`` (int64)."""
     p = unpack(lut, extra)
-    tabs, consts = p["tables"], p["consts"]
-    kind = lut["kind"]
-    if kind == "table":
-        return apply_table(b, codes[0], tabs[0], node)
-    if kind == "softmax":
-        return softmax(b, codes[0], lut["params"], tabs, node)
-    if kind == "layer_norm":
-        return layer_norm(b, codes[0], lut["params"], tabs, consts, node)
-    raise unsupported(node, "onnx", f"table op kind {kind!r} has no integer ONNX translation")
+    writer = WRITERS.get(lut["kind"])
+    if writer is None:
+        raise unsupported(node, "onnx", f"table op kind {lut['kind']!r} has no integer ONNX translation")
+    return writer(b, codes[0], lut.get("params"), p["tables"], p["consts"], node)
 
 
-__all__ = ["emit", "supported", "n_extra", "apply_table"]
+__all__ = ["emit", "supported", "n_extra", "apply_table", "WRITERS"]
