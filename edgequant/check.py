@@ -40,7 +40,10 @@ Level "int"
   I1  a value has ``QParams`` exactly when its dtype is a quantized name, and that name is its
       ``QParams.dtype``.
   I2  no float constant feeds an integer op (every node except those marked
-      ``attrs["float"]`` and the ops ``quantize``, ``aten``, ``float_call``).
+      ``attrs["float"]``, the graph's entry ``quantize`` and the float ops of the op table).
+  I3  the graph's rounding rule (``meta["rounding"]``, which ``convert`` records from the
+      march profile) is the one the kernels implement, ``qmath.ROUNDING`` (A6); a graph that
+      names another rule would run with a rounding it was not made for.
 """
 from __future__ import annotations
 
@@ -49,9 +52,13 @@ import numbers
 
 import torch
 
+from .check_attrs import check_file_attrs
+from .check_names import check_names
 from .dtype import DTYPES
 from .ir import LEVELS, Graph, Node, QParams, Value
+from .ops import is_float_op, is_quantize
 from .ops.names import dim_ok
+from .qmath import ROUNDING
 
 
 class IRCheckError(ValueError):
@@ -62,7 +69,6 @@ class IRCheckError(ValueError):
 STORAGE_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 FLOAT_STORAGE = ("float32", "float64", "float16", "bfloat16")
 SYM = "sym"                                     # a non-tensor value (a symbolic int from a shape)
-_FLOAT_OK_OPS = ("quantize", "aten", "float_call")   # int-level ops that may read float constants
 # float32 normal numbers, with room for q * scale: smaller or larger scales lose (A1)/(A2)
 SCALE_MIN = float(torch.finfo(torch.float32).tiny)
 SCALE_MAX = float(torch.finfo(torch.float32).max) / 2 ** 32
@@ -77,9 +83,6 @@ def valid_dtypes(level: str) -> tuple[str, ...]:
 def check_graph(g: Graph, from_file: bool = False) -> None:
     """Raise ``IRCheckError`` if ``g`` breaks a rule of its level (see the module docstring);
     ``from_file=True`` adds the rules of graphs read from a file (F1, F2)."""
-    from .check_attrs import check_file_attrs
-    from .check_names import check_names
-
     if g.level not in LEVELS:
         raise IRCheckError(f"unknown IR level {g.level!r}; expected one of {LEVELS}")
     _check_records(g)
@@ -92,6 +95,10 @@ def check_graph(g: Graph, from_file: bool = False) -> None:
         _check_constant(name, t, g.values[name])
     if g.level == "int":
         _check_int(g)
+        rule = g.meta.get("rounding", ROUNDING)
+        if rule != ROUNDING:
+            raise IRCheckError(f"the graph says its integer kernels round {rule!r}; edgequant's round "
+                               f"{ROUNDING!r} (qmath A6): convert it again for a march edgequant supports")
     check_names(g, IRCheckError)
     if from_file:
         hidden = [k for k in g.meta if not isinstance(k, str) or k.startswith("_")]
@@ -271,7 +278,7 @@ def json_problem(obj, path: str) -> str | None:
 # -- I2 --------------------------------------------------------------------------------------------------
 def _check_int(g: Graph) -> None:
     for node in g.nodes:
-        if node.attrs.get("float") or node.op in _FLOAT_OK_OPS:
+        if node.attrs.get("float") or is_quantize(node.op) or is_float_op(node.op):   # may read float constants
             continue
         for i in node.inputs:
             if i in g.constants and g.constants[i].is_floating_point():

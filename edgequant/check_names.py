@@ -9,9 +9,9 @@ encodings (``args`` not a list, ``{"$in": k}`` past the node's inputs).
 from __future__ import annotations
 
 from .ir import Graph
+from .ops import calls_python
 from .ops.names import DTYPES as TORCH_DTYPES, MARKER_TARGETS, MEMORY_FORMATS, device_ok, op_names, targets
 
-CALLABLE_OPS = ("float_call", "segment_lut")
 _MARKERS = {"$in", "$dtype", "$float", "$device", "$memory_format"}
 
 
@@ -27,7 +27,7 @@ def check_names(g: Graph, error) -> None:
         if node.op not in ops:
             raise error(f"node {node.name!r}: op {node.op!r} is not an edgequant op (see edgequant.ops.names)")
         a = node.attrs
-        callable_op = node.op in CALLABLE_OPS and "lut" not in a
+        callable_op = calls_python(node.op) and "lut" not in a
         if "target" in a:
             t = a["target"]
             if not isinstance(t, str):
@@ -43,7 +43,7 @@ def check_names(g: Graph, error) -> None:
         try:
             _check_encoded(a.get("args", []), len(node.inputs), "args")
             _check_encoded(a.get("kwargs", {}), len(node.inputs), "kwargs")
-            for p in (a.get("rescale") or []):
+            for p in (a["rescale"] if isinstance(a.get("rescale"), list) else []):
                 if isinstance(p, dict):
                     _check_encoded(p, 0, "rescale")
         except BadAttr as exc:

@@ -34,8 +34,8 @@ from torch.utils import _pytree as pytree
 
 from .argcheck import expect_path
 from .check import IRCheckError, check_graph, json_problem
-from .check_names import CALLABLE_OPS
 from .ir import IR_VERSION, Graph, Node, QParams, Value
+from .ops import calls_python
 
 MAGIC = b"\x89EQIR\r\n\x1a"          # 8 bytes; the \r\n and \x1a catch text-mode transfers
 FORMAT_VERSION = 1
@@ -129,7 +129,7 @@ def _refuse_callables(g: Graph) -> None:
     for n in g.nodes:
         if "lut" in n.attrs:  # a table op: its tables are constants, its callable only serves float runs
             continue
-        if n.op in CALLABLE_OPS or "callable_ref" in n.attrs:
+        if calls_python(n.op) or "callable_ref" in n.attrs:
             raise SerializeError(
                 f"node {n.name!r} ({n.op}) from {n.source or '<unknown>'} runs Python code "
                 f"({n.attrs.get('callable_ref') or n.attrs.get('module') or 'a callable'}), which a file cannot hold "
