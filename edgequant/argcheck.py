@@ -6,7 +6,8 @@ returns it unchanged, or raises a ``TypeError`` (the wrong kind of object) or ``
 that names the function, the argument, what it got and what to pass instead. Public functions
 call these in their first lines. They check what kind of object arrived (``None``, a string,
 a float model, a prepared model, an exported ``Graph``), never its contents: each stage checks
-those itself. The scalar checks (``expect_int``, ``expect_real``, ``expect_flag``, ``expect_choice``,
+those itself (``fake_quant.expect_fake_quant``, for a model holding fake-quant modules, lives
+with the modules it looks for). The scalar checks (``expect_int``, ``expect_real``, ``expect_flag``, ``expect_choice``,
 ``expect_tensor``) refuse what would be silently misread: a bool where a count belongs, NaN, a
 string where a number belongs, a number where a flag belongs.
 """
@@ -43,12 +44,6 @@ def is_prepared(value) -> bool:
     return isinstance(value, fx.GraphModule) and "edgequant" in getattr(value, "meta", {})
 
 
-def has_fake_quant(model: nn.Module) -> bool:
-    from .fake_quant import FakeQuantize
-
-    return any(isinstance(m, FakeQuantize) for m in model.modules())
-
-
 def _hint(value) -> str:
     if isinstance(value, Graph):
         return "; a Graph is already exported: call it (g(*inputs)), save it, or convert it"
@@ -74,16 +69,6 @@ def expect_module(value, fn: str, arg: str) -> nn.Module:
     if not isinstance(value, nn.Module):
         hint = "; a Graph runs as g(*inputs) and needs no preparing" if isinstance(value, Graph) else ""
         raise TypeError(f"{fn}: {arg} must be a torch nn.Module, got {describe(value)}{hint}")
-    return value
-
-
-def expect_fake_quant(value, fn: str, arg: str) -> nn.Module:
-    """``value`` if it is a module with edgequant fake quantization (a prepared model, or a module
-    that holds one, such as a DistributedDataParallel wrapper)."""
-    expect_module(value, fn, arg)
-    if not has_fake_quant(value) and not is_prepared(value):
-        raise ValueError(f"{fn}: {arg} ({type(value).__name__}) has no edgequant fake-quant modules; pass the "
-                         f"model that edgequant.prepare returned, not the float model ({PREPARE_HINT})")
     return value
 
 
@@ -236,6 +221,6 @@ def expect_callable(value, fn: str, arg: str, *, none: bool = False):
     raise TypeError(f"{fn}: {arg} must be a function{' or None' if none else ''}, got {describe(value)}")
 
 
-__all__ = ["describe", "is_prepared", "has_fake_quant", "expect_graph", "expect_module", "expect_fake_quant",
-           "expect_prepared", "expect_path", "expect_batches", "check_batch", "expect_tensor", "expect_int",
-           "expect_real", "expect_flag", "expect_choice", "expect_callable"]
+__all__ = ["describe", "is_prepared", "expect_graph", "expect_module", "expect_prepared", "expect_path",
+           "expect_batches", "check_batch", "expect_tensor", "expect_int", "expect_real", "expect_flag",
+           "expect_choice", "expect_callable"]

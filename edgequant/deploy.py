@@ -33,7 +33,9 @@ import copy
 import torch
 
 from .check import check_graph
+from .functional.yuv import SWINGS, channel_values, yuv_matrices
 from .ir import Graph, Node, QParams, Value
+from .ops import is_quantize, spec_of
 from .qmath import quantize_multiplier
 
 YUV_FRAC_BITS = 14
@@ -56,8 +58,6 @@ def _require_int(g) -> None:
 
 
 def _per_channel(v, name: str, positive: bool = False) -> list[float]:
-    from .functional.yuv import channel_values
-
     vals = channel_values(v, name, error=DeployError)
     if positive and min(vals) <= 0:
         raise DeployError(f"{name} must be positive (the integer op multiplies by 1 / {name}), got {vals}")
@@ -71,8 +71,6 @@ def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=
     0..255 scale, one or three values (list or tensor). The quantize's scale becomes 1; the new
     input expects integer values in [-128, 127] (float or integer tensor), NCHW with 3 channels.
     """
-    from .functional.yuv import SWINGS, yuv_matrices
-
     _require_int(g)
     if not isinstance(stub_name, str):
         raise DeployError(f"stub_name is the name of a quantize node (a str), got {type(stub_name).__name__}")
@@ -82,8 +80,8 @@ def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=
         raise DeployError(f"bgr must be True or False, got {bgr!r}")
     mean, std = _per_channel(mean, "mean"), _per_channel(std, "std", positive=True)
     node = next((n for n in g.nodes if n.name == stub_name), None)
-    if node is None or node.op != "quantize":
-        names = [n.name for n in g.nodes if n.op == "quantize"]
+    if node is None or not is_quantize(node.op):
+        names = [n.name for n in g.nodes if is_quantize(n.op)]
         raise DeployError(f"{stub_name!r} is not a quantize node of this graph; its quantize nodes: {names}")
     out = g.values[node.outputs[0]]
     qp = out.qparams
@@ -117,7 +115,7 @@ def insert_yuv2rgb(g: Graph, stub_name: str, swing: str = "full", mean=0.0, std=
         consts[key] = name
     for n in g.nodes:
         if n is node:
-            h.nodes.append(Node(n.name, "quantize", n.inputs, (yuv,), dict(n.attrs), n.source))
+            h.nodes.append(Node(n.name, n.op, n.inputs, (yuv,), dict(n.attrs), n.source))
             h.nodes.append(Node(f"{stub_name}.yuv2rgb", "yuv2rgb", (yuv, *consts.values()), n.outputs,
                                 {"swing": swing, "bgr": bool(bgr), "frac_bits": fb, "mean_frac_bits": kb,
                                  "out_dtype": qp.dtype, "out_zero_point": qp.zero_point[0]},
@@ -147,7 +145,7 @@ def split(g: Graph, cut_points) -> list[Graph]:
         if cut_points.count(c) > 1:
             raise DeployError(f"cut point {c!r} is listed {cut_points.count(c)} times in cut_points; list each once")
         if c not in index:
-            stubs = [n.name for n in g.nodes if n.op in ("quantize", "identity", "rescale")]
+            stubs = [n.name for n in g.nodes if spec_of(n.op) is not None and spec_of(n.op).stub_form]
             raise DeployError(f"cut point {c!r} is not a node of this graph (QuantStub nodes: {stubs})")
         n = g.nodes[index[c]]
         if g.values[n.outputs[0]].qparams is None:

@@ -25,11 +25,14 @@ import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
+from .argcheck import describe
+from .check import check_graph
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
 from .inputs import check_input, shape_of
 from .ir import IR_VERSION, Graph, Node, QParams, Value
 from .nn.stubs import dequant_point, quant_point
-from .check import check_graph
+from .ops import spec_of
+from .qmath import fake_quantize
 
 
 class ExportError(RuntimeError):
@@ -184,7 +187,7 @@ class _Exporter:
         i = self.writer.get(ref)
         producer = self.nodes[i] if i is not None else None
         if producer is not None and src.meta.get("eq_domain") == "quant" and len(src.users) == 1 \
-                and src.target is not quant_point and producer.attrs.get("target") != "quantize":
+                and src.target is not quant_point:
             self._set_qparams(ref, qp)                 # the op's own output fake-quant
             self.nodes[i] = Node(producer.name, producer.op, producer.inputs, producer.outputs,
                                  {**producer.attrs, "fq": True}, producer.source)
@@ -245,10 +248,8 @@ class _Exporter:
 
     def _propagate_shared_qparams(self) -> None:
         """Shared-grid ops (and embeddings) carry the qparams of the tensor they move."""
-        from .ops import OPS
-
         for n in self.nodes:
-            spec = OPS.get(n.op)
+            spec = spec_of(n.op)
             if spec is None or spec.rule not in ("shared", "source") or n.attrs.get("fq"):
                 continue
             src = n.inputs[spec.weight_arg] if spec.rule == "source" else (n.inputs[0] if n.inputs else None)
@@ -277,8 +278,6 @@ def _fetch(gm, target: str) -> torch.Tensor:
 
 
 def _fake_weight(fq: FakeQuantize, w: torch.Tensor) -> torch.Tensor:
-    from .qmath import fake_quantize
-
     scale, zp = fq.qparams()
     return fake_quantize(w, scale, zp, fq.dtype, fq.ch_axis)
 
@@ -299,8 +298,6 @@ def export(model: fx.GraphModule, example_inputs=None) -> Graph:
     input count; the graph itself was fixed by ``prepare``.
     """
     if not isinstance(model, fx.GraphModule) or "edgequant" not in getattr(model, "meta", {}):
-        from .argcheck import describe
-
         hint = "; it is exported already" if isinstance(model, Graph) else \
             " (edgequant.prepare(model, example_inputs, qconfig_setter=(...,)), then calibrate)"
         raise ExportError(f"export takes a model returned by edgequant.prepare, got {describe(model)}{hint}")

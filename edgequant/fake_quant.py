@@ -2,7 +2,8 @@
 
 Takes float tensors; returns float tensors that carry a quantization grid. A ``FakeQuantize``
 sits on one tensor of a prepared model: it owns an observer (which chooses the range) and the
-resulting ``scale``/``zero_point`` buffers, and behaves according to its ``FakeQuantState``:
+resulting ``scale``/``zero_point`` buffers (a state dict loads them as ``saved_qparams``
+checks), and behaves according to its ``FakeQuantState``:
 
 - ``FLOAT``: identity; the model computes in float.
 - ``CALIBRATION``: the observer records the tensor; the output is the float input unchanged.
@@ -13,6 +14,8 @@ resulting ``scale``/``zero_point`` buffers, and behaves according to its ``FakeQ
 ``set_fake_quantize(model, state)`` switches every FakeQuantize of a model at once; leaving
 CALIBRATION (or QAT) freezes the observers' current ranges into ``scale``/``zero_point``.
 ``calibrate(model, batches)`` is the usual calibration: CALIBRATION, every batch, VALIDATION.
+Under torch.distributed the modules ``shared_statistics(model)`` lists are synced
+(``edgequant.collectives``) before they freeze; ``edgequant.distributed`` has the manual calls.
 
 A ``BiasCorrection`` sits on the bias of a conv/linear whose weight is fake-quantized. Rounding
 the weights shifts the mean of each output channel by ``sum (w_q - w) * E[x]``; a depthwise or
@@ -32,11 +35,17 @@ import math
 from enum import Enum
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .dtype import DTYPES, QuantDType, get_dtype
-from .qmath import fake_quantize, fake_quantize_learnable
+from .argcheck import PREPARE_HINT, check_batch, describe, expect_batches, expect_flag, expect_int, expect_module, \
+    is_prepared
+from .collectives import is_distributed, sync_modules, sync_observer
+from .dtype import QuantDType, get_dtype
+from .ops import spec_of
+from .qmath import accumulator_scale, bias_dtype, bias_steps, fake_quantize, fake_quantize_learnable, quantize_bias
+from .saved_qparams import check_saved_dtype, check_saved_scale, dtype_code
 
 
 class FakeQuantState(str, Enum):
@@ -73,8 +82,6 @@ class FakeQuantize(nn.Module):
     def __init__(self, observer: nn.Module, dtype: QuantDType | str, ch_axis: int | None = None,
                  fixed_scale: bool = False, learnable: bool = False):
         super().__init__()
-        from .argcheck import describe, expect_flag, expect_int
-
         if not isinstance(observer, nn.Module) or isinstance(observer, FakeQuantize) or \
                 not hasattr(observer, "calculate_qparams"):
             raise TypeError(f"FakeQuantize: observer must be an observer instance such as "
@@ -93,7 +100,7 @@ class FakeQuantize(nn.Module):
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int64))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         # ``[bits, signed]`` of ``dtype``: a state dict records what its scales were calibrated for
-        self.register_buffer("qdtype", _dtype_code(self.dtype))
+        self.register_buffer("qdtype", dtype_code(self.dtype))
         if learnable:
             self.learned_scale = nn.Parameter(torch.ones(()))
 
@@ -170,7 +177,7 @@ class FakeQuantize(nn.Module):
             return x
         elif state == FakeQuantState.QAT and not self.fixed_scale and not self.learnable:
             self.observer(x.detach())
-            _sync_observer(self.observer)  # torch.distributed: the same range on every rank
+            sync_observer(self.observer)  # torch.distributed: the same range on every rank
             self.freeze_qparams()
         scale, zp = self.qparams()
         if state == FakeQuantState.QAT and self.learnable:
@@ -183,17 +190,17 @@ class FakeQuantize(nn.Module):
     # fake-quant is per tensor (or the reverse), raises ValueError naming the key; one saved
     # before ``qdtype`` existed loads as it always did.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.qdtype.copy_(_dtype_code(self.dtype))  # follows ``dtype`` even if it was reassigned
+        self.qdtype.copy_(dtype_code(self.dtype))  # follows ``dtype`` even if it was reassigned
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         if prefix + "qdtype" in state_dict:
-            self._check_saved_dtype(state_dict[prefix + "qdtype"], prefix)
+            check_saved_dtype(self, state_dict[prefix + "qdtype"], prefix)
         else:  # saved before the dtype was recorded: nothing to compare, nothing missing
             state_dict = dict(state_dict)
-            state_dict[prefix + "qdtype"] = _dtype_code(self.dtype)
-        self._check_saved_scale(state_dict, prefix)
+            state_dict[prefix + "qdtype"] = dtype_code(self.dtype)
+        check_saved_scale(self, state_dict, prefix)
         for key in ("scale", "zero_point"):
             if prefix + key in state_dict:
                 getattr(self, key).resize_(state_dict[prefix + key].shape)
@@ -204,69 +211,7 @@ class FakeQuantize(nn.Module):
             state_dict[prefix + "learned_scale"] = state_dict[prefix + "scale"].clone().float()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        self.qdtype.copy_(_dtype_code(self.dtype))
-
-    def _check_saved_dtype(self, code, prefix: str) -> None:
-        saved = _dtype_from_code(code)
-        if saved is None:
-            raise ValueError(f"{prefix}qdtype: {_show(code)} is not a quantized dtype record ([bits, signed] of one "
-                             f"of {sorted(DTYPES)}); the state dict is damaged or was not saved by edgequant")
-        if saved != self.dtype:
-            ratio = _range_ratio(saved, self.dtype)
-            raise ValueError(
-                f"{prefix}scale: the state dict was calibrated for {saved}, but this model quantizes the tensor "
-                f"{self.name} as {self.dtype} (its scales would be off by about {ratio:.0f}x); "
-                "load it into a model prepared with the same qconfig template, or calibrate this model instead"
-            )
-
-    def _check_saved_scale(self, state_dict, prefix: str) -> None:
-        scale, calibrated = state_dict.get(prefix + "scale"), state_dict.get(prefix + "calibrated")
-        if not isinstance(scale, torch.Tensor) or not isinstance(calibrated, torch.Tensor) \
-                or calibrated.numel() != 1 or not bool(calibrated.reshape(())):
-            return  # nothing calibrated was saved: it resets this fake-quant, whatever its shape
-        if scale.numel() and not bool((torch.isfinite(scale.double()) & (scale.double() > 0)).all()):
-            raise ValueError(f"{prefix}scale: the state dict holds {_show(scale)}; a calibrated scale must be finite "
-                             f"and > 0 ({self.name}); the state dict is damaged: calibrate the model again")
-        zp = state_dict.get(prefix + "zero_point")
-        if isinstance(zp, torch.Tensor) and zp.numel() and (zp.is_floating_point() or int(zp.min()) < self.dtype.qmin
-                                                           or int(zp.max()) > self.dtype.qmax):
-            raise ValueError(f"{prefix}zero_point: the state dict holds {_show(zp)}, outside {self.dtype}'s range "
-                             f"[{self.dtype.qmin}, {self.dtype.qmax}] ({self.name}); the state dict is damaged")
-        fixed_scalar = getattr(self.observer, "scale", None)
-        fixed_scalar = isinstance(fixed_scalar, torch.Tensor) and fixed_scalar.dim() == 0
-        if self.ch_axis is None and scale.numel() != 1:
-            got = f"{scale.numel()} per-channel scales"
-        elif self.ch_axis is not None and scale.dim() != 1 and not fixed_scalar:
-            got = f"a scale of shape {list(scale.shape)}"
-        elif self.ch_axis is not None and bool(self.calibrated) and self.scale.dim() == 1 \
-                and scale.dim() == 1 and scale.numel() != self.scale.numel():
-            got = f"{scale.numel()} per-channel scales where this model has {self.scale.numel()} channels"
-        else:
-            return
-        want = "one scale (per tensor)" if self.ch_axis is None else f"one scale per channel along axis {self.ch_axis}"
-        raise ValueError(f"{prefix}scale: the state dict holds {got}, but {self.name} takes {want}; "
-                         "the state dict comes from a differently prepared model")
-
-
-def _dtype_code(dtype: QuantDType) -> torch.Tensor:
-    return torch.tensor([dtype.bits, int(dtype.signed)], dtype=torch.int64)
-
-
-def _dtype_from_code(code) -> QuantDType | None:
-    """The dtype a saved ``qdtype`` buffer names, or None if it names none."""
-    if not isinstance(code, torch.Tensor) or code.shape != (2,) or code.is_floating_point() or code.is_complex():
-        return None
-    bits, signed = (int(v) for v in code.tolist())
-    return next((d for d in DTYPES.values() if d.bits == bits and int(d.signed) == signed), None)
-
-
-def _range_ratio(a: QuantDType, b: QuantDType) -> float:
-    wide, narrow = sorted((a.qmax - a.qmin, b.qmax - b.qmin))[::-1]
-    return wide / narrow
-
-
-def _show(t) -> str:
-    return f"{t.tolist()}" if isinstance(t, torch.Tensor) and t.numel() <= 8 else repr(t)[:60]
+        self.qdtype.copy_(dtype_code(self.dtype))
 
 
 class BiasCorrection(nn.Module):
@@ -283,9 +228,9 @@ class BiasCorrection(nn.Module):
 
     def __init__(self, op: str, stride=(1,), padding=(0,), dilation=(1,), groups: int = 1):
         super().__init__()
-        if op not in ("linear", "conv1d", "conv2d"):
+        if spec_of(op) is None or not spec_of(op).bias_correction:
             raise ValueError(f"BiasCorrection supports linear, conv1d and conv2d, not {op}")
-        self.op = op
+        self.op, self.spatial_dims = op, spec_of(op).spatial_dims  # spatial_dims None: linear
         self.stride, self.padding, self.dilation = (tuple(int(v) for v in a) for a in (stride, padding, dilation))
         self.groups = int(groups)
         self.state = FakeQuantState.FLOAT
@@ -311,7 +256,7 @@ class BiasCorrection(nn.Module):
 
     @torch.no_grad()
     def _record(self, x: torch.Tensor, ksize: tuple[int, ...]) -> None:
-        if self.op == "linear":
+        if self.spatial_dims is None:
             total, n = x.detach().reshape(-1, x.shape[-1]).sum(0).double(), x.numel() // x.shape[-1]
         else:
             if x.dim() != 2 + len(ksize) or x.shape[0] == 0:
@@ -350,7 +295,7 @@ class BiasCorrection(nn.Module):
         with torch.no_grad():
             dw = (wq - w).to(torch.float64)
             mean = self.input_sum / self.count
-            if self.op == "linear":
+            if self.spatial_dims is None:
                 return (dw @ mean).to(w.dtype)
             # the conv of the window mean with dw, which has a 1x1 output, as one contraction per
             # group (torch's float64 depthwise conv2d takes seconds on a 1152-channel 5x5 kernel)
@@ -366,20 +311,20 @@ class BiasCorrection(nn.Module):
 
     def grid_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """``bias`` rounded by (A1) to the accumulator grid ``s_acc = s_x * s_w`` (float32 product,
-        per output channel), as export stores it (``ops.matmul_like.lower_weighted``); unchanged
+        per output channel), as export stores it (both by ``qmath.accumulator_scale`` and
+        ``qmath.quantize_bias``, in ``ops.matmul_like.lower_weighted``); unchanged
         when no grid is bound or the bias needs more than int32 there (the integer model then
         keeps it in the wide accumulator type, exactly)."""
         grid = getattr(self, "_grid", None)
         if grid is None or bias is None:
             return bias
-        s_x, s_w = grid[0].qparams()[0].reshape(-1), grid[1].qparams()[0].reshape(-1)
+        s_x, s_w = grid[0].qparams()[0], grid[1].qparams()[0]
         if s_x.numel() != 1:
             return bias
-        acc = s_x.to(torch.float32) * s_w.to(torch.float32)
-        acc = acc.expand(bias.shape[0]) if acc.numel() == 1 else acc
-        if acc.numel() != bias.shape[0] or float((bias.detach().float() / acc).abs().max()) >= 2 ** 31 - 1:
+        acc = accumulator_scale(s_x, s_w, bias.shape[0])
+        if acc.numel() != bias.shape[0] or bias_dtype(bias_steps(bias, acc)) is None:
             return bias
-        return fake_quantize(bias, acc, torch.zeros_like(acc, dtype=torch.int64), "qint32", 0).to(bias.dtype)
+        return quantize_bias(bias, acc, "qint32", fake=True).to(bias.dtype)
 
     def forward(self, x, w, wq, bias):
         if self.state == FakeQuantState.CALIBRATION and not bool(self.trained):
@@ -399,22 +344,11 @@ class BiasCorrection(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _sync_observer(observer: nn.Module) -> None:
-    from .distributed import is_distributed, sync_observer
-
-    if is_distributed():
-        sync_observer(observer)
-
-
 def _lsq_grad_factor(x: torch.Tensor, fq: FakeQuantize) -> float | None:
     """Under torch.distributed, LSQ's ``1 / sqrt(N qmax)`` counts the global batch (N x world size),
     so DDP (gradients averaged) trains the scale as one process with the combined batch would."""
-    from .distributed import is_distributed
-
     if not is_distributed():
         return None  # qmath's default from the local tensor
-    import torch.distributed as dist
-
     per_scale = x.numel() if fq.ch_axis is None or fq.learned_scale.dim() == 0 else x.numel() // max(1, x.shape[fq.ch_axis])
     return 1.0 / math.sqrt(max(1, per_scale * dist.get_world_size()) * max(1, fq.dtype.qmax))
 
@@ -422,6 +356,26 @@ def _lsq_grad_factor(x: torch.Tensor, fq: FakeQuantize) -> float | None:
 def fake_quant_modules(model: nn.Module):
     """Every ``(name, FakeQuantize)`` of ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
+
+
+def shared_statistics(model: nn.Module):
+    """The modules whose statistics all ranks share under torch.distributed (``edgequant.collectives``):
+    the activation observers that declare ``REDUCTIONS``, and every BiasCorrection, in module order."""
+    for m in model.modules():
+        if isinstance(m, FakeQuantize) and not m.is_weight and getattr(m.observer, "REDUCTIONS", None):
+            yield m.observer
+        elif isinstance(m, BiasCorrection):
+            yield m
+
+
+def expect_fake_quant(value, fn: str, arg: str) -> nn.Module:
+    """``value`` if it is a module with edgequant fake quantization (a prepared model, or a module
+    that holds one, such as a DistributedDataParallel wrapper); raises like ``edgequant.argcheck``."""
+    expect_module(value, fn, arg)
+    if not is_prepared(value) and not any(isinstance(m, FakeQuantize) for m in value.modules()):
+        raise ValueError(f"{fn}: {arg} ({type(value).__name__}) has no edgequant fake-quant modules; pass the "
+                         f"model that edgequant.prepare returned, not the float model ({PREPARE_HINT})")
+    return value
 
 
 def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Module:
@@ -432,9 +386,6 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     for a model without fake quantization (the float model instead of the prepared one) and
     for an unknown state.
     """
-    from .argcheck import expect_fake_quant
-    from .distributed import is_distributed, sync_observers
-
     expect_fake_quant(model, "set_fake_quantize", "model")
     if not isinstance(state, FakeQuantState) and (not isinstance(state, str) or state.lower() not in
                                                   [s.value for s in FakeQuantState]):
@@ -444,7 +395,7 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
 
     if is_distributed() and any(fq.state != state and fq.state in (FakeQuantState.CALIBRATION, FakeQuantState.QAT)
                                 for _, fq in fake_quant_modules(model)):
-        sync_observers(model)  # every rank freezes the same statistics (edgequant/distributed.py)
+        sync_modules(shared_statistics(model))  # every rank freezes the same statistics (edgequant.collectives)
     for _, fq in fake_quant_modules(model):
         fq.set_state(state)
     for m in model.modules():
@@ -465,13 +416,9 @@ def calibrate(model: nn.Module, batches, progress: bool | str = False) -> nn.Mod
     for ``batches`` that yield nothing (no observer would see data), ``TypeError`` for ``batches``
     that is not an iterable of batches and for a batch of another type.
     """
-    from .argcheck import check_batch, expect_batches, expect_fake_quant
-
     expect_fake_quant(model, "calibrate", "model")
     expect_batches(batches, "calibrate", "batches")
     if not isinstance(progress, str):
-        from .argcheck import expect_flag
-
         expect_flag(progress, "calibrate", "progress")
     set_fake_quantize(model, FakeQuantState.CALIBRATION)
     if progress:

@@ -2,22 +2,22 @@
 
 Takes a captured ``GraphModule`` (see ``capture``); returns it changed in place:
 
-1. ``fold_batch_norms``: a conv1d/conv2d/conv_transpose2d/linear whose only user is an eval-mode
-   batch norm gets the norm folded into its weight and bias
-   (``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``, per output
-   channel) and the batch-norm node disappears. The user's model is not touched: capture
+1. ``fold_batch_norms``: a weighted op (conv1d/conv2d/conv_transpose2d/linear: its row's
+   ``weighted``) whose only user is an eval-mode batch norm gets the norm folded into its
+   weight and bias (``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``,
+   per output channel) and the batch-norm node disappears. The user's model is not touched: capture
    traced a copy.
 2. ``mark_fusions``: sets ``node.meta["eq_fused_into"]`` on every op whose output is consumed
    only by the next op of its group, so that output gets no fake-quant and stays at
-   accumulator precision: conv/linear/matmul/add followed by relu/relu6/clamp, and conv/linear
-   followed by an add (the Conv + Add (+ ReLU) pattern).
+   accumulator precision: an op whose row has ``fuse_activation`` (conv/linear/matmul/add)
+   followed by an ``activation`` row (relu/relu6/clamp), and a ``fuse_add`` row (conv/linear)
+   followed by the ``residual_add`` row (the Conv + Add (+ ReLU) pattern). Rows of
+   ``edgequant.ops`` carry these roles (``node.meta["eq_spec"]``, set by capture).
 """
 from __future__ import annotations
 
 import torch
 from torch import fx, nn
-
-from .ops import OPS
 
 _BN_TARGETS = {torch.ops.aten.batch_norm.default: 5,  # index of the `training` flag
                torch.ops.aten._native_batch_norm_legit_no_training.default: None}
@@ -62,7 +62,7 @@ def fold_batch_norms(gm: fx.GraphModule) -> int:
     folded = 0
     for node in list(gm.graph.nodes):
         spec = node.meta.get("eq_spec")
-        if spec is None or spec.name not in ("conv1d", "conv2d", "conv_transpose2d", "linear"):
+        if spec is None or not spec.weighted:
             continue
         bn, bn_out = _bn_node_of(node)
         if bn is None:
@@ -85,7 +85,7 @@ def fold_batch_norms(gm: fx.GraphModule) -> int:
         factor = (gamma / torch.sqrt(var + eps)).detach()
         shape = [1] * w.dim()
         shape[spec.weight_ch_axis] = -1
-        if spec.name == "conv_transpose2d" and w.shape[1] != c:  # grouped transpose: (in, out/g, ...)
+        if spec.transposed and w.shape[1] != c:  # grouped transpose: (in, out/g, ...)
             continue
         new_w = w.detach() * factor.reshape(shape)
         new_b = ((b.detach() if b is not None else torch.zeros(c)) - mean) * factor + beta.detach()
@@ -131,7 +131,7 @@ def mark_fusions(gm: fx.GraphModule) -> None:
             continue
         if spec.fuse_activation and nspec.activation:
             node.meta["eq_fused_into"] = nxt
-        elif spec.fuse_add and nspec.name == "add" and _add_of_two_tensors(nxt) \
+        elif spec.fuse_add and nspec.residual_add and _add_of_two_tensors(nxt) \
                 and "eq_fused_into" not in _other_input(nxt, node).meta:
             node.meta["eq_fused_into"] = nxt
 
@@ -147,4 +147,4 @@ def _other_input(add: fx.Node, node: fx.Node) -> fx.Node:
     return b if a is node else a
 
 
-__all__ = ["fold_batch_norms", "mark_fusions", "OPS"]
+__all__ = ["fold_batch_norms", "mark_fusions"]

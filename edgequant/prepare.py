@@ -21,10 +21,11 @@ The quantized region starts at QuantStubs and ends at DeQuantStubs. A model with
 graph starts, integer inputs (token ids, masks) stay integer, embeddings become quantized
 tables, and outputs are dequantized.
 
-Every conv1d/conv2d/linear with a quantized weight gets its bias argument from a
-``BiasCorrection`` module (container ``eq_bc``) called as ``bc(x, w, w_q, bias)``: the float
-bias until calibrated, then in VALIDATION the bias minus the mean output shift that rounding
-the weights causes (``fake_quant`` explains it); export must take the bias from there.
+Every conv1d/conv2d/linear (a row with ``bias_correction``) with a quantized weight gets its
+bias argument from a ``BiasCorrection`` module (container ``eq_bc``) called as
+``bc(x, w, w_q, bias)``: the float bias until calibrated, then in VALIDATION the bias minus the
+mean output shift that rounding the weights causes (``fake_quant`` explains it); export must
+take the bias from there.
 
 The returned model checks the inputs of every call against the traced ones before its graph
 runs (count, dtype kind, rank, fixed dims; ``edgequant.inputs``, the integer model's checks),
@@ -39,13 +40,15 @@ from typing import Sequence
 import torch
 from torch import fx, nn
 
+from .argcheck import describe, expect_flag, expect_module, is_prepared
 from .capture import CaptureError, capture, is_float_value, unsupported_ops
-from .fake_quant import FakeQuantize, FakeQuantState
+from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
 from .fuse import fold_batch_norms, mark_fusions
 from .inputs import add_call_check, guard_entry
 from .lut.sim import attach_tables
 from .march import get_march, March
 from .nn.stubs import QuantStub, dequant_point, quant_point
+from .observers import FixedScaleObserver, MinMaxObserver
 from .ops.elementwise import activation_range
 from .qconfig import FakeQuantSpec, QConfig
 from .qconfig_template import OpSite, apply_setters
@@ -67,11 +70,7 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
         bias_correction: correct conv/linear biases for the mean shift of weight rounding,
             measured during calibration (see the module docstring).
     """
-    from .argcheck import expect_module
-
     expect_module(model, "prepare", "model")
-    from .argcheck import describe, expect_flag, is_prepared
-
     expect_flag(bias_correction, "prepare", "bias_correction")
     if is_prepared(model):
         raise TypeError("prepare: model is already prepared (what edgequant.prepare returns); pass the float model, "
@@ -295,8 +294,6 @@ def _stub_spec(node: fx.Node, spec: FakeQuantSpec) -> FakeQuantSpec:
     scale = getattr(stub, "scale", None) if isinstance(stub, QuantStub) else None
     if scale is None:
         return spec
-    from .observers import FixedScaleObserver
-
     return FakeQuantSpec(spec.dtype, FixedScaleObserver,
                          {"scale": float(scale), "zero_point": int(getattr(stub, "zero_point", 0))})
 
@@ -377,8 +374,6 @@ def _insert_weight_fq(gm, node, spec, qc: QConfig, name: str) -> fx.Node | None:
     if not isinstance(w, fx.Node) or w.op != "get_attr":
         return None
     if spec.rule == "source":  # embedding: the table is quantized per tensor with the activation dtype
-        from .observers import MinMaxObserver
-
         wspec = FakeQuantSpec(qc.activation.dtype if qc.activation else qc.weight.dtype, MinMaxObserver)
         fq = wspec.build(f"{name}.weight")
     else:
@@ -391,20 +386,18 @@ _CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
 
 def _insert_bias_correction(gm, node, spec, wq: fx.Node, name: str) -> None:
-    """Route the bias of a conv1d/conv2d/linear through a ``BiasCorrection`` (module docstring)."""
-    if spec.name not in ("conv1d", "conv2d", "linear") or not node.args \
-            or not isinstance(node.args[0], fx.Node):
+    """Route the bias of a ``bias_correction`` row (conv1d/conv2d/linear) through a ``BiasCorrection``
+    (module docstring)."""
+    if not spec.bias_correction or not node.args or not isinstance(node.args[0], fx.Node):
         return
-    from .fake_quant import BiasCorrection
-
     w = wq.args[0]
     args = list(node.args) + [None] * max(0, spec.bias_arg + 1 - len(node.args))
     if "bias" in node.kwargs:
         return
     conv = {}
-    if spec.name != "linear":
+    nspatial = spec.spatial_dims  # None: linear
+    if nspatial is not None:
         val = w.meta.get("val")
-        nspatial = 1 if spec.name == "conv1d" else 2
         if val is not None and val.dim() != nspatial + 2:
             return
         for i, key in enumerate(("stride", "padding", "dilation", "groups"), start=3):

@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils import _pytree as pytree
 
+from ..argcheck import expect_graph, expect_module, expect_prepared, expect_tensor
 from ..export import export
 from ..ir import Graph
+from ..ops import is_dequantize
 from ..qmath import dequantize
 from ..run import run
 
 
 def _tensors(fn: str, **tensors) -> None:
     """Two tensors of one size (broadcasting one against the other is not a comparison)."""
-    from ..argcheck import expect_tensor
-
     (na, a), (nb, b) = tensors.items()
     expect_tensor(a, fn, na)
     expect_tensor(b, fn, nb)
@@ -96,8 +96,6 @@ def _step(qp, t: torch.Tensor) -> torch.Tensor:
 
 def compare(float_model, calib_model, quantized: Graph, inputs) -> Comparison:
     """Per-output and per-layer agreement of the three stages on ``inputs`` (module docstring)."""
-    from ..argcheck import expect_graph, expect_module, expect_prepared
-
     expect_module(float_model, "compare", "float_model")
     expect_prepared(calib_model, "compare", "calib_model")
     expect_graph(quantized, "compare", "quantized")
@@ -113,7 +111,7 @@ def compare(float_model, calib_model, quantized: Graph, inputs) -> Comparison:
             step = None
             name = quantized.outputs[k] if k < len(quantized.outputs) else None
             node = producer.get(name) if isinstance(name, str) else None
-            if node is not None and node.op == "dequantize":  # the output's LSB: the grid it leaves
+            if node is not None and is_dequantize(node.op):  # the output's LSB: the grid it leaves
                 qp = quantized.values[node.inputs[0]].qparams
                 step = _step(qp, i) if qp is not None else None
             result.outputs.append(_row(f"output {k}", f, s, i, step))

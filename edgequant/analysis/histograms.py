@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fake_quant import FakeQuantize
+from ..argcheck import expect_batches, expect_int
+from ..fake_quant import FakeQuantize, expect_fake_quant
 
 
 class _Recorder:
@@ -63,12 +64,8 @@ def activation_fake_quants(model: nn.Module) -> list[tuple[str, FakeQuantize]]:
 def activation_histograms(model: nn.Module, batches, bins: int = 128, max_values: int = 50_000,
                           seed: int = 0) -> list[dict]:
     """Histogram of every activation tensor of a prepared model (see the module docstring)."""
-    from ..argcheck import expect_batches, expect_fake_quant
-
     expect_fake_quant(model, "activation_histograms", "model")
     expect_batches(batches, "activation_histograms", "batches")
-    from ..argcheck import expect_int
-
     expect_int(bins, "activation_histograms", "bins", lo=1)
     expect_int(max_values, "activation_histograms", "max_values", lo=1)
     expect_int(seed, "activation_histograms", "seed", lo=0)

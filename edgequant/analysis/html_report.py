@@ -24,6 +24,7 @@ import io
 import math
 from pathlib import Path
 
+from ..argcheck import expect_flag, expect_int, expect_path
 from .similarity import finite
 
 
@@ -136,8 +137,6 @@ def report(path, float_model=None, calib_model=None, quantized=None, data=None, 
            title: str = "edgequant quantization report", tables: dict[str, list[dict]] | None = None,
            sensitivity: bool = True, sensitivity_batches: int | None = 2, histogram_batches: int = 2) -> Path:
     """Write the report to ``path`` (see the module docstring); returns ``Path(path)``."""
-    from ..argcheck import expect_flag, expect_int, expect_path
-
     expect_path(path, "report", "path")
     expect_flag(sensitivity, "report", "sensitivity")
     expect_int(sensitivity_batches, "report", "sensitivity_batches", lo=1, none=True)

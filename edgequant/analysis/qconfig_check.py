@@ -7,9 +7,10 @@ activation / input, ``dtype``, ``observer``, ``ch_axis``, ``fixed_scale``, ``cal
 that keep their input's grid) and a list of ``warnings`` (each names the tensor and says what
 to do):
 
-- an 8-bit (or narrower) activation read by softmax, layer_norm, exp, log, division or
-  reciprocal: those functions amplify small differences (int16 keeps them);
-- a 4-bit activation; a per-tensor (not per-channel) weight of a conv/linear;
+- an 8-bit (or narrower) activation read by an op whose row has ``sensitive_input`` (softmax,
+  layer_norm, exp, log, division, reciprocal, ...): those functions amplify small differences
+  (int16 keeps them);
+- a 4-bit activation; a per-tensor (not per-channel) weight of a conv/linear (a ``weighted`` row);
 - a tensor never calibrated although the model has left the float state.
 """
 from __future__ import annotations
@@ -19,8 +20,6 @@ from dataclasses import dataclass, field
 from torch import fx
 
 from ..fake_quant import FakeQuantize, FakeQuantState
-
-SENSITIVE_CONSUMERS = ("softmax", "log_softmax", "layer_norm", "exp", "log", "div", "reciprocal", "rsqrt")
 
 
 @dataclass
@@ -37,9 +36,10 @@ class QconfigCheck:
         return "\n".join(lines)
 
 
-def _computing_consumers(node: fx.Node) -> list[str]:
-    """Canonical ops reading ``node``, looking through shared-grid ops and fake-quants."""
-    out, todo, seen = [], list(node.users), set()
+def _computing_consumers(node: fx.Node) -> tuple[list[str], list]:
+    """Canonical ops reading ``node``, looking through shared-grid ops and fake-quants: their
+    names (sorted, with ``output`` and plumbing) and the op rows among them."""
+    out, specs, todo, seen = [], [], list(node.users), set()
     while todo:
         u = todo.pop()
         if u in seen:
@@ -50,13 +50,14 @@ def _computing_consumers(node: fx.Node) -> list[str]:
             todo += list(u.users)
         elif spec is not None:
             out.append(spec.name)
+            specs.append(spec)
         elif u.op == "output":
             out.append("output")
         elif u.op == "call_module" and str(u.target).startswith(("eq_bc.", "_guards")):
             continue  # bias correction (records the conv's input) and torch.export's shape guards
         elif u.meta.get("eq_fq") is None:
             out.append(getattr(u.target, "__name__", str(u.target)).replace("_point", "").split(".")[-1])
-    return sorted(set(out))
+    return sorted(set(out)), specs
 
 
 def check_qconfig(prepared: fx.GraphModule) -> QconfigCheck:
@@ -72,7 +73,7 @@ def check_qconfig(prepared: fx.GraphModule) -> QconfigCheck:
             continue
         name = node.meta.get("eq_fq", fq.name)
         kind = "weight" if fq.is_weight else "input" if ".input" in name else "activation"
-        consumers = _computing_consumers(node)
+        consumers, specs = _computing_consumers(node)
         row = {"name": name, "kind": kind, "dtype": str(fq.dtype), "observer": type(fq.observer).__name__,
                "ch_axis": fq.ch_axis, "fixed_scale": bool(fq.fixed_scale), "calibrated": bool(fq.calibrated),
                "state": fq.state.value, "consumers": consumers, "source": node.meta.get("eq_source", "")}
@@ -80,7 +81,7 @@ def check_qconfig(prepared: fx.GraphModule) -> QconfigCheck:
         bits = fq.dtype.bits
         where = f" (from {row['source']})" if row["source"] else ""
         if kind != "weight":
-            risky = [c for c in consumers if c in SENSITIVE_CONSUMERS]
+            risky = sorted({s.name for s in specs if s.sensitive_input})
             if bits <= 8 and risky:
                 result.warnings.append(
                     f"{name}: {fq.dtype} activation read by {', '.join(risky)}{where}; these functions magnify "
@@ -88,7 +89,7 @@ def check_qconfig(prepared: fx.GraphModule) -> QconfigCheck:
             if bits < 8:
                 result.warnings.append(f"{name}: {bits}-bit activation{where}; activations below 8 bits rarely "
                                        "keep accuracy: use qint8 or qint16")
-        elif fq.ch_axis is None and any(c in ("conv1d", "conv2d", "conv_transpose2d", "linear") for c in consumers):
+        elif fq.ch_axis is None and any(s.weighted for s in specs):
             result.warnings.append(f"{name}: per-tensor weight{where}; one scale for every output channel "
                                    "wastes levels on small channels: quantize weights per channel (ch_axis=0)")
         if fq.state != FakeQuantState.FLOAT and not bool(fq.calibrated) and not fq.is_weight:

@@ -26,6 +26,7 @@ import statistics
 import torch
 from torch.utils import _pytree as pytree
 
+from ..argcheck import expect_batches, expect_choice, expect_graph, expect_int, expect_module, expect_prepared
 from .compare import cosine, sqnr
 from .histograms import activation_histograms
 from .similarity import Similarity, stage, stage_similarity
@@ -52,15 +53,11 @@ class QuantAnalysis:
 
     def __init__(self, float_model, calib_model, data, quantized=None, metric: str = "sqnr",
                  num_batches: int | None = None):
-        from ..argcheck import expect_batches, expect_graph, expect_module, expect_prepared
-
         expect_module(float_model, "QuantAnalysis", "float_model")
         expect_prepared(calib_model, "QuantAnalysis", "calib_model")
         expect_batches(data, "QuantAnalysis", "data")
         if quantized is not None:
             expect_graph(quantized, "QuantAnalysis", "quantized")
-        from ..argcheck import expect_choice, expect_int
-
         expect_choice(metric, "QuantAnalysis", "metric", sorted(_PER_SAMPLE))
         expect_int(num_batches, "QuantAnalysis", "num_batches", lo=1, none=True)
         if metric not in _PER_SAMPLE:

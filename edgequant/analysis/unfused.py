@@ -3,7 +3,9 @@
 Takes a float model and example inputs; prepares a copy (the model is not changed) and
 returns one record per missed fusion, in graph order: ``name`` (the op's site name), ``op``,
 ``source`` (the user's source line), ``pattern`` and ``reason`` (what blocked it and what to
-change). Missed fusions cost accuracy: every unfused op gets its own requantization.
+change). Missed fusions cost accuracy: every unfused op gets its own requantization. The
+patterns are read from the op rows' roles (``folds_into_weighted``, ``weighted``,
+``fuse_activation``/``activation``, ``fuse_add``/``residual_add``), as ``fuse`` reads them.
 
 - a batch norm that stays an op of its own (not folded into a conv/linear: its input is not
   a conv/linear, or that output has other readers);
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 from torch import fx
 
-_CONV_LIKE = ("conv1d", "conv2d", "conv_transpose2d", "linear")
+from ..prepare import prepare
+from ..qconfig_template import default_calibration_qconfig_setter
 
 
 def _spec(node):
@@ -46,9 +49,6 @@ def _readers(node: fx.Node) -> str:
 
 def check_unfused_operations(model, example_inputs) -> list[dict]:
     """Missed fusions of ``model`` (see the module docstring); an empty list when all fused."""
-    from ..prepare import prepare
-    from ..qconfig_template import default_calibration_qconfig_setter
-
     gm = prepare(model, example_inputs, qconfig_setter=(default_calibration_qconfig_setter,))
     found = []
 
@@ -61,10 +61,10 @@ def check_unfused_operations(model, example_inputs) -> list[dict]:
         if spec is None or node.meta.get("eq_domain") != "quant":
             continue
         ins = [_producer(a) for a in node.args if isinstance(a, fx.Node)]
-        if spec.name == "batch_norm":
+        if spec.folds_into_weighted:
             prod = ins[0] if ins else None
             pspec = _spec(prod)
-            if pspec is not None and pspec.name in _CONV_LIKE:
+            if pspec is not None and pspec.weighted:
                 why = (f"{prod.meta.get('eq_name')} ({pspec.name}) is also read by {_readers(prod)}; "
                        "give the batch norm the conv's output alone")
             else:
@@ -80,8 +80,8 @@ def check_unfused_operations(model, example_inputs) -> list[dict]:
                     f"not fused into {prod.meta.get('eq_name')} ({pspec.name}), whose output is also read by "
                     f"{_readers(prod)}: the pre-activation value gets its own int8/int16 grid; apply the "
                     "activation before branching")
-        elif spec.fuse_add and spec.name in _CONV_LIKE and "eq_fused_into" not in node.meta:
-            adds = [u for u in _users(node) if _spec(u) is not None and _spec(u).name == "add"
+        elif spec.fuse_add and "eq_fused_into" not in node.meta:
+            adds = [u for u in _users(node) if _spec(u) is not None and _spec(u).residual_add
                     and all(isinstance(a, fx.Node) for a in u.args[:2])]
             if adds and node.meta.get("eq_domain") == "quant":
                 add(node, f"{spec.name} + add",

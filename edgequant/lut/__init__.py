@@ -1,14 +1,19 @@
 """Lookup tables: SegmentLUT and every nonlinear op of the integer model.
 
 - ``table``: ``LutTable`` and ``build_table`` (direct 8-bit tables, segmented 16-bit tables);
+- ``fit``: the node values of a segmented table (the piecewise-linear curve nearest to ``f``);
 - ``kernel``: ``lut_apply``, the integer kernel (int codes in, int codes out);
 - ``reference``: a plain-Python twin of the kernel for tests;
 - ``composite``: integer softmax, layer norm and division by a tensor;
-- ``sim``: the table-op modules ``prepare`` inserts (``attach_tables``);
+- ``sim``: the table-op modules ``prepare`` inserts (``attach_tables``) and their export into
+  the IR (``export_lut_op``);
+- ``params``: the IR format of a table op's parameters (``attrs["lut"]`` and its constants);
 - ``validate``: checks of a SegmentLUT's function (elementwise, finite on its range, ``inverse_func``
   decreasing), run before its table is built;
-- ``ir_ops``: export, run and convert of table ops;
 - ``report``: per-table, per-segment error and the share of entries the calibrated range uses.
+
+The table ops' rows, their lowering to integer nodes and their integer kernels are in
+``edgequant.ops.nonlinear`` (softmax and layer norm rows in ``ops.norm_softmax``).
 """
 from .kernel import lut_apply
 from .report import format_report, report

@@ -13,7 +13,8 @@ tensor division RECIP):
   (``None`` where no calibrated range is known: the fixed mantissa tables use all of theirs).
 
 ``format_report`` prints it as a table. Functions come from the op itself; a SegmentLUT of a
-loaded graph has lost its Python callable, so its errors are ``None``.
+loaded graph has lost its Python callable, so its errors are ``None``. Each table kind's tables,
+their names and the functions of the fixed ones, are its ``lut.sim`` class's ``tables``.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ import math
 import torch
 from torch import nn
 
+from ..dtype import get_dtype
 from ..ir import Graph
+from ..ops.call import decode
+from ..ops.names import resolve
 from ..qmath import dequantize
 from .kernel import lut_values
+from .params import unpack
 from .table import LutTable
-
-_FIXED = {"exp": torch.exp, "recip": torch.reciprocal, "rsqrt": torch.rsqrt}
-_NAMES = {"table": ["main"], "softmax": ["exp", "recip"], "layer_norm": ["rsqrt"], "div": ["recip"]}
 
 
 def _codes(t: LutTable) -> torch.Tensor:
@@ -62,8 +64,6 @@ def _errors(t: LutTable, fn) -> list[dict]:
 
 
 def _out_limits(t: LutTable) -> tuple[float, float]:
-    from ..dtype import get_dtype
-
     dt = get_dtype(t.out_dtype)
     return t.out_scale * (dt.qmin - t.out_zero), t.out_scale * (dt.qmax - t.out_zero)
 
@@ -95,10 +95,12 @@ def _used_share(t: LutTable) -> float | None:
     return len(used) / n
 
 
-def _record(node: str, op: str, kind: str, tables: list[LutTable], main_fn) -> list[dict]:
+def _record(node: str, op: str, roles, tables: list[LutTable], main_fn) -> list[dict]:
+    """One record per table; ``roles`` (``LutOp.tables`` of the op's kind) names them and gives
+    each fixed table's function (None: the op's own, ``main_fn``)."""
     out = []
-    for name, t in zip(_NAMES[kind], tables):
-        fn = main_fn if name == "main" else _FIXED[name]
+    for (name, fixed), t in zip(roles, tables):
+        fn = main_fn if fixed is None else fixed
         out.append({"node": node, "op": op, "table": name, "kind": t.kind, "mode": t.mode,
                     "in_range": t.in_range, "calibrated_range": t.calibrated_range,
                     "used_share": _used_share(t), "segments": _errors(t, fn)})
@@ -110,13 +112,8 @@ def _ir_function(g: Graph, node):
     fn = g.meta.get("_callables", {}).get(a.get("callable_ref"))
     if fn is not None:
         return getattr(fn, "simulated_func", fn)
-    if a.get("target") in (None, "segment_lut"):
-        return None
-    from ..ops.names import resolve
-    from ..ops.call import decode
-
-    op = resolve(a["target"])
-    if op is None:   # not on the allow-list (check_graph refuses such graphs): no function to compare
+    op = resolve(a.get("target"))
+    if op is None:   # a SegmentLUT without its callable, or not on the allow-list: no function to compare
         return None
     args, kwargs = a.get("args", []), a.get("kwargs", {})
     return lambda x: op(*decode(args, [x]), **decode(kwargs, [x]))
@@ -124,10 +121,10 @@ def _ir_function(g: Graph, node):
 
 def report(model_or_ir) -> list[dict]:
     """Every table of a prepared model or a graph (see the module docstring)."""
+    from .sim import LUT_OPS, LutOp, TableOp  # lut/__init__ imports this module, and ops (below sim) imports lut
+
     out = []
     if isinstance(model_or_ir, Graph):
-        from .params import unpack
-
         g = model_or_ir
         for n in g.nodes:
             lut = n.attrs.get("lut")
@@ -136,23 +133,18 @@ def report(model_or_ir) -> list[dict]:
             ne = len(lut["tables"]) + len(lut["consts"])
             extra = [g.constants[i] for i in n.inputs[len(n.inputs) - ne:]]
             p = unpack(lut, extra)
-            out += _record(n.name, n.op, lut["kind"], p["tables"], _ir_function(g, n) if lut["kind"] == "table" else None)
+            out += _record(n.name, n.op, LUT_OPS[lut["kind"]].tables, p["tables"], _ir_function(g, n))
         return out
     if not isinstance(model_or_ir, nn.Module):
         raise TypeError("report takes a prepared model or an edgequant Graph")
-    from .sim import LutOp, TableOp
-
     for name, m in model_or_ir.named_modules():
         if not isinstance(m, LutOp):
             continue
         if isinstance(m, TableOp):
             tables, fn = [m.table()], m.function()
-        else:
-            args = None
-            if m.kind == "layer_norm":  # the tables do not depend on gamma/beta
-                args = [None, None, None, None]
-            tables, fn = m.int_params(args)["tables"], None
-        out += _record(name, m.op, m.kind, tables, fn)
+        else:  # without the op's arguments: the tables do not depend on them (layer norm's gamma/beta)
+            tables, fn = m.int_params(None)["tables"], None
+        out += _record(name, m.op, m.tables, tables, fn)
     return out
 
 

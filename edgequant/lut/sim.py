@@ -1,10 +1,11 @@
 """Table ops in a prepared model: the simulation runs the integer tables (prepare's hook).
 
 Takes the GraphModule that ``insert_fake_quant`` produced; ``attach_tables`` replaces every
-quantized table op (SegmentLUT, sigmoid, tanh, exp, log, sqrt, rsqrt, reciprocal, gelu, silu,
-hardswish, hardsigmoid, erf, pow by a scalar, softmax, layer_norm, and division of two
-quantized tensors) by a ``call_module`` to a ``LutOp`` that knows the FakeQuantize of its
-quantized inputs and of its output. What a ``LutOp`` computes, by ``FakeQuantState``:
+quantized table op (an op row with a ``table`` kind: SegmentLUT, sigmoid, tanh, exp, ..., pow by
+a scalar, softmax, layer_norm, and division of two quantized tensors) by a ``call_module`` to the
+``LutOp`` of its kind (``LUT_OPS``), which knows the FakeQuantize of its quantized inputs and of
+its output. An elementwise table is built in its row's ``table_symmetry`` mode. What a
+``LutOp`` computes, by ``FakeQuantState``:
 
 - FLOAT, CALIBRATION: the exact float function (the observers see exact values);
 - VALIDATION: the integer kernel on the quantized input codes, dequantized: bit for bit what
@@ -13,7 +14,8 @@ quantized inputs and of its output. What a ``LutOp`` computes, by ``FakeQuantSta
 
 A table is built from the current qparams and the calibrated input range (the input
 observer's range) the first time it is needed and rebuilt only when they change. ``export``
-calls ``export_ir`` to write the tables into the IR.
+calls ``export_ir`` to write the node and its tables into the IR (``attrs["lut"]``, the format
+of ``lut.params``); the integer kernels that run them are ``ops.nonlinear``'s.
 """
 from __future__ import annotations
 
@@ -27,19 +29,13 @@ from ..fake_quant import FakeQuantize, FakeQuantState
 from ..ir import Node
 from ..march import get_profile
 from ..nn.segment_lut import SegmentLUT
+from ..ops import spec_of
+from ..ops.nonlinear import run_kernel
 from ..qmath import dequantize, quantize
 from . import composite
-from ..ops.nonlinear import run_kernel
 from .table import LutTable, build_table
 
 CONTAINER = "eq_lut"
-
-# automatic table ops: name -> symmetric mode of the table
-ELEMENTWISE = {
-    "sigmoid": "ASYM", "tanh": "CSYM", "exp": "ASYM", "log": "ASYM", "sqrt": "ASYM", "rsqrt": "ASYM",
-    "reciprocal": "ASYM", "gelu": "ASYM", "silu": "ASYM", "hardswish": "ASYM", "hardsigmoid": "ASYM",
-    "erf": "CSYM", "pow": "ASYM",
-}
 
 
 def _qp(fq: FakeQuantize) -> tuple[str, float, int]:
@@ -63,9 +59,13 @@ def _observed_range(fq: FakeQuantize) -> tuple[float, float] | None:
 
 
 class LutOp(nn.Module):
-    """Base of the table-op modules (see the module docstring)."""
+    """Base of the table-op modules (see the module docstring). A subclass simulates one table
+    kind (an op row's ``table``); ``from_node`` makes it for a graph node, or None where the
+    node cannot be simulated with its tables. ``tables`` names the tables it builds, in order,
+    each with the exact function it approximates (None: the op's own function), for reports."""
 
     kind = "table"
+    tables: tuple[tuple[str, object], ...] = (("main", None),)
 
     def __init__(self, op: str, target, in_fqs: list[FakeQuantize], out_fq: FakeQuantize, march: str):
         super().__init__()
@@ -135,9 +135,12 @@ class LutOp(nn.Module):
     def build(self, args) -> dict:
         raise NotImplementedError
 
-    def export_ir(self, exporter, node: fx.Node):
-        """Write this op into the IR (``export`` calls it): see ``lut.ir_ops``."""
+    @classmethod
+    def from_node(cls, gm: fx.GraphModule, node: fx.Node, in_fq: FakeQuantize, out_fq: FakeQuantize, march: str):
+        raise NotImplementedError
 
+    def export_ir(self, exporter, node: fx.Node):
+        """Write this op into the IR (``export`` calls it): ``export_lut_op``."""
         return export_lut_op(exporter, node, self)
 
 
@@ -149,6 +152,17 @@ class TableOp(LutOp):
         self.rest = tuple(args[1:])
         self.kw = dict(kwargs or {})
         self.segment_lut = segment_lut   # registered: it is part of the model
+
+    @classmethod
+    def from_node(cls, gm, node, in_fq, out_fq, march):
+        spec = node.meta["eq_spec"]
+        if spec.python_call:  # SegmentLUT: the user's function of x alone
+            leaf = node.meta.get("eq_leaf")
+            ok = isinstance(leaf, SegmentLUT) and len(node.args) == 1
+            return cls(spec.name, None, in_fq, out_fq, march, node.args, segment_lut=leaf) if ok else None
+        if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+            return None  # a table is a function of x alone (pow by a tensor exponent is not)
+        return cls(spec.name, node.target, in_fq, out_fq, march, node.args, node.kwargs)
 
     def float_forward(self, *args, **kwargs):
         if self.segment_lut is not None:
@@ -178,17 +192,24 @@ class TableOp(LutOp):
                         name=f"SegmentLUT {getattr(self, 'site', '?')!r}",
                         input_range=seg.input_range or (None if seg.inverse_func is not None else rng))
         else:
-            opts.update(symmetric_mode=ELEMENTWISE[self.op], strategy="curvature", input_range=rng)
+            opts.update(symmetric_mode=spec_of(self.op).table_symmetry, strategy="curvature", input_range=rng)
         t = build_table(self.function(), dt_in, s_in, z_in, dt_out, s_out, z_out, **opts)
         return dataclasses.replace(t, calibrated_range=rng)
 
 
 class SoftmaxOp(LutOp):
     kind = "softmax"
+    tables = (("exp", torch.exp), ("recip", torch.reciprocal))
 
     def __init__(self, op, target, in_fq, out_fq, march, dim: int):
         super().__init__(op, target, [in_fq], out_fq, march)
         self.dim = dim
+
+    @classmethod
+    def from_node(cls, gm, node, in_fq, out_fq, march):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return cls(node.meta["eq_spec"].name, node.target, in_fq, out_fq, march, int(dim)) \
+            if isinstance(dim, int) else None
 
     def build(self, args) -> dict:
         dt_in, s_in, z_in = _qp(self.in_fqs[0])
@@ -200,20 +221,27 @@ class SoftmaxOp(LutOp):
 
 class LayerNormOp(LutOp):
     kind = "layer_norm"
+    tables = (("rsqrt", torch.rsqrt),)
 
     def __init__(self, op, target, in_fq, out_fq, march, normalized_shape, eps: float):
         super().__init__(op, target, [in_fq], out_fq, march)
         self.normalized_shape = tuple(int(d) for d in normalized_shape)
         self.eps = float(eps)
 
+    @classmethod
+    def from_node(cls, gm, node, in_fq, out_fq, march):
+        eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+        return cls(node.meta["eq_spec"].name, node.target, in_fq, out_fq, march, node.args[1], eps)
+
     @staticmethod
     def _affine(args):
-        w = args[2] if len(args) > 2 else None
-        b = args[3] if len(args) > 3 else None
+        """gamma and beta among the op's arguments (None without arguments: reports)."""
+        w = args[2] if args is not None and len(args) > 2 else None
+        b = args[3] if args is not None and len(args) > 3 else None
         return w, b
 
     def _extra_key(self, args):
-        w, b = self._affine(args) if args is not None else (None, None)
+        w, b = self._affine(args)
         return tuple((id(t), t._version) if isinstance(t, torch.Tensor) else None for t in (w, b))
 
     def build(self, args) -> dict:
@@ -228,6 +256,16 @@ class LayerNormOp(LutOp):
 
 class DivOp(LutOp):
     kind = "div"
+    tables = (("recip", torch.reciprocal),)
+
+    @classmethod
+    def from_node(cls, gm, node, in_fq, out_fq, march):
+        if node.target is not torch.ops.aten.div.Tensor or len(node.args) != 2 or node.kwargs:
+            return None
+        b_fq = _input_fq(gm, node.args[1])
+        if b_fq is None or b_fq.ch_axis is not None:
+            return None
+        return cls(node.meta["eq_spec"].name, node.target, [in_fq, b_fq], out_fq, march)
 
     def build(self, args) -> dict:
         _, s_a, z_a = _qp(self.in_fqs[0])
@@ -235,6 +273,10 @@ class DivOp(LutOp):
         dt_out, s_out, z_out = _qp(self.out_fq)
         params, tables = composite.div_params(s_a, z_a, s_b, z_b, dt_out, s_out, z_out, **self._profile())
         return {"params": params, "tables": tables, "consts": {}}
+
+
+# the simulation of each table kind (an op row's ``table``)
+LUT_OPS: dict[str, type[LutOp]] = {c.kind: c for c in (TableOp, SoftmaxOp, LayerNormOp, DivOp)}
 
 
 # -- export's hook -------------------------------------------------------------------------------
@@ -300,35 +342,15 @@ def _output_fq(gm: fx.GraphModule, node: fx.Node) -> FakeQuantize | None:
 
 def _make(gm: fx.GraphModule, node: fx.Node, march: str) -> LutOp | None:
     spec = node.meta.get("eq_spec")
-    if spec is None or node.meta.get("eq_domain") != "quant" or not node.args:
+    if spec is None or spec.table not in LUT_OPS or node.meta.get("eq_domain") != "quant" or not node.args:
+        return None
+    if node.op != "call_function" and not spec.python_call:
         return None
     out_fq = _output_fq(gm, node)
     in_fq = _input_fq(gm, node.args[0])
     if out_fq is None or in_fq is None or out_fq.ch_axis is not None or in_fq.ch_axis is not None:
         return None
-    name = spec.name
-    if name == "segment_lut":
-        leaf = node.meta.get("eq_leaf")
-        return TableOp(name, None, in_fq, out_fq, march, node.args, segment_lut=leaf) \
-            if isinstance(leaf, SegmentLUT) and len(node.args) == 1 else None
-    if node.op != "call_function":
-        return None
-    if name in ELEMENTWISE:
-        if name == "pow" and not isinstance(node.args[1] if len(node.args) > 1 else None, (int, float)):
-            return None
-        return TableOp(name, node.target, in_fq, out_fq, march, node.args, node.kwargs)
-    if name == "softmax":
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return SoftmaxOp(name, node.target, in_fq, out_fq, march, int(dim)) if isinstance(dim, int) else None
-    if name == "layer_norm":
-        eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
-        return LayerNormOp(name, node.target, in_fq, out_fq, march, node.args[1], eps)
-    if name == "div" and node.target is torch.ops.aten.div.Tensor and len(node.args) == 2 and not node.kwargs:
-        b_fq = _input_fq(gm, node.args[1])
-        if b_fq is None or b_fq.ch_axis is not None:
-            return None
-        return DivOp(name, node.target, [in_fq, b_fq], out_fq, march)
-    return None
+    return LUT_OPS[spec.table].from_node(gm, node, in_fq, out_fq, march)
 
 
 def attach_tables(gm: fx.GraphModule, march: str) -> None:
@@ -353,8 +375,4 @@ def attach_tables(gm: fx.GraphModule, march: str) -> None:
             gm.delete_submodule(node.target)   # the SegmentLUT now lives inside the LutOp
     gm.graph.lint()
     gm.recompile()
-
-
-def lut_modules(model: nn.Module) -> list[tuple[str, LutOp]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LutOp)]
 

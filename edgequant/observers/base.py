@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from ..argcheck import expect_flag, expect_int
 from ..dtype import QuantDType, get_dtype, qint8
 from ..qmath import scale_from_range
 
@@ -57,8 +58,6 @@ class Observer(nn.Module):
     def __init__(self, dtype: QuantDType | str = qint8, symmetric: bool = True, ch_axis: int | None = None,
                  ignore_nonfinite: bool = False):
         super().__init__()
-        from ..argcheck import expect_flag, expect_int
-
         fn = type(self).__name__
         expect_flag(symmetric, fn, "symmetric")
         expect_flag(ignore_nonfinite, fn, "ignore_nonfinite")

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from ..argcheck import expect_int
+
 EMPTY_LOG2 = -(1 << 30)  # log2_width of a histogram that has seen nothing (neutral for "max")
 MIN_LOG2 = -120          # keeps w and the window edges normal float32 numbers
 _BLOCK = 1 << 18   # values binned per step by the torch path: 1 MiB float32 buffers
@@ -71,8 +73,6 @@ class Histogram(nn.Module):
 
     def __init__(self, bins: int = 2048):
         super().__init__()
-        from ..argcheck import expect_int
-
         expect_int(bins, "Histogram", "bins")
         if bins < 16:
             raise ValueError(f"a histogram needs at least 16 bins, got {bins}")

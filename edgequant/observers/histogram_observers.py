@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..argcheck import expect_int, expect_real
 from .base import Observer
 from .clip_search import kl_clip, mse_clip, percentile_clip
 from .histogram import Histogram
@@ -29,8 +30,6 @@ class _HistogramObserver(Observer):
         super().__init__(**config)
         if self.ch_axis is not None:
             raise ValueError(f"{type(self).__name__} is per-tensor; ch_axis must be None, got {self.ch_axis}")
-        from ..argcheck import expect_int
-
         expect_int(bins, type(self).__name__, "bins")
         self.histogram = Histogram(bins)
 
@@ -72,8 +71,6 @@ class PercentileObserver(_HistogramObserver):
 
     def __init__(self, percentile: float = 99.99, bins: int = 2048, **config):
         super().__init__(bins, **config)
-        from ..argcheck import expect_real
-
         expect_real(percentile, self.name, "percentile")
         if not 50.0 <= percentile <= 100.0:
             raise ValueError(f"{self.name}: percentile must be in [50, 100], got {percentile}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..argcheck import expect_int, expect_real
 from .base import Observer
 
 
@@ -69,8 +70,6 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 
     def __init__(self, averaging_constant: float = 0.01, **config):
         super().__init__(**config)
-        from ..argcheck import expect_real
-
         expect_real(averaging_constant, type(self).__name__, "averaging_constant")
         if not 0.0 < averaging_constant <= 1.0:
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
@@ -99,8 +98,6 @@ class FixedScaleObserver(Observer):
 
     def __init__(self, scale, zero_point=0, **config):
         super().__init__(**config)
-        from ..argcheck import expect_int, expect_real
-
         if not isinstance(scale, (list, tuple)):  # a list of per-channel scales is checked below
             expect_real(scale, self.name, "scale", positive=True, tensor=True)
         if not isinstance(zero_point, (torch.Tensor, list, tuple)):

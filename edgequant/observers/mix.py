@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..argcheck import describe
 from ..dtype import QuantDType, get_dtype
 from .base import Observer
 from .clip_search import BinErrors
@@ -70,8 +71,6 @@ class MixObserver(_HistogramObserver):
     def __init__(self, members: Sequence[str] = DEFAULT_MEMBERS, bins: int = 2048, **config):
         super().__init__(bins, **config)
         if isinstance(members, str) or not isinstance(members, (list, tuple)):
-            from ..argcheck import describe
-
             raise TypeError(f"{self.name}: members must be a list or tuple of strategy names such as "
                             f"('minmax', 'mse'), got {describe(members)}")
         members = tuple(check_strategy(m) for m in members)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..argcheck import describe, expect_flag, expect_real, expect_tensor
 from .base import as_observable
 
 NUM_BINS = 255.0   # the seed maps [min, max] onto the integers 0..255
@@ -96,8 +97,6 @@ def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
     Non-finite values raise ``ValueError`` (the seed would return NaN or fail in ``bincount``).
     Returns 0-d tensors of the working precision.
     """
-    from ..argcheck import expect_flag, expect_real, expect_tensor
-
     expect_tensor(x, "shrink_range", "x")
     if percentile is not True:
         expect_real(percentile, "shrink_range", "percentile", nonneg=True)
@@ -106,8 +105,6 @@ def shrink_range(x: torch.Tensor, percentile: float, fast_mode: bool = False,
     expect_flag(channel_mean, "shrink_range", "channel_mean")
     if not (generator is None or isinstance(generator, torch.Generator)
             or (isinstance(generator, int) and not isinstance(generator, bool))):
-        from ..argcheck import describe
-
         raise TypeError(f"shrink_range: generator must be None, an int seed or a torch.Generator, "
                         f"got {describe(generator)}")
     x = as_observable(x)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from ..argcheck import describe, expect_batches, expect_prepared
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..qmath import _as_param
 from .sweep import Sweep, batches_of, model_device, restore, set_states
@@ -108,11 +109,7 @@ def _h(v):
 
 def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = None) -> fx.GraphModule:
     """Learn the rounding of every conv/linear weight of ``calib_model`` (module docstring)."""
-    from ..argcheck import expect_prepared
-
     expect_prepared(calib_model, "adaround", "calib_model")
-    from ..argcheck import describe, expect_batches
-
     expect_batches(data, "adaround", "data")
     if custom_config_dict is not None and not isinstance(custom_config_dict, dict):
         raise TypeError(f"adaround: custom_config_dict must be a dict such as {{'num_step': 2000}} or None, "

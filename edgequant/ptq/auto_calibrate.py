@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 from torch import fx
 
+from ..argcheck import describe, expect_batches, expect_flag, expect_int, expect_prepared
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..observers import FixedScaleObserver
 from ..observers.mix import MixObserver, check_strategy, strategy_observer
@@ -89,11 +90,7 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
         bins: histogram bins per tensor.
         progress: show a tqdm progress bar.
     """
-    from ..argcheck import expect_prepared
-
     expect_prepared(calib_model, "auto_calibrate", "calib_model")
-    from ..argcheck import describe, expect_batches, expect_flag, expect_int
-
     expect_batches(data, "auto_calibrate", "data")
     expect_int(num_batches, "auto_calibrate", "num_batches", lo=1, none=True)
     expect_int(bins, "auto_calibrate", "bins", lo=16)

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 from torch import fx
 
+from ..argcheck import describe, expect_batches, expect_choice, expect_flag, expect_int, expect_prepared, expect_real
 from ..dtype import get_dtype, qint16
 from ..fake_quant import FakeQuantState
 from ..qconfig_template import OpSite
@@ -82,8 +83,6 @@ class SensitivityTable:
         """Names of the ``topk`` most sensitive ops, or of ``ceil(ratio * len(rows))`` of them."""
         if (topk is None) == (ratio is None):
             raise ValueError("give exactly one of topk (a number of ops) or ratio (a fraction of the ops)")
-        from ..argcheck import expect_int, expect_real
-
         expect_int(topk, "SensitivityTable.top", "topk", lo=0, none=True)
         expect_real(ratio, "SensitivityTable.top", "ratio", none=True)
         if ratio is not None:
@@ -109,8 +108,6 @@ class SensitivityTable:
     def from_dict(cls, d: dict) -> "SensitivityTable":
         if not isinstance(d, dict) or not isinstance(d.get("rows"), list) or not isinstance(d.get("metric"), str) \
                 or not all(isinstance(r, dict) and {"name", "op", "value"} <= set(r) for r in d["rows"]):
-            from ..argcheck import describe
-
             raise ValueError(f"SensitivityTable.from_dict: d must be what to_dict() returns ({{'metric': str, "
                              f"'rows': [{{'name', 'op', 'value'}}, ...]}}), got {describe(d)}")
         return cls(d["metric"], [SensitivityRow(str(r["name"]), str(r["op"]), float(r["value"])) for r in d["rows"]])
@@ -128,11 +125,7 @@ def op_sensitivity(calib_model: fx.GraphModule, data, metric: str = "sqnr", num_
         progress: show a tqdm progress bar.
     The model's fake-quant states are restored afterwards.
     """
-    from ..argcheck import expect_prepared
-
     expect_prepared(calib_model, "op_sensitivity", "calib_model")
-    from ..argcheck import expect_batches, expect_choice, expect_flag, expect_int
-
     expect_batches(data, "op_sensitivity", "data")
     expect_choice(metric, "op_sensitivity", "metric", sorted(METRICS))
     expect_int(num_batches, "op_sensitivity", "num_batches", lo=1, none=True)
