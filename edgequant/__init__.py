@@ -20,8 +20,7 @@ from .serialize import load, save
 from .visualize import visualize
 from .onnx_export import export_onnx
 from . import analysis, deploy, functional, ptq  # noqa: E402  (public submodules: edgequant.deploy.split, ...)
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "QuantDType", "qint4", "qint8", "quint8", "qint16", "qint32",

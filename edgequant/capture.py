@@ -17,8 +17,9 @@ calls may use other batch sizes. A dim the model fixes (a Python loop over the b
 number there (``inputs.shape_of``), and an example batch of one, otherwise traced doubled, is
 traced as given. QuantStub and DeQuantStub calls become marker nodes
 (``quant_point``/``dequant_point``); SegmentLUT, the ``leaf_modules`` and functions decorated
-with ``wrap`` become opaque ``call_module`` nodes that run the original Python. ``scaled_dot_product_attention`` is decomposed into matmul, softmax
-and mask ops so attention quantizes op by op.
+with ``wrap`` become opaque ``call_module`` nodes that run the original Python (the marker ops
+that carry them through torch.export are ``capture_markers``'). ``scaled_dot_product_attention``
+is decomposed into matmul, softmax and mask ops so attention quantizes op by op.
 """
 from __future__ import annotations
 
@@ -37,96 +38,14 @@ from typing import Callable, Sequence
 import torch
 from torch import fx, nn
 
+from .capture_markers import CaptureError, call_leaf, markers, recorded, rewrite_markers
 from .inputs import shape_of
 from .nn.segment_lut import SegmentLUT
-from .nn.stubs import DeQuantStub, QuantStub, dequant_point, quant_point
+from .nn.stubs import dequant_point, quant_point
 from .ops import OPS, spec_for_target
 
-try:  # torch.ao's stubs are accepted like ours (seed 002 imports them from torch.quantization)
-    from torch.ao.quantization import DeQuantStub as _AoDeQuantStub, QuantStub as _AoQuantStub
-except ImportError:  # pragma: no cover
-    _AoQuantStub = _AoDeQuantStub = ()
 
-QUANT_STUBS = (QuantStub, _AoQuantStub)
-DEQUANT_STUBS = (DeQuantStub, _AoDeQuantStub)
-
-
-class CaptureError(RuntimeError):
-    """The model could not be captured; the message names the op or source line and what to do."""
-
-
-# -- marker ops: how stubs and opaque calls survive torch.export --------------------------------
-_LEAVES: list[Callable] = []  # callables of the capture in progress, indexed by the marker's key
-
-
-@torch.library.custom_op("edgequant::stub", mutates_args=())
-def _stub_op(x: torch.Tensor, key: int) -> torch.Tensor:
-    return x.clone()
-
-
-@_stub_op.register_fake
-def _(x, key):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("edgequant::leaf", mutates_args=())
-def _leaf_op(xs: list[torch.Tensor], key: int) -> torch.Tensor:
-    return _LEAVES[key](*xs)
-
-
-@_leaf_op.register_fake
-def _(xs, key):
-    # Run the real callable once on zeros of the traced shapes to learn the output shape;
-    # dimensions that equal an input's dimension keep that dimension's symbol.
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    def hint(d):
-        return d.node.hint if isinstance(d, torch.SymInt) else int(d)
-
-    with unset_fake_temporarily():
-        real = [torch.zeros([hint(d) for d in x.shape], dtype=x.dtype) for x in xs]
-        out = _LEAVES[key](*real)
-    if not isinstance(out, torch.Tensor):
-        raise CaptureError("a wrapped function or leaf module must return one tensor")
-    ref = xs[0]
-    shape = [ref.shape[i] if i < ref.dim() and hint(ref.shape[i]) == n else n for i, n in enumerate(out.shape)]
-    return ref.new_empty(shape, dtype=out.dtype)
-
-
-_STUB_KEYS: dict[int, str] = {}
-
-
-@contextlib.contextmanager
-def _markers(model: nn.Module, leaf_types: tuple):
-    """Make stubs and leaf modules of ``model`` call marker ops while it is exported."""
-    patched = []
-    _LEAVES.clear()
-    _STUB_KEYS.clear()
-    for path, mod in model.named_modules():
-        if isinstance(mod, QUANT_STUBS) or isinstance(mod, DEQUANT_STUBS):
-            key = len(_STUB_KEYS)
-            _STUB_KEYS[key] = path
-            mod.forward = functools.partial(torch.ops.edgequant.stub, key=key)
-            patched.append(mod)
-        elif isinstance(mod, (SegmentLUT, *leaf_types)) and path:
-            key = len(_LEAVES)
-            _LEAVES.append(_unpatched(mod))
-            mod.forward = lambda *xs, _k=key: torch.ops.edgequant.leaf(list(xs), _k)
-            patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            del mod.forward
-
-
-def _unpatched(mod: nn.Module) -> nn.Module:
-    """A shallow copy of ``mod`` whose ``forward`` is the class's, for running the leaf itself."""
-    clone = copy.copy(mod)
-    clone.__dict__.pop("forward", None)
-    return clone
-
-
+# -- wrap: a function kept out of the graph (a leaf marker while exporting) ---------------------
 class _Wrapped:
     """A function kept opaque by ``wrap``: traced as one float node."""
 
@@ -146,9 +65,7 @@ class _Wrapped:
             return _fn(*[fixed[i] if i in fixed else next(it) for i in range(_n)])
 
         call.__name__ = getattr(self.fn, "__name__", "wrapped")
-        key = len(_LEAVES)
-        _LEAVES.append(call)
-        return torch.ops.edgequant.leaf(tensors, key)
+        return call_leaf(call, tensors)
 
 
 _EXPORTING = [False]
@@ -273,12 +190,12 @@ def _quiet_export():
 
 def _export(work: nn.Module, args: tuple, shapes, leaf_modules) -> tuple:
     """``(exported program, leaf callables, stub paths)`` of one torch.export trace."""
-    with _markers(work, tuple(leaf_modules)), _quiet_export():
+    with markers(work, tuple(leaf_modules)), _quiet_export():
         ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
         sdpa = torch.ops.aten.scaled_dot_product_attention.default
         if any(n.target is sdpa for n in ep.graph.nodes):  # retracing costs seconds: only when needed
             ep = ep.run_decompositions({sdpa: _sdpa_math})
-    return ep, list(_LEAVES), dict(_STUB_KEYS)
+    return (ep, *recorded())
 
 
 def _batch_fixed(ep, doubled: list[bool]) -> bool:
@@ -341,7 +258,7 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     gm.meta["eq_leaf_paths"] = {p for p, m in work.named_modules() if not any(True for _ in m.children())}
     for attr in ("train", "eval"):  # torch.export forbids mode switches; our graphs honour them
         gm.__dict__.pop(attr, None)
-    _rewrite_markers(gm, leaves, stub_paths, work)
+    rewrite_markers(gm, leaves, stub_paths, work)
     _drop_noops(gm)
     _annotate(gm)
     return gm
@@ -404,45 +321,6 @@ def _drop_noops(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
-
-
-def _rewrite_markers(gm: fx.GraphModule, leaves: list, stub_paths: dict, work: nn.Module) -> None:
-    """Turn marker ops into ``quant_point``/``dequant_point`` calls and leaf ``call_module`` nodes."""
-    modules = dict(work.named_modules())
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function":
-            continue
-        if node.target is torch.ops.edgequant.stub.default:
-            path = stub_paths[node.args[1]]
-            stub = modules[path]
-            node.target = quant_point if isinstance(stub, QUANT_STUBS) else dequant_point
-            node.args = (node.args[0],)
-            node.meta["eq_path"] = path
-            node.meta["eq_stub"] = stub
-        elif node.target is torch.ops.edgequant.leaf.default:
-            fn = leaves[node.args[1]]
-            owner = fn if isinstance(fn, nn.Module) else None
-            name = f"eq_leaf_{node.args[1]}"
-            gm.add_submodule(name, owner if isinstance(owner, nn.Module) else _LeafCall(fn))
-            with gm.graph.inserting_before(node):
-                new = gm.graph.call_module(name, tuple(node.args[0]))
-            new.meta.update(node.meta)
-            new.meta["eq_leaf"] = owner if isinstance(owner, nn.Module) else fn
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
-
-
-class _LeafCall(nn.Module):
-    """Holds a wrapped function as a submodule so the graph can call it."""
-
-    def __init__(self, fn: Callable):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
 
 
 def _is_float(node: fx.Node) -> bool:

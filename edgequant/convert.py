@@ -10,7 +10,8 @@ integer kernel. ``convert`` is a pipeline:
 2. **graph passes**: a ``dequantize`` that only feeds a ``quantize`` becomes one integer
    ``rescale`` (seed 002's "output that is also an input"); graph outputs still quantized are
    dequantized; constants and values nothing reads are pruned;
-3. **the check** (``check.check_graph``) of the int-level graph.
+3. **the check** (``check.check_graph``) of the int-level graph, which records the march and
+   its rounding rule (``meta["rounding"]``, qmath A6) for every later reader.
 
 Each family's lowering computes the accumulator bound of its node from the integer weights
 and input ranges and refuses (``ConvertError`` naming the node) a node whose accumulator could
@@ -26,6 +27,7 @@ from .ir import Graph, Node
 from .march import March, get_march, get_profile
 from .ops import ConvertError, LowerCtx, is_dequantize, is_quantize, lower_node
 from .ops.lowering import emit_dequantize, rescale_attrs
+from .qmath import ROUNDING
 
 
 # -- graph passes ---------------------------------------------------------------------------------
@@ -73,6 +75,9 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
         raise ConvertError(f"convert takes the IR that export returns (level 'quant'), got level {ir.level!r}")
     march = March(march) if march is not None else get_march()
     profile = get_profile(march)
+    if profile.rounding != ROUNDING:
+        raise ConvertError(f"march {march.value} rounds {profile.rounding!r}; edgequant's integer kernels implement "
+                           f"{ROUNDING!r} (qmath A6) only")
     integer_conv = (not profile.conv_float_output) or ir._integer_conv
     ctx = LowerCtx(ir, profile, integer_conv)
     ctx.values.update({name: ir.values[name] for name in ir.inputs})
@@ -83,7 +88,7 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
     fuse_rescale(ctx)                                      # 2. graph passes
     outputs = dequantize_outputs(ctx, ir.outputs)
     values, constants = prune(ctx)
-    meta = {**ir.meta, "march": march.value, "integer_conv": integer_conv}
+    meta = {**ir.meta, "march": march.value, "integer_conv": integer_conv, "rounding": profile.rounding}
     g = Graph("int", list(ir.inputs), outputs, values, ctx.nodes, constants, meta)
     check_graph(g)                                         # 3. the check
     return g

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .dtype import QuantDType, qint4, qint8, qint16, qint32, quint8
+from .qmath import ROUNDING
 
 
 class March(str, Enum):
@@ -46,7 +47,7 @@ class MarchProfile:
     acc_bits: int            # the ordinary accumulator of conv/linear/matmul
     wide_acc_bits: int       # the wider accumulator a node may be routed to when acc_bits can overflow
     multiplier_bits: int     # bits of the requantization multiplier M0 (M ~ M0 * 2^-shift)
-    rounding: str            # the one rounding rule of quantize, shifts and table interpolation
+    rounding: str            # the rounding rule of quantize, shifts and tables: qmath.ROUNDING (A6)
     conv_float_output: bool  # conv-like ops may output float32 directly (unless ir._integer_conv)
     lut_int8_entries: int    # table size for int8 inputs
     lut_segments: int        # segments of an int16 segmented table
@@ -58,7 +59,7 @@ _COMMON = dict(
     weight_dtypes=(qint4, qint8, qint16),
     acc_bits=32,
     multiplier_bits=31,
-    rounding="half_to_even",
+    rounding=ROUNDING,
     lut_int8_entries=256,
     lut_segments=8,
     lut_segment_entries=64,

@@ -15,6 +15,11 @@ default floating-point environment). The derivations, with numbered equations, a
 - (A6) ``rounding_shift_right(v, n) = round(v / 2^n)``, halves to even, exact on int64.
 - (A7) ``requantize(acc, m0, n) = clamp(A6(acc * m0, n) + z, qmin, qmax)``.
 
+The quantities that the simulation, ``convert``'s lowerings and the integer ONNX export all
+derive, one function each: ``multiplier_bits`` (A5.6), ``channel_vector`` (per-channel values
+shaped along an axis), ``accumulator_scale`` (``s_x * s_w``), and the bias on that grid
+(``bias_steps``, ``bias_dtype``, ``quantize_bias``).
+
 No function here has a hidden rounding default: quantize/fake-quantize use (A1) and every
 integer shift uses (A6).
 """
@@ -24,8 +29,12 @@ import math
 
 import torch
 
-from .dtype import QuantDType, get_dtype
+from .argcheck import describe, expect_int, expect_real, expect_tensor
+from .dtype import DTYPES, QuantDType, get_dtype
 
+# The one rounding rule of every quantize, shift and table interpolation (A6). A march profile
+# names it (``MarchProfile.rounding``), convert records it in the integer graph
+# (``meta["rounding"]``) and the checker refuses a graph that names another rule.
 ROUNDING = "half_to_even"
 SCALE_EPS = float(torch.finfo(torch.float32).eps)
 
@@ -55,8 +64,6 @@ def _check_args(fn: str, x, scale, zero_point, ch_axis, name: str = "x") -> None
             isinstance(zero_point, (int, torch.Tensor)) and not isinstance(zero_point, bool) and \
             ch_axis is None and (not isinstance(scale, float) or (scale > 0 and math.isfinite(scale))):
         return
-    from .argcheck import expect_int, expect_real, expect_tensor
-
     expect_tensor(x, fn, name)
     expect_real(scale, fn, "scale", positive=True, tensor=True)
     if not isinstance(zero_point, torch.Tensor):
@@ -216,14 +223,10 @@ def quantize_multiplier(real, bits: int = 31):
     number (returns ints) or a tensor/array (returns int64 tensors, elementwise).
     """
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 62:
-        from .argcheck import describe
-
         raise (ValueError if isinstance(bits, int) and not isinstance(bits, bool) else TypeError)(
             f"quantize_multiplier: bits must be an int from 1 to 62, got {bits!r} ({describe(bits)})")
     if isinstance(real, bool) or not isinstance(real, (int, float, torch.Tensor, list, tuple)) and \
             type(real).__module__ != "numpy":
-        from .argcheck import describe
-
         raise TypeError(f"quantize_multiplier: real must be a number, a tensor or an array, got {describe(real)}")
     if isinstance(real, (int, float)):
         if real < 0 or not math.isfinite(real):
@@ -322,8 +325,6 @@ def requantize(acc: torch.Tensor, m0, shift, dtype: QuantDType | str, zero_point
     if not isinstance(acc, torch.Tensor) or not all(isinstance(v, (int, torch.Tensor)) and not isinstance(v, bool)
                                                     for v in (m0, shift, zero_point)) or \
             not (bound is None or (isinstance(bound, int) and not isinstance(bound, bool) and bound >= 0)):
-        from .argcheck import expect_int, expect_tensor
-
         expect_tensor(acc, "requantize", "acc")
         for arg, v in (("m0", m0), ("shift", shift), ("zero_point", zero_point)):
             if not isinstance(v, torch.Tensor):
@@ -342,3 +343,61 @@ def requantize(acc: torch.Tensor, m0, shift, dtype: QuantDType | str, zero_point
     if not (isinstance(zero_point, int) and zero_point == 0):
         y.add_(torch.as_tensor(zero_point, dtype=torch.int64, device=acc.device))
     return y.clamp_(dt.qmin, dt.qmax).to(dt.storage)
+
+
+# -- derived quantities: one function each, shared by the simulation, convert and ONNX --------------
+def multiplier_bits(bound: int, max_bits: int) -> int:
+    """(A5.6) The bits ``b`` of the multiplier that scales a sum bounded by ``bound``:
+    ``min(max_bits, 63 - bitlength(bound))``, so that ``|acc| * m0 < 2^63``. It may fall below
+    what the output needs (or below 1); the caller refuses the node then."""
+    return min(max_bits, 63 - int(bound).bit_length())
+
+
+def channel_vector(values, ndim: int, ch_axis: int | None, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Per-channel values (a number, a list or a tensor) as a ``dtype`` tensor that broadcasts
+    along ``ch_axis`` of a rank-``ndim`` tensor; a scalar when there is one value or no axis."""
+    t = torch.as_tensor(values, dtype=dtype)
+    if ch_axis is None or t.numel() == 1:
+        return t.reshape(())
+    shape = [1] * ndim
+    shape[ch_axis % ndim] = -1
+    return t.reshape(shape)
+
+
+def accumulator_scale(s_x, s_w, channels: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The scale of a conv/linear/matmul accumulator, ``s_acc = s_x * s_w``, as a 1-d tensor (one
+    value per output channel): the product in ``dtype`` of the scales (numbers, lists or tensors;
+    one value or one per channel). float32 is the grid the bias is quantized on and the scale the
+    integer graph records; float64 is exact, for the multiplier ``s_acc / s_y`` (A5.4). With
+    ``channels``, an ``s_w`` of fewer values repeats to that many (one value per tensor, or a
+    grouped transposed conv's channels of one group)."""
+    s_x = torch.as_tensor(s_x, dtype=dtype).reshape(-1)
+    s_w = torch.as_tensor(s_w, dtype=dtype).reshape(-1)
+    if channels is not None:
+        s_w = s_w.repeat(channels // max(1, s_w.numel()))
+    return s_x * s_w
+
+
+def bias_steps(bias: torch.Tensor, acc_scale: torch.Tensor) -> float:
+    """``max |bias / s_acc|`` in float32: how many accumulator steps the bias reaches."""
+    return float((bias.detach().to(torch.float32) / acc_scale).abs().max())
+
+
+def bias_dtype(steps: float, wide_bits: int | None = None) -> str | None:
+    """The accumulator type that holds a bias of ``steps`` (``bias_steps``) on the grid ``s_acc``:
+    ``qint32`` below ``2^31 - 1`` steps; else (a dead channel: weights folded to ~0 put ``s_w`` at
+    its floor, next to a real bias) ``qint{wide_bits}`` below ``2^(wide_bits - 1) - 1``; else None."""
+    if steps < 2 ** 31 - 1:
+        return "qint32"
+    if wide_bits is None or f"qint{wide_bits}" not in DTYPES or steps >= 2 ** (wide_bits - 1) - 1:
+        return None
+    return f"qint{wide_bits}"
+
+
+def quantize_bias(bias: torch.Tensor, acc_scale: torch.Tensor, dtype: QuantDType | str = "qint32",
+                  fake: bool = False) -> torch.Tensor:
+    """(A1) ``bias`` on the accumulator grid ``acc_scale`` (zero point 0, one scale per output
+    channel, axis 0): its integer codes in ``dtype``, or with ``fake`` their (A3) fake
+    quantization (float, straight-through gradient), the bias the simulation adds."""
+    zp = torch.zeros(acc_scale.numel(), dtype=torch.int64, device=acc_scale.device)
+    return (fake_quantize if fake else quantize)(bias, acc_scale, zp, dtype, 0)

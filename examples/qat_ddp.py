@@ -6,7 +6,7 @@
 
 Uses nccl and one GPU per process when CUDA is present, gloo on CPU otherwise. Each rank
 calibrates its share of the batches; leaving CALIBRATION synchronises the observers
-(edgequant/distributed.py), so every rank freezes bitwise identical qparams. QAT then runs
+(edgequant/collectives.py), so every rank freezes bitwise identical qparams. QAT then runs
 under DDP: gradients (weights, learnable scales) are averaged by DDP, moving-average observers
 are synchronised in every forward. Rank 0 saves the checkpoint, every rank loads it with
 ``weights_only=True``. Data: random images (no download); swap in a DistributedSampler.

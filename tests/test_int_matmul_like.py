@@ -27,7 +27,7 @@ from edgequant.convert import ConvertError, convert
 from edgequant.dtype import get_dtype
 from edgequant.export import export
 from edgequant.ir import Graph, Node, QParams, Value
-from edgequant.ops import matmul_like as ML
+from edgequant.ops import matmul_kernels as MK, matmul_like as ML
 from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16
 from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 from edgequant.run import call_target
@@ -454,7 +454,7 @@ def test_golden_and_reference(case, march, monkeypatch):
     # the int64 reference path gives the same bits, and so does requantizing a row at a time
     _, env_ref = run_int(qg, xs, reference=True)
     assert torch.equal(env_ref[inode.outputs[0]], got)
-    monkeypatch.setattr(ML, "_CHUNK", 5)
+    monkeypatch.setattr(MK, "_CHUNK", 5)
     assert torch.equal(run_int(qg, xs)[1][inode.outputs[0]], got)
     # what each case must look like
     a = inode.attrs
@@ -823,4 +823,4 @@ def test_dynamic_reduction_length(setter):
         assert int(diff.max()) <= 1
     short = Node(node.name, "matmul", node.inputs, node.outputs, {**node.attrs, "max_reduction": 36})
     with pytest.raises(RuntimeError, match=r"reduction length 37 exceeds 36"):
-        ML._dynamic_carrier(short, env_i[node.inputs[0]])
+        MK._dynamic_carrier(short, env_i[node.inputs[0]])

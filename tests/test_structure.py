@@ -161,3 +161,25 @@ def test_no_op_name_branches_outside_the_op_table():
             continue
         bad += [f"{p.relative_to(PKG.parent)}:{line}: {text[:100]}" for line, text in op_name_branches(p.read_text())]
     assert not bad, "code outside edgequant/ops/ branches on op names (read a row of the op table):\n" + "\n".join(bad)
+
+
+# -- the rounding rule travels with the integer graph (MarchProfile.rounding, qmath.ROUNDING) ---------
+def test_integer_graph_records_its_rounding_rule_and_the_checker_holds_it():
+    import torch
+
+    import edgequant as eq
+    from edgequant.check import IRCheckError, check_graph
+    from edgequant.march import PROFILES
+    from edgequant.qconfig_template import default_calibration_qconfig_setter
+    from edgequant.qmath import ROUNDING
+
+    assert {p.rounding for p in PROFILES.values()} == {ROUNDING}
+    m = torch.nn.Sequential(eq.QuantStub(), torch.nn.Linear(4, 3), eq.DeQuantStub()).eval()
+    x = torch.randn(2, 4)
+    cm = eq.prepare(m, (x,), qconfig_setter=(default_calibration_qconfig_setter,))
+    eq.calibrate(cm, [(x,)])
+    g = eq.convert(eq.export(cm, (x,)), "nash-e")
+    assert g.meta["rounding"] == ROUNDING
+    g.meta["rounding"] = "half_away_from_zero"
+    with pytest.raises(IRCheckError, match="round 'half_away_from_zero'"):
+        check_graph(g)

@@ -14,21 +14,10 @@ import torch
 
 from ..inputs import check_quantizable, value_label
 from ..ir import Graph, Node
-from ..qmath import dequantize, quantize, requantize, rounding_shift_right
+from ..qmath import channel_vector, dequantize, quantize, requantize, rounding_shift_right
 from .call import call_target, k_call
 from .lowering import lower_dequantize, lower_plain, lower_quantize
 from .spec import OpSpec
-
-
-def channel_vector(values, ndim: int, ch_axis: int | None) -> torch.Tensor:
-    """Per-channel integers (or one) as an int64 tensor that broadcasts along ``ch_axis`` of a
-    rank-``ndim`` tensor: a scalar when there is one value or no axis."""
-    v = torch.tensor(values, dtype=torch.int64)
-    if ch_axis is None or v.numel() == 1:
-        return v.reshape(())
-    shape = [1] * ndim
-    shape[ch_axis % ndim] = -1
-    return v.reshape(shape)
 
 
 def k_quantize(g: Graph, node: Node, args):
@@ -68,12 +57,19 @@ def k_yuv2rgb(g: Graph, node: Node, args):
                       a["out_dtype"], a["out_zero_point"])
 
 
+# int-level attrs (read by edgequant.check_attrs): rescale's per-channel requantization, yuv2rgb's colour maths
+_RESCALE_ATTRS = {"m0": "ints", "shift": "shifts", "in_zero_point": "ints", "ch_axis": "axis", "out_zero_point": "int",
+                  "out_dtype": "qdtype"}
+_YUV2RGB_ATTRS = {"frac_bits": "bits", "mean_frac_bits": "bits", "out_dtype": "qdtype", "out_zero_point": "int"}
 SPECS = [
-    OpSpec("quantize", (), boundary="quantize", lower=lower_quantize, kernel=k_quantize, onnx_int="quantize"),
+    OpSpec("quantize", (), boundary="quantize", lower=lower_quantize, kernel=k_quantize, onnx_int="quantize",
+           stub_form=True),
     OpSpec("dequantize", (), boundary="dequantize", lower=lower_dequantize, kernel=k_dequantize,
            onnx_int="dequantize"),
-    OpSpec("rescale", (), kernel=k_rescale, onnx_int="rescale", quant_level=False),
+    OpSpec("rescale", (), kernel=k_rescale, onnx_int="rescale", quant_level=False, stub_form=True,
+           int_attrs=_RESCALE_ATTRS, int_inputs=("x",), int_per_channel=("m0", "shift", "in_zero_point")),
     OpSpec("aten", (), rule="float", float_op=True, lower=lower_plain, kernel=k_call),
     OpSpec("float_call", (), rule="float", float_op=True, python_call=True, lower=lower_plain),
-    OpSpec("yuv2rgb", (), kernel=k_yuv2rgb, quant_level=False),
+    OpSpec("yuv2rgb", (), kernel=k_yuv2rgb, quant_level=False, int_attrs=_YUV2RGB_ATTRS,
+           int_inputs=("yuv", "coef", "bias", "m0", "shift", "mean")),
 ]

@@ -1,29 +1,19 @@
 """Elementwise arithmetic and piecewise-linear activations: specs, integer lowering, kernels.
 
-Stage: ``convert`` (``LOWER``: quant-level node -> int-level node) and ``run`` at level "int"
-(``INT_KERNELS``). Every lowered node keeps its canonical ``op`` and carries integer parameters
-only (multipliers, shifts, zero points, bounds) in ``attrs``; ``attrs["kernel"]`` names the
-integer kernel of ``KERNELS`` that runs it. All rounding is qmath's (A6) half to even.
+Stage: ``convert`` (a row's ``lower``: quant-level node -> int-level node) and ``run`` at level
+"int" (``run_kernel``). Every lowered node keeps its canonical ``op`` and carries integer
+parameters only (multipliers, shifts, zero points, bounds) in ``attrs``; ``attrs["kernel"]``
+names the integer kernel of ``KERNELS`` that runs it. All rounding is qmath's (A6) half to even.
+Operands and the int-level node are ``ops.operands``'; the affine plan and kernel ``ops.affine``'.
 
 The kernels
 -----------
 ``affine`` (add, sub, rsub, scalar add/sub/mul/div, neg, abs, clamp/hardtanh/relu6, relu,
-leaky_relu, prelu, and batch_norm in ``norm_softmax``): one integer sum, one rounding::
-
-    acc = C + sum_i (q_i - z_i) * (m_i if q_i - z_i >= 0 else m_i_neg)
-    y   = clamp(rounding_shift_right(acc, n) + z_out, lo, hi)     saturated to the output type
-
-Every real multiplier ``M_i = coef_i * s_i / s_out`` and the real constant ``c / s_out`` are
-written as exact integers ``m_i = round(M_i * 2^n)``, ``C = round(c / s_out * 2^n)`` with one
-common shift ``n`` (per output channel when a term is per channel): the largest ``|M_i|`` gets
-the march's ``multiplier_bits`` bits, and ``n`` is lowered until ``sum_i B_i * |m_i| + |C| <
-2^63`` for the input bounds ``B_i = max |q_i - z_i|`` (the dtype's range, an accumulator's
-(A8) bound, or a constant's values). A plan that needs ``n < 0`` is refused at convert
-time (``ConvertError``). Multipliers may be negative (sub, neg, negative scalars, slopes):
-half-to-even rounding is odd-symmetric, so the sign costs nothing.
+leaky_relu, prelu, and batch_norm in ``norm_softmax``): one integer sum, one rounding
+(``ops.affine``), with the input bounds ``B_i`` of ``ops.operands.Operand``.
 
 ``product`` (tensor * tensor): ``y = requantize((qa - za) * (qb - zb), m0, n)`` (A7) with
-``m0`` of ``b = min(multiplier_bits, 63 - bitlength(Ba * Bb))`` bits (A5.6).
+``m0`` of ``b = min(multiplier_bits, 63 - bitlength(Ba * Bb))`` bits (A5.6, ``requant_bits``).
 
 ``rescale_call`` (cat, stack, where, maximum, minimum, clamp with tensor bounds): every
 quantized input is first rescaled onto the output grid by an ``affine`` plan (skipped when it
@@ -66,7 +56,7 @@ The conv+add fusion and fused activations (the handshake with ``matmul_like``)
   ``attrs["fused_activation"] = <activation node name>`` on its int-level node, emits the
   activation as an ``identity`` node (same name, ``attrs["fused_into_producer"]``) and adds the
   activation's name to ``ctx.lowered`` so the driver skips it. The add here and conv/linear/
-  matmul in ``matmul_like`` do exactly this; an activation that still reaches ``LOWER`` while
+  matmul in ``matmul_like`` do exactly this; an activation that still reaches its lowering while
   its producer was fused into it is refused with an error naming both.
 """
 from __future__ import annotations
@@ -77,129 +67,18 @@ import torch
 
 from ..dtype import get_dtype
 from ..ir import Node, QParams
-from ..qmath import F64_EXACT, multiply_by_quantized_multiplier, quantize, quantize_multiplier, round_shift_f64, \
-    rounding_shift_right, saturate
+from ..qmath import dequantize, multiply_by_quantized_multiplier, quantize_multiplier, saturate
+from .affine import INT64_LIMIT, affine, k_affine, operand_term, plan_affine, requant_bits, rescale_plan
 from .call import call_target
 from .names import resolve
+from .operands import Operand, arg, emit, emit_op, find_qnode, is_input, operand, quantize_value, scalar
 from .spec import OpSpec
 
 
-INT64_LIMIT = 1 << 63
-
-
-# == helpers shared by the families of this issue (pool_reduce, shape, norm_softmax import them) ==
-def fixed_point(real: float, shift: int) -> int:
-    """``round(real * 2^shift)`` with halves to even, exactly (for any float64 ``real``).
-
-    ``quantize_multiplier(|real|, 62)`` writes ``|real| = m * 2^-k`` exactly (a float64 has 53
-    significant bits); the rounding is qmath's (A6) shift of ``m``. The result is a Python int
-    (callers bound it before it meets int64).
-    """
-    real = float(real)
-    if not math.isfinite(real):
-        raise ValueError(f"fixed_point needs a finite number, got {real}")
-    if real == 0.0:
-        return 0
-    m, k = quantize_multiplier(abs(real), 62)
-    s = k - shift
-    v = m * (1 << -s) if s <= 0 else int(rounding_shift_right(torch.tensor(m, dtype=torch.int64), s))
-    return v if real > 0 else -v
-
-
-def quantize_value(v: float, qp: QParams) -> int:
-    """The integer code of the real ``v`` on ``qp``'s (per-tensor) grid, by (A1); -inf -> qmin."""
-    q = quantize(torch.tensor([float(v)], dtype=torch.float32), qp.scale[0], qp.zero_point[0], qp.dtype)
-    return int(q[0])
-
-
-def dtype_bound(qp: QParams) -> int:
-    """``max |q - z|`` over the type's range (the worst channel when per channel)."""
-    dt = get_dtype(qp.dtype)
-    return max(max(dt.qmax - z, z - dt.qmin) for z in qp.zero_point)
-
-
-def arg(node: Node, pos: int, name: str, default=None):
-    """The ``pos``-th positional argument of the recorded call, or keyword ``name``."""
-    args, kwargs = node.attrs.get("args", []), node.attrs.get("kwargs", {})
-    if len(args) > pos:
-        return args[pos]
-    return kwargs.get(name, default)
-
-
-def is_input(a) -> bool:
-    return isinstance(a, dict) and "$in" in a
-
-
-def scalar(a):
-    """A recorded scalar argument as a Python number (``{"$float": "inf"}`` included)."""
-    if isinstance(a, dict) and "$float" in a:
-        return float(a["$float"])
-    return a
-
-
-def find_qnode(ctx, name: str) -> Node | None:
-    """The quant-level node called ``name``."""
-    for n in ctx.q.nodes:
-        if n.name == name:
-            return n
-    return None
-
-
-def int_producer(ctx, value: str) -> Node | None:
-    """The int-level node (emitted so far) that writes ``value``."""
-    for n in reversed(ctx.nodes):
-        if value in n.outputs:
-            return n
-    return None
-
-
-class Operand:
-    """A quantized tensor input of a node at the int level: its name, ``QParams`` and bound."""
-
-    def __init__(self, name: str, qp: QParams, bound: int):
-        self.name, self.qp, self.bound = name, qp, bound
-
-
-def operand(ctx, node: Node, a):
-    """Resolve a recorded argument: an ``Operand``, a Python number, or ``None`` (absent).
-
-    A quantized constant (float with ``QParams`` at the quant level) is quantized here into an
-    integer constant; a one-element float constant without ``QParams`` is a number.
-    """
-    if not is_input(a):
-        return scalar(a)
-    name = node.inputs[a["$in"]]
-    if name is None:
-        return None
-    qc = ctx.q.constants.get(name)
-    if qc is not None:
-        qp = ctx.q.values[name].qparams
-        if qp is None:
-            if qc.numel() == 1 and qc.is_floating_point():
-                return float(qc.reshape(()))
-            raise ctx.error(node, f"input {name!r} is a float constant without qparams; quantize it "
-                                  "(a QuantStub) or make it a Python number")
-        if name not in ctx.constants:
-            q = quantize(qc, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype, qp.ch_axis)
-            ctx.add_const(name, q, qp, qp.dtype)
-        q = ctx.constants[name].to(torch.int64)
-        z = torch.tensor(qp.zero_point, dtype=torch.int64)
-        if qp.ch_axis is not None:
-            shape = [1] * q.dim()
-            shape[qp.ch_axis % q.dim()] = -1
-            z = z.reshape(shape)
-        bound = int((q - z).abs().max()) if q.numel() else 0
-        return Operand(name, qp, max(bound, 1))
-    qp = ctx.qparams(name)
-    if qp is None:
-        v = ctx.value(name)
-        raise ctx.error(node, f"input {name!r} ({v.dtype}) is not quantized at the integer level"
-                        + ("; on a march with float conv outputs set ir._integer_conv = True" if v.dtype == "float32" else ""))
-    bound = dtype_bound(qp)
-    prod = int_producer(ctx, name)
-    if prod is not None and prod.attrs.get("output") == "acc" and isinstance(prod.attrs.get("bound"), int):
-        bound = min(bound, prod.attrs["bound"])   # the producer's (A8) accumulator bound
-    return Operand(name, qp, bound)
+# == activations: the rows a producer may absorb, and their bounds ====================================
+def is_activation(op: str) -> bool:
+    """Whether ``op`` is a row of this family that a conv/linear/add may absorb (relu, clamp)."""
+    return any(s.name == op and s.activation for s in SPECS)
 
 
 def activation_range(target: str, get):
@@ -269,128 +148,6 @@ def output_grid(ctx, node: Node):
         lo, hi = dt.qmin, dt.qmax
     return node.outputs[0], qp, lo, hi, act
 
-
-def _rel_axis(ctx, name: str, qp: QParams) -> int | None:
-    """A per-channel axis as a negative index (so it broadcasts against a larger output)."""
-    if qp.ch_axis is None or len(qp.scale) == 1:
-        return None
-    nd = len(ctx.value(name).shape)
-    return (qp.ch_axis % nd) - nd
-
-
-class Term:
-    """One input of an affine sum: ``(q - zp) * (pos if q - zp >= 0 else neg)`` in output LSB."""
-
-    def __init__(self, index: int, zp, bound: int, pos, neg=None, axis: int | None = None):
-        self.index, self.zp, self.bound, self.pos, self.neg, self.axis = index, zp, bound, pos, neg, axis
-
-
-def _at(v, c: int):
-    """Channel ``c`` of a per-channel list, or the value itself."""
-    return v[c] if isinstance(v, list) else v
-
-
-def operand_term(ctx, node: Node, op: Operand, index: int, coef, out_qp: QParams, neg_coef=None,
-                 axis: int | None = None) -> Term:
-    """The term of ``coef * x`` (``neg_coef * x`` where ``x < 0``) for a quantized operand.
-
-    Coefficients are numbers or per-channel lists (then along ``axis``, a negative index, as are
-    the operand's own per-channel scales).
-    """
-    s_out = out_qp.scale[0]
-    own = _rel_axis(ctx, op.name, op.qp)
-    if own is not None and axis is not None and own != axis:
-        raise ctx.error(node, f"per-channel parameters along axis {axis} on a tensor quantized along {own}")
-    axis = own if own is not None else axis
-    s_in = list(op.qp.scale) if own is not None else op.qp.scale[0]
-    zp = list(op.qp.zero_point) if own is not None else op.qp.zero_point[0]
-
-    def mult(c):
-        if c is None:
-            return None
-        n = next((len(v) for v in (c, s_in) if isinstance(v, list)), None)
-        if n is None:
-            return c * s_in / s_out
-        return [_at(c, i) * _at(s_in, i) / s_out for i in range(n)]
-
-    if axis is None and any(isinstance(c, list) for c in (coef, neg_coef)):
-        raise ctx.error(node, "per-channel coefficients need a channel axis")
-    return Term(index, zp, op.bound, mult(coef), mult(neg_coef), axis)
-
-
-def plan_affine(ctx, node: Node, terms: list[Term], out_qp: QParams, lo: int, hi: int,
-                const=0.0, axis: int | None = None) -> dict:
-    """The ``affine`` kernel's integer parameters (module docstring), refused on overflow.
-
-    ``const`` is in output LSB (a number, or a list per channel along ``axis``); list-valued
-    multipliers of the terms are per channel along their own (equal) axis.
-    """
-    axes = {t.axis for t in terms if t.axis is not None} | ({axis} if axis is not None else set())
-    if len(axes) > 1:
-        raise ctx.error(node, f"inputs are per channel along different axes {sorted(axes)}")
-    ax = axes.pop() if axes else None
-    lengths = {len(v) for t in terms for v in (t.pos, t.neg, t.zp) if isinstance(v, list)}
-    if isinstance(const, list):
-        lengths.add(len(const))
-    if len(lengths) > 1:
-        raise ctx.error(node, f"per-channel parameters of different lengths {sorted(lengths)}")
-    nch = lengths.pop() if lengths else None
-    if nch is not None and ax is None:
-        raise ctx.error(node, "per-channel parameters without a channel axis")
-    at = _at
-    bits = ctx.profile.multiplier_bits
-    shifts, consts, m_pos, m_neg = [], [], [[] for _ in terms], [[] for _ in terms]
-    worst = 0
-    for c in range(nch or 1):
-        mags = [abs(at(t.pos, c)) for t in terms] + [abs(at(t.neg, c)) for t in terms if t.neg is not None]
-        mmax = max(mags, default=0.0)
-        n = bits - math.frexp(mmax)[1] if mmax > 0 else 0
-        while True:
-            mp = [fixed_point(at(t.pos, c), n) for t in terms]
-            mn = [fixed_point(at(t.neg, c), n) if t.neg is not None else None for t in terms]
-            k = fixed_point(at(const, c), n)
-            total = abs(k) + sum(t.bound * max(abs(p), abs(q) if q is not None else 0)
-                                 for t, p, q in zip(terms, mp, mn))
-            if total < INT64_LIMIT:
-                break
-            n -= 1
-        if n < 0:
-            raise ctx.error(node, f"it needs a multiplier of 2^{math.frexp(mmax)[1]} or a sum of 2^{total.bit_length()}: "
-                                  "no int64 plan with a non-negative shift; the input and output scales are too far apart")
-        worst = max(worst, total)
-        shifts.append(n)
-        consts.append(k)
-        for i in range(len(terms)):
-            m_pos[i].append(mp[i])
-            m_neg[i].append(mn[i])
-    one = (lambda v: v[0]) if nch is None else (lambda v: v)
-    out_terms = []
-    for i, t in enumerate(terms):
-        out_terms.append({"in": t.index, "zp": t.zp, "m0": one(m_pos[i]),
-                          "m0_neg": one(m_neg[i]) if t.neg is not None else None})
-    return {"kernel": "affine", "terms": out_terms, "const": one(consts), "shift": one(shifts), "axis": ax,
-            "out_zp": out_qp.zero_point[0], "lo": int(lo), "hi": int(hi), "out_dtype": out_qp.dtype,
-            "bound": int(worst)}
-
-
-def rescale_plan(ctx, node: Node, op: Operand, index: int, out_qp: QParams) -> dict | None:
-    """An ``affine`` plan moving ``op`` onto ``out_qp``'s grid; None when it already is there."""
-    same = op.qp.ch_axis is None and op.qp.dtype == out_qp.dtype and op.qp.scale[0] == out_qp.scale[0] \
-        and op.qp.zero_point[0] == out_qp.zero_point[0]
-    if same:
-        return None
-    dt = get_dtype(out_qp.dtype)
-    return plan_affine(ctx, node, [operand_term(ctx, node, op, index, 1.0, out_qp)], out_qp, dt.qmin, dt.qmax)
-
-
-def emit(ctx, node: Node, op: str, inputs, outputs, attrs: dict, qp: QParams | None, out_dtype: str | None = None,
-         like: str | None = None) -> None:
-    """Write the int-level node and its output record(s)."""
-    for o in outputs:
-        ctx.set_value(o, qp.dtype if qp is not None else out_dtype, qp, like=like)
-    ctx.emit(Node(node.name, op, tuple(inputs), tuple(outputs), attrs, node.source))
-
-
 # == lowerings ========================================================================================
 def _linear_parts(ctx, node: Node):
     """``[(operand or number, coefficient)]`` of add/sub/rsub (``alpha`` included)."""
@@ -427,18 +184,6 @@ def _lower_parts(ctx, node: Node, parts, neg_parts=None) -> None:
     emit_op(ctx, node, inputs, out, plan_affine(ctx, node, terms, qp, lo, hi, const), qp, act)
 
 
-def emit_op(ctx, node: Node, inputs, out: str, attrs: dict, qp: QParams, act: Node | None) -> None:
-    """Emit a computing node on ``output_grid``'s results, and its fused activation (if any) as
-    a pass-through the driver will not lower again (module docstring)."""
-    if act is not None:
-        attrs["fused_activation"] = act.name
-    emit(ctx, node, node.op, inputs, [out], attrs, qp)
-    if act is not None:
-        ctx.lowered.add(act.name)
-        emit(ctx, act, "identity", [out], act.outputs, {"target": "aten.alias.default", "args": [{"$in": 0}],
-                                                         "kwargs": {}, "fused_into_producer": node.name}, qp)
-
-
 def lower_add_sub(ctx, node: Node) -> None:
     _lower_parts(ctx, node, _linear_parts(ctx, node))
 
@@ -459,12 +204,7 @@ def _lower_product(ctx, node: Node, a: Operand, b: Operand) -> None:
     out, qp, lo, hi, act = output_grid(ctx, node)
     if a.qp.ch_axis is not None or b.qp.ch_axis is not None:
         raise ctx.error(node, "a product of per-channel quantized tensors is not supported")
-    bound = a.bound * b.bound
-    bits = min(ctx.profile.multiplier_bits, 63 - bound.bit_length())
-    out_bits = get_dtype(qp.dtype).bits
-    if bits < out_bits + 2:
-        raise ctx.error(node, f"the product bound 2^{bound.bit_length()} leaves a {bits}-bit multiplier, "
-                              f"too few for a {qp.dtype} output (int64 would overflow with more)")
+    bits = requant_bits(ctx, node, a.bound * b.bound, qp.dtype, spare=2)
     m0, n = quantize_multiplier(a.qp.scale[0] * b.qp.scale[0] / qp.scale[0], bits)
     if n < 0:
         raise ctx.error(node, "the product's multiplier exceeds 2^bits; the output scale is too small")
@@ -477,8 +217,9 @@ def lower_div(ctx, node: Node) -> None:
     a, b = operand(ctx, node, arg(node, 0, "self")), operand(ctx, node, arg(node, 1, "other"))
     mode = arg(node, 2, "rounding_mode")
     if isinstance(b, Operand):
-        raise ctx.error(node, "edgequant has no integer lowering for this op yet (division by a tensor is a "
-                              "lookup table; lookup tables arrive with the SegmentLUT issue)")
+        raise ctx.error(node, "edgequant has no integer lowering for this op yet: division by a tensor runs as a "
+                              "lookup table (edgequant.lut, as a SegmentLUT does), which prepare builds only when "
+                              "both inputs and the output are quantized per tensor; give them per-tensor qconfigs")
     if mode is not None:
         raise ctx.error(node, f"division with rounding_mode={mode!r} has no integer lowering")
     if not isinstance(a, Operand) or not isinstance(b, (int, float)) or b == 0:
@@ -609,8 +350,6 @@ def lower_compare(ctx, node: Node) -> None:
     if dt.bits > 16:
         raise ctx.error(node, f"comparisons of {dt.name} tensors are not supported")
     codes = torch.arange(dt.qmin, dt.qmax + 1, dtype=torch.int64)
-    from ..qmath import dequantize
-
     real = dequantize(codes, a.qp.scale[0], a.qp.zero_point[0])  # exactly the simulation's values
     # the simulation's own comparison: a float32 tensor against the number (cast to float32)
     truth = resolve(f"aten.{fn}.Scalar")(real, b)
@@ -651,46 +390,6 @@ def _lower_compare2(ctx, node: Node, fn: str, a: Operand, b: Operand) -> None:
 
 
 # == integer kernels ==================================================================================
-def _vec(v, axis: int | None) -> torch.Tensor:
-    """An int (or a per-channel list along the negative ``axis``) as a broadcastable int64 tensor."""
-    t = torch.tensor(v, dtype=torch.int64)
-    if isinstance(v, list):
-        t = t.reshape([-1] + [1] * (-axis - 1))
-    return t
-
-
-def affine(args, a: dict) -> torch.Tensor:
-    """The ``affine`` kernel (module docstring)."""
-    axis = a["axis"]
-    # The carrier: float64 when the plan's bound (every partial sum) is below 2^53, so every
-    # value below is an exact integer and qmath.round_shift_f64 is (A6) bit for bit; else int64.
-    f64 = a.get("bound") is not None and a["bound"] < F64_EXACT
-    carrier = torch.float64 if f64 else torch.int64
-    acc = None
-    for t in a["terms"]:  # every step after the first copy works in place on fresh tensors
-        v = args[t["in"]].to(carrier, copy=True)
-        if any(z != 0 for z in (t["zp"] if isinstance(t["zp"], list) else [t["zp"]])):
-            v -= _vec(t["zp"], axis)
-        m = _vec(t["m0"], axis).to(carrier)
-        if t.get("m0_neg") is not None:
-            m = torch.where(v >= 0, m, _vec(t["m0_neg"], axis).to(carrier))
-        v *= m
-        acc = v if acc is None else acc.add_(v)
-    if acc is None:  # no tensor term: a constant
-        acc = _vec(a["const"], axis).to(carrier)
-    elif any(c != 0 for c in (a["const"] if isinstance(a["const"], list) else [a["const"]])):
-        acc = acc + _vec(a["const"], axis).to(carrier)
-    y = round_shift_f64(acc, _vec(a["shift"], axis)) if f64 else rounding_shift_right(acc, _vec(a["shift"], axis))
-    if a["out_zp"]:
-        y.add_(a["out_zp"])
-    dt = get_dtype(a["out_dtype"])
-    return y.clamp_(max(a["lo"], dt.qmin), min(a["hi"], dt.qmax)).to(dt.storage)
-
-
-def k_affine(g, node: Node, args):
-    return affine(args, node.attrs)
-
-
 def k_product(g, node: Node, args):
     a = node.attrs
     v = (args[0].to(torch.int64) - a["zp"][0]) * (args[1].to(torch.int64) - a["zp"][1])
@@ -722,11 +421,6 @@ KERNELS = {"affine": k_affine, "product": k_product, "rescale_call": k_rescale_c
            "compare2": k_compare2}
 
 
-def is_activation(op: str) -> bool:
-    """Whether ``op`` is a row of this family that a conv/linear/add may absorb (relu, clamp)."""
-    return any(s.name == op and s.activation for s in SPECS)
-
-
 def run_kernel(g, node: Node, args):
     """Run an int-level node of this family by its ``attrs["kernel"]``."""
     k = KERNELS.get(node.attrs.get("kernel"))
@@ -735,7 +429,7 @@ def run_kernel(g, node: Node, args):
     return k(g, node, args)
 
 
-_K = dict(kernel=run_kernel)
+_K = dict(kernel=run_kernel, int_attrs={"kernel": "named kernel"})   # int attrs: those of the kernel it names
 SPECS = [
     OpSpec("add", ("aten.add.Tensor", "aten.add.Scalar"), fuse_activation=True, residual_add=True,
            lower=lower_add_sub, **_K),
@@ -743,7 +437,7 @@ SPECS = [
            lower=lower_add_sub, **_K),
     OpSpec("mul", ("aten.mul.Tensor", "aten.mul.Scalar"), lower=lower_mul, **_K),
     OpSpec("div", ("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode"), table="div",
-           lower=lower_div, **_K),
+           sensitive_input=True, lower=lower_div, **_K),
     OpSpec("neg", ("aten.neg.default",), lower=lower_neg, **_K),
     OpSpec("abs", ("aten.abs.default",), lower=lower_abs, **_K),
     OpSpec("maximum", ("aten.maximum.default",), lower=lower_rescale_call, **_K),

@@ -91,18 +91,23 @@ def k_lut(g: Graph, node: Node, args):
     return run_kernel(lut["kind"], list(args[:nq]), unpack(lut, list(args[nq:])))
 
 
-def _table(name: str, target: str, symmetry: str) -> OpSpec:
-    return OpSpec(name, (target,), table="table", table_symmetry=symmetry, lower=lower_lut)
+def _table(name: str, target: str, symmetry: str, **roles) -> OpSpec:
+    return OpSpec(name, (target,), table="table", table_symmetry=symmetry, lower=lower_lut, **roles)
 
 
+# the table records (attrs["lut"], edgequant.lut writes them) of the kinds lut and lut_div run
+# (read by edgequant.check_attrs): tables, constant names, quantized inputs and the params' schema
+_LUT_TABLE = {"n_tables": 1, "consts": (), "n_quant": 1, "params": {}}
+_LUT_DIV = {"n_tables": 1, "consts": (), "n_quant": 2, "params": {
+    "a_zero": "int", "b_zero": "int", "m0": "int", "shift": "shift", "out_zero": "int", "out_dtype": "qdtype"}}
 SPECS = [
     _table("sigmoid", "aten.sigmoid.default", "ASYM"),
     _table("tanh", "aten.tanh.default", "CSYM"),
-    _table("exp", "aten.exp.default", "ASYM"),
-    _table("log", "aten.log.default", "ASYM"),
+    _table("exp", "aten.exp.default", "ASYM", sensitive_input=True),
+    _table("log", "aten.log.default", "ASYM", sensitive_input=True),
     _table("sqrt", "aten.sqrt.default", "ASYM"),
-    _table("rsqrt", "aten.rsqrt.default", "ASYM"),
-    _table("reciprocal", "aten.reciprocal.default", "ASYM"),
+    _table("rsqrt", "aten.rsqrt.default", "ASYM", sensitive_input=True),
+    _table("reciprocal", "aten.reciprocal.default", "ASYM", sensitive_input=True),
     _table("gelu", "aten.gelu.default", "ASYM"),
     _table("silu", "aten.silu.default", "ASYM"),
     _table("hardswish", "aten.hardswish.default", "ASYM"),
@@ -111,6 +116,6 @@ SPECS = [
     _table("pow", "aten.pow.Tensor_Scalar", "ASYM"),
     OpSpec("segment_lut", ("segment_lut",), table="table", python_call=True, lower=lower_lut),
     # int level only: what convert writes for the rows above (softmax and layer_norm keep their names)
-    OpSpec("lut", (), table="table", kernel=k_lut, onnx_int="lut", quant_level=False),
-    OpSpec("lut_div", (), table="div", kernel=k_lut, onnx_int="lut", quant_level=False),
+    OpSpec("lut", (), table="table", kernel=k_lut, onnx_int="lut", quant_level=False, lut_record=_LUT_TABLE),
+    OpSpec("lut_div", (), table="div", kernel=k_lut, onnx_int="lut", quant_level=False, lut_record=_LUT_DIV),
 ]

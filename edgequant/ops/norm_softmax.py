@@ -1,8 +1,8 @@
 """Normalisations and softmax: specs and the integer lowering of a standalone batch norm.
 
-Stage: ``convert`` (``LOWER``) and ``run`` at level "int" (``INT_KERNELS``). A batch norm that
+Stage: ``convert`` (the rows' ``lower``) and ``run`` at level "int" (their ``kernel``). A batch norm that
 follows a conv/linear is folded into its weights by ``prepare``; one that remains (after a
-pooling, an add, an input) lowers to ``elementwise``'s ``affine`` kernel, per channel ``c``
+pooling, an add, an input) lowers to the ``affine`` kernel (``ops.affine``), per channel ``c``
 (axis 1)::
 
     a[c] = weight[c] / sqrt(running_var[c] + eps),   b[c] = bias[c] - running_mean[c] * a[c]
@@ -13,18 +13,21 @@ fixed-point bias ``B[c] = round(b[c] / s_out * 2^n[c])``, ``n[c]`` chosen as for
 node (31-bit largest multiplier, lowered if int64 could overflow). Agreement with the
 simulation: <= 1 LSB (the fold is computed in float64 from the float32 parameters).
 
-``layer_norm``, ``softmax`` and ``log_softmax`` are lookup-table ops of the SegmentLUT issue:
-they have no lowering here, so ``convert`` raises its clear "no integer lowering yet" error.
+``layer_norm`` and ``softmax`` run as lookup-table kernels (``edgequant.lut.composite``): prepare
+simulates them with tables, and ``convert`` lowers a node that carries them (``attrs["lut"]``)
+through ``ops/nonlinear.lower_lut``; a node without tables (a per-channel input) and
+``log_softmax`` have no lowering, and ``convert`` refuses them by node name.
 """
 from __future__ import annotations
 
 import math
 
 from ..ir import Node
-from .elementwise import Operand, arg, emit_op, is_input, k_affine, operand, operand_term, output_grid, plan_affine, scalar
+from .affine import k_affine, operand_term, plan_affine
+from .elementwise import output_grid
 from .nonlinear import k_lut
+from .operands import Operand, arg, emit_op, is_input, operand, scalar
 from .spec import OpSpec
-
 
 
 def _param(ctx, node: Node, pos: int, name: str, n: int, default: float) -> list[float]:
@@ -63,12 +66,19 @@ def lower_batch_norm(ctx, node: Node) -> None:
     emit_op(ctx, node, [x.name], out, attrs, qp, act)
 
 
+# the table records (attrs["lut"], edgequant.lut writes them) softmax and layer_norm run (read by
+# edgequant.check_attrs): tables, constant names, quantized inputs and the params' schema
+_SOFTMAX_LUT = {"n_tables": 2, "consts": (), "n_quant": 1, "params": {
+    "in_zero": "int", "dim": "dim", "m0": "int", "shift": "shift", "out_zero": "int", "out_dtype": "qdtype"}}
+_LAYER_NORM_LUT = {"n_tables": 1, "consts": ("b0", "g0", "gn"), "n_quant": 1, "params": {
+    "n": "count", "in_zero": "int", "eps": "int", "out_zero": "int", "out_dtype": "qdtype"}}
 SPECS = [
     OpSpec("batch_norm", ("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"),
-           param_args=(1, 2, 3, 4), folds_into_weighted=True, lower=lower_batch_norm, kernel=k_affine),
-    OpSpec("layer_norm", ("aten.layer_norm.default",), param_args=(2, 3), table="layer_norm",
-           kernel=k_lut, onnx_int="lut"),   # lowered only when simulated with tables (attrs["lut"])
-    OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default"), table="softmax",
-           kernel=k_lut, onnx_int="lut"),
-    OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default")),
+           param_args=(1, 2, 3, 4), folds_into_weighted=True, lower=lower_batch_norm, kernel=k_affine,
+           int_attrs={"kernel": "named kernel"}),
+    OpSpec("layer_norm", ("aten.layer_norm.default",), param_args=(2, 3), table="layer_norm", sensitive_input=True,
+           kernel=k_lut, onnx_int="lut", lut_record=_LAYER_NORM_LUT),   # lowered only when simulated with tables
+    OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default"), table="softmax", sensitive_input=True,
+           kernel=k_lut, onnx_int="lut", lut_record=_SOFTMAX_LUT),
+    OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default"), sensitive_input=True),
 ]

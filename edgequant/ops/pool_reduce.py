@@ -1,6 +1,6 @@
 """Pooling, resizing and reductions: specs, integer lowering, kernels.
 
-Stage: ``convert`` (``LOWER``) and ``run`` at level "int" (``INT_KERNELS``). Parameters are
+Stage: ``convert`` (the rows' ``lower``) and ``run`` at level "int" (their ``kernel``). Parameters are
 computed at convert time from the static spatial sizes (a symbolic spatial size is refused);
 kernels are integer only (int64), with qmath's half-to-even rounding.
 
@@ -16,9 +16,10 @@ over 4 or 9 values and bilinear weights of 1/4, 3/4 make frequent (up to ~2-6% o
 elements for bilinear, < 0.3% for pooling): the simulation's float32 picks a side, the
 integer model rounds half to even.
 
-Multipliers have ``b = min(multiplier_bits, 63 - bitlength(A))`` bits (A5.6) for the sum bound
-``A = max|q - z| * (largest count)``; a node whose ``b`` would drop below the output's bit
-width + 2 is refused (``ConvertError``), as int64 could not hold a precise product.
+Multipliers have ``b = min(multiplier_bits, 63 - bitlength(A))`` bits (A5.6,
+``affine.requant_bits``) for the sum bound ``A = max|q - z| * (largest count)``; a node whose
+``b`` would drop below the output's bit width + 2 is refused (``ConvertError``), as int64 could
+not hold a precise product.
 
 Bilinear interpolation: source positions and ``lambda`` follow torch's CPU kernel in float32
 (``src = (dst + 0.5) / scale - 0.5`` clamped at 0, or ``dst * (in - 1) / (out - 1)`` with
@@ -32,11 +33,12 @@ from __future__ import annotations
 
 import torch
 
-from ..dtype import get_dtype
 from ..ir import Node
 from ..qmath import multiply_by_quantized_multiplier, quantize_multiplier, rounding_shift_right, saturate
-from .elementwise import Operand, arg, emit_op, fixed_point, operand, output_grid, scalar
+from .affine import fixed_point, requant_bits
 from .call import call_target
+from .elementwise import output_grid
+from .operands import Operand, arg, emit_op, operand, scalar
 from .shape import lower_move
 from .spec import OpSpec
 
@@ -60,14 +62,6 @@ def _static(ctx, node: Node, shape, dims) -> list[int]:
                               "between calls (the batch dim is dynamic): the integer multiplier and the int64 "
                               "bound need their sizes. Reduce over fixed dims, or give the model a fixed size")
     return sizes
-
-
-def _multiplier_bits(ctx, node: Node, bound: int, out_dtype: str) -> int:
-    bits = min(ctx.profile.multiplier_bits, 63 - bound.bit_length())
-    if bits < get_dtype(out_dtype).bits + 2:
-        raise ctx.error(node, f"its integer sum could reach 2^{bound.bit_length()}, leaving a {bits}-bit multiplier "
-                              f"for a {out_dtype} output (int64 would overflow with more)")
-    return bits
 
 
 def _mult(ctx, node: Node, real: float, bits: int) -> tuple[int, int]:
@@ -128,7 +122,7 @@ def lower_avg_pool(ctx, node: Node) -> None:
         valid = valid * (torch.tensor(en) - torch.tensor(st)).clamp(min=0)[g]
         pooled = pooled * torch.tensor(pool)[g]
     divisor = torch.full(out_sizes, int(override)) if override else (pooled if include_pad else valid)
-    bits = _multiplier_bits(ctx, node, x.bound * max(1, int(valid.max())), qp.dtype)
+    bits = requant_bits(ctx, node, x.bound * max(1, int(valid.max())), qp.dtype, spare=2)
     table = {}
     for d in sorted(set(divisor.flatten().tolist())):
         table[d] = _mult(ctx, node, x.qp.scale[0] / (d * qp.scale[0]), bits) if d > 0 else (0, 0)
@@ -168,7 +162,7 @@ def lower_reduce(ctx, node: Node) -> None:
     count = 1
     for s in _static(ctx, node, shape, dims):
         count *= s
-    bits = _multiplier_bits(ctx, node, x.bound * max(count, 1), qp.dtype)
+    bits = requant_bits(ctx, node, x.bound * max(count, 1), qp.dtype, spare=2)
     divisor = count if node.op == "mean" else 1
     m0, n = _mult(ctx, node, x.qp.scale[0] / (divisor * qp.scale[0]), bits)
     attrs = {"kernel": "reduce_sum", "dims": dims, "keepdim": keepdim, "zp": x.qp.zero_point[0], "m0": m0,
@@ -253,6 +247,14 @@ def k_carrier(g, node: Node, args):
     return out.to(x.dtype)
 
 
+# int-level attrs (read by edgequant.check_attrs) as lower_avg_pool, lower_reduce and lower_bilinear write them
+_GRID_ATTRS = {"out_zp": "int", "lo": "int", "hi": "int", "out_dtype": "qdtype"}
+_AVG_POOL_ATTRS = {"kernel": ("window_sum",), "starts": "windows", "ends": "windows", "zp": "int", **_GRID_ATTRS}
+_REDUCE_SUM_ATTRS = {"kernel": ("reduce_sum",), "dims": "dims", "keepdim": "bool", "zp": "int", "m0": "int",
+                     "shift": "shift", **_GRID_ATTRS}
+_BILINEAR_ATTRS = {"kernel": ("bilinear",), "taps": "taps", "drop": "right shift", "zp": "int", "m0": "int",
+                   "shift": "shift", **_GRID_ATTRS}
+_ZP = dict(int_zero_points=(("zp", 0),))
 SPECS = [
     OpSpec("max_pool", ("aten.max_pool1d.default", "aten.max_pool2d.default",
                         "aten.adaptive_max_pool2d.default"), rule="shared", lower=lower_move, kernel=k_carrier,
@@ -261,10 +263,14 @@ SPECS = [
                    "aten.min.dim", "aten.min.default", "aten.amin.default"), rule="shared", lower=lower_move),
     OpSpec("avg_pool", ("aten.avg_pool1d.default", "aten.avg_pool2d.default",
                         "aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default"),
-           lower=lower_avg_pool, kernel=k_window_sum),
-    OpSpec("mean", ("aten.mean.dim", "aten.mean.default"), lower=lower_reduce, kernel=k_reduce_sum),
-    OpSpec("sum", ("aten.sum.dim_IntList", "aten.sum.default"), lower=lower_reduce, kernel=k_reduce_sum),
+           lower=lower_avg_pool, kernel=k_window_sum, int_attrs=_AVG_POOL_ATTRS, int_inputs=("x", "m0", "shift"),
+           int_per_channel=("starts", "ends"), **_ZP),
+    OpSpec("mean", ("aten.mean.dim", "aten.mean.default"), lower=lower_reduce, kernel=k_reduce_sum,
+           int_attrs=_REDUCE_SUM_ATTRS, int_inputs=("x",), **_ZP),
+    OpSpec("sum", ("aten.sum.dim_IntList", "aten.sum.default"), lower=lower_reduce, kernel=k_reduce_sum,
+           int_attrs=_REDUCE_SUM_ATTRS, int_inputs=("x",), **_ZP),
     OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec"), rule="shared",
            lower=lower_move, kernel=k_carrier),
-    OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",), lower=lower_bilinear, kernel=k_bilinear),
+    OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",), lower=lower_bilinear, kernel=k_bilinear,
+           int_attrs=_BILINEAR_ATTRS, int_inputs=("x",)),
 ]

@@ -1,8 +1,8 @@
 """Ops that move values without changing them: their output shares the input's grid.
 
-Stage: ``convert`` (``LOWER``) and ``run`` at level "int" (``INT_KERNELS``). Reshape-like ops,
-slicing, splitting, flipping and expanding run their recorded torch op on the integer codes
-(the driver's shared-grid fallback): bit exact, 0 LSB. What this family adds:
+Stage: ``convert`` (the rows' ``lower``) and ``run`` at level "int" (their ``kernel``). Reshape-like ops,
+slicing, splitting, flipping, expanding and ``pixel_shuffle`` run their recorded torch op on the
+integer codes (the driver's shared-grid fallback): bit exact, 0 LSB. What this family adds:
 
 - ``pad`` (constant mode): the pad value is quantized onto the input's grid by (A1)
   (0.0 -> the zero point, so zero padding stays exact); a value off the grid differs from
@@ -10,7 +10,7 @@ slicing, splitting, flipping and expanding run their recorded torch op on the in
 - ``masked_fill``: the fill value is quantized the same way; -inf -> qmin, +inf -> qmax (the
   simulation keeps the infinity; every finite on-grid value is bit exact).
 - ``cat`` / ``stack``: their output has its own grid; every input not already on it is
-  rescaled by ``elementwise``'s ``affine`` kernel (one rounding, <= 1 LSB), then the torch
+  rescaled by the ``affine`` kernel (``ops.affine``: one rounding, <= 1 LSB), then the torch
   op concatenates the integers.
 - a per-channel quantized tensor (an accumulator) cannot pass through a reshape-like op: its
   channel axis would move; such a graph is refused with an error naming the node.
@@ -20,13 +20,11 @@ from __future__ import annotations
 import math
 
 from ..ir import Node
-from .elementwise import arg, is_input, k_rescale_call, lower_rescale_call, quantize_value, scalar
 from .core import k_identity
+from .elementwise import k_rescale_call, lower_rescale_call
 from .lowering import lower_shared
+from .operands import arg, is_input, quantize_value, scalar
 from .spec import OpSpec
-
-_S = dict(rule="shared")
-
 
 
 def _per_tensor_input(ctx, node: Node):
@@ -87,6 +85,16 @@ def lower_masked_fill(ctx, node: Node) -> None:
     lower_move(ctx, _with_arg(node, 2, "value", _fill_code(ctx, node, arg(node, 2, "value"), qp)))
 
 
+def onnx_pixel_shuffle(c, outs):
+    """``pixel_shuffle(x, r)`` of a rank-4 tensor is ONNX ``DepthToSpace`` in ``CRD`` mode (both
+    split channels as ``(C, r, r)`` and interleave the two ``r`` into height and width)."""
+    args, kwargs = c.args()
+    x, r = args[0], args[1] if len(args) > 1 else kwargs.get("upscale_factor")
+    if c.rank_of(x) != 4:
+        raise c.fail(f"ONNX DepthToSpace takes rank-4 tensors; this pixel_shuffle has rank {c.rank_of(x)}")
+    return c.b.op("DepthToSpace", [x], outs, blocksize=int(r), mode="CRD")
+
+
 _S = dict(rule="shared", lower=lower_move)
 
 SPECS = [
@@ -97,15 +105,20 @@ SPECS = [
     OpSpec("unsqueeze", ("aten.unsqueeze.default",), **_S),
     OpSpec("identity", ("aten.contiguous.default", "aten.clone.default", "aten.alias.default",
                         "aten.detach.default", "aten.detach_.default", "aten.lift_fresh_copy.default",
-                        "aten.dropout.default"), kernel=k_identity, onnx_int="identity", **_S),
+                        "aten.dropout.default"), kernel=k_identity, onnx_int="identity", stub_form=True,
+           int_attrs={}, int_inputs=("x",), **_S),   # int attrs: none (a recorded call, if any, is checked)
     OpSpec("expand", ("aten.expand.default", "aten.repeat.default"), **_S),
     OpSpec("slice", ("aten.slice.Tensor", "aten.select.int", "aten.narrow.default", "aten.index.Tensor"), **_S),
     OpSpec("split", ("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default",
                      "aten.unbind.int"), **_S),
     OpSpec("getitem", ("getitem",), **_S),
     OpSpec("flip", ("aten.flip.default",), **_S),
+    OpSpec("pixel_shuffle", ("aten.pixel_shuffle.default",), onnx={"aten.pixel_shuffle.default": onnx_pixel_shuffle},
+           **_S),
     OpSpec("pad", ("aten.pad.default", "aten.constant_pad_nd.default"), rule="shared", lower=lower_pad),
     OpSpec("masked_fill", ("aten.masked_fill.Scalar",), rule="shared", lower=lower_masked_fill),
-    OpSpec("cat", ("aten.cat.default",), lower=lower_rescale_call, kernel=k_rescale_call),
-    OpSpec("stack", ("aten.stack.default",), lower=lower_rescale_call, kernel=k_rescale_call),
+    OpSpec("cat", ("aten.cat.default",), lower=lower_rescale_call, kernel=k_rescale_call,
+           int_attrs={"kernel": "named kernel"}),
+    OpSpec("stack", ("aten.stack.default",), lower=lower_rescale_call, kernel=k_rescale_call,
+           int_attrs={"kernel": "named kernel"}),
 ]

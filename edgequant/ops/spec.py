@@ -21,7 +21,7 @@ Quantization rules:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -57,6 +57,21 @@ class OpSpec:
     reference: Callable | None = None  # plain-int reference of ``kernel`` (defaults to ``kernel``)
     onnx_int: str | None = None       # integer ONNX form (edgequant.onnx_export.integer.FORMS)
     quant_level: bool = True          # appears in quant-level graphs (False: only convert writes it)
+    weight_transposed_in_product: bool = False  # linear: computes x @ weight.T (weight stored (out, in))
+    bias_correction: bool = False     # prepare routes its bias through a BiasCorrection (conv1d/conv2d/linear)
+    sensitive_input: bool = False     # magnifies its input's rounding (softmax, exp, division): int16 advised
+    stub_form: bool = False           # an int-level form of a QuantStub (quantize, identity, rescale)
+    # int level, read by edgequant.check_attrs (what a file's node must carry), next to the lowering that writes it
+    int_attrs: dict | None = field(default=None, hash=False)  # schema of its attrs: {key: type name | {value: schema}}
+    int_inputs: tuple[str, ...] = ()  # its inputs' roles ("bias?": may be null; "m0", "shift": requant multipliers)
+    int_zero_points: tuple[tuple[str, int], ...] = ()  # (attr, input): attrs holding an input's zero point
+    int_per_channel: tuple[str, ...] = ()  # list attrs with one entry each per channel (or pooled dim)
+    lut_record: dict | None = field(default=None, hash=False)  # table kernels: the record attrs["lut"] of its kind
+
+    # ONNX translations of its recorded aten calls, ``{target: fn(c, outs)}``, for ops whose call
+    # ``onnx_export/aten.py`` does not translate: ``c`` is that module's ``Ctx`` (``c.b`` the ONNX
+    # builder, ``c.args()`` the decoded call); used by both flavours for the ops they pass through
+    onnx: dict | None = field(default=None, hash=False)
 
     @property
     def weighted(self) -> bool:
