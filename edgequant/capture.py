@@ -42,7 +42,7 @@ from .capture_markers import CaptureError, call_leaf, markers, recorded, rewrite
 from .inputs import shape_of
 from .nn.segment_lut import SegmentLUT
 from .nn.stubs import dequant_point, quant_point
-from .ops import OPS, spec_for_target
+from .ops import SEGMENT_LUT, spec_for_target
 
 
 # -- wrap: a function kept out of the graph (a leaf marker while exporting) ---------------------
@@ -346,7 +346,7 @@ def _annotate(gm: fx.GraphModule) -> None:
             if leaf is None:  # torch.export's own helpers (shape guards)
                 node.meta["eq_spec"] = None
                 continue
-            spec = OPS["segment_lut"] if isinstance(leaf, SegmentLUT) else None
+            spec = SEGMENT_LUT if isinstance(leaf, SegmentLUT) else None
             node.meta["eq_spec"] = spec
             base = node.meta["eq_path"] or getattr(leaf, "__name__", node.target)
         elif node.target in (quant_point, dequant_point):

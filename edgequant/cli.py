@@ -36,6 +36,14 @@ from typing import Optional
 
 import typer
 
+from . import (FakeQuantState, calibrate, convert, export, load, prepare, ptq, qconfig_template, save,
+               set_fake_quantize, visualize)
+from .analysis import featuremap_similarity
+from .analysis import report as write_report
+from .demo import main as run_demo
+from .march import March
+from .onnx_export import export_onnx
+
 app = typer.Typer(help="edgequant: float PyTorch model -> calibrated simulation -> integer model -> ONNX.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -148,9 +156,6 @@ def load_spec(spec: str):
 
 
 def _setter(template: str):
-    from . import qconfig_template
-    from . import ptq
-
     name = TEMPLATES.get(template, template)
     setter = None if name.startswith("_") else getattr(qconfig_template, name, None) or getattr(ptq, name, None)
     if setter is None or not name.endswith("qconfig_setter"):
@@ -160,8 +165,6 @@ def _setter(template: str):
 
 
 def _march(march: str) -> str:
-    from .march import March
-
     try:
         return March(march).value
     except ValueError as exc:
@@ -173,16 +176,12 @@ def _as_tuple(x) -> tuple:
 
 
 def _prepare(model, example_inputs, template: str, march: str):
-    from . import prepare
-
     return prepare(model, _as_tuple(example_inputs), qconfig_setter=(_setter(template),), march=march)
 
 
 def _calibrate(calib, batches, n: int) -> list:
     """Calibrate ``calib`` on up to ``n`` batches (progress bar); returns the batches used."""
     from itertools import islice
-
-    from . import calibrate
 
     try:
         batches = iter(batches)
@@ -204,8 +203,6 @@ def save_state(calib, path: Path) -> None:
 def load_state(calib, path: Path) -> None:
     from safetensors.torch import load_file
 
-    from . import FakeQuantState, set_fake_quantize
-
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the calibrated state of this quantize output is missing")
     try:
@@ -217,15 +214,9 @@ def load_state(calib, path: Path) -> None:
 
 
 def _onnx_files(quantized, calib, example_inputs, out: Path) -> list[Path]:
-    """ONNX files: the visualize picture always, the runnable flavours when export_onnx exists."""
-    from . import visualize
-
+    """ONNX files: the visualize picture always, the runnable flavours that export (a warning for the others)."""
     written = [out / "model.onnx"]
     visualize(quantized, written[0])
-    try:
-        from .onnx_export import export_onnx
-    except ImportError:
-        return written
     for flavour, model, name in (("qdq", calib, "model.qdq.onnx"), ("integer", quantized, "model.int.onnx")):
         try:
             export_onnx(model, out / name, _as_tuple(example_inputs), flavour=flavour)
@@ -245,8 +236,6 @@ def quantize(spec: str = typer.Argument(..., help="module:function returning (mo
              sensitivity: bool = typer.Option(True, help="include per-op sensitivity in the report")):
     """Prepare, calibrate, export and convert a model; write the state, the integer model, ONNX and a report."""
     import numpy as np
-
-    from . import convert, export, save
 
     _setter(template)  # usage errors come before the factory runs
     if calib_batches < 1:
@@ -270,8 +259,6 @@ def quantize(spec: str = typer.Argument(..., help="module:function returning (mo
     files = [out / "prepared.safetensors", out / "quant.eqm", out / "model.eqm", *onnx_paths, out / "example_inputs.npz",
              out / "quantize.json"]
     if report:
-        from .analysis import report as write_report
-
         files.append(write_report(out / "report.html", model, calib, quantized, used[:4], sensitivity=sensitivity,
                                   title=f"edgequant report: {spec}"))
     typer.echo(f"calibrated on {len(used)} batches with {template} for {march}; wrote:")
@@ -281,8 +268,6 @@ def quantize(spec: str = typer.Argument(..., help="module:function returning (mo
 
 def _load_stage(what: str, example_like=None):
     """A ``.eqm`` file, a quantize output directory (its calibrated model) or a SPEC (float model)."""
-    from . import load
-
     p = Path(what)
     if p.is_file():
         return load(p)
@@ -345,8 +330,6 @@ def compare(a: str = typer.Argument(..., help="reference: a .eqm file, a quantiz
             inputs: Path = typer.Argument(..., help="an .npz file with the input arrays", exists=True, dir_okay=False),
             json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows as JSON")):
     """Per-layer cosine, SQNR and max error (LSB) of B against A."""
-    from .analysis import featuremap_similarity
-
     sim = featuremap_similarity(_load_stage(a), _load_stage(b), _npz_inputs(inputs))
     typer.echo(str(sim))
     if json_out is not None:
@@ -360,9 +343,6 @@ def report(out_dir: Path = typer.Argument(..., help="an `edgequant quantize` out
            batches: int = typer.Option(4, help="data batches for the analysis"),
            sensitivity: bool = typer.Option(True, help="include per-op sensitivity")):
     """Rebuild a quantize output's calibrated model and write its HTML report."""
-    from . import load
-    from .analysis import report as write_report
-
     model, calib, data, meta = _rebuild(out_dir)
     used = []
     for bt in data:
@@ -385,8 +365,6 @@ def run(model: Path = typer.Argument(..., help="a saved model (.eqm)", exists=Tr
     import torch
     from torch.utils import _pytree as pytree
 
-    from . import load
-
     if out is not None:
         out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")   # what np.savez writes
         if out.is_dir() or not out.parent.is_dir():
@@ -406,8 +384,6 @@ def run(model: Path = typer.Argument(..., help="a saved model (.eqm)", exists=Tr
 @app.command()
 def summary(model: Path = typer.Argument(..., help="a saved model (.eqm)", exists=True, dir_okay=False)):
     """One line per node of a saved model: name, op, dtype, scale."""
-    from . import load
-
     g = load(model)
     typer.echo(f"{g!r}")
     typer.echo(f"{'node':<36}{'op':<14}{'dtype':<9}scale")
@@ -423,8 +399,6 @@ def demo(out: Optional[Path] = typer.Option(None, help="output directory (defaul
          test_images: int = typer.Option(48, help="held-out crops"),
          sensitivity: bool = typer.Option(False, help="add per-op sensitivity to the report (several minutes)")):
     """EfficientNet-Lite0 on scikit-image photographs: float -> calibrated -> integer -> ONNX, with a report."""
-    from .demo import main as run_demo
-
     run_demo(out_dir=out, calib_images=calib_images, test_images=test_images, sensitivity=sensitivity)
 
 

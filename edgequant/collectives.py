@@ -1,7 +1,7 @@
 """The torch.distributed collectives on calibration statistics: one module at a time.
 
 Takes one observer (or one ``BiasCorrection``) on every rank of an initialised process group;
-after ``sync_module(m)`` every rank holds the same statistics, hence bitwise identical qparams.
+after ``sync_observer(m)`` (or ``sync_sums(m)``) every rank holds the same statistics, hence bitwise identical qparams.
 Nothing happens when torch.distributed is not initialised or the world has one rank, so
 single-process code pays nothing. It knows modules only by their protocol (``REDUCTIONS``,
 ``statistics()``/``load_statistics()``, ``histogram``), never by class: ``fake_quant`` calls it

@@ -10,8 +10,8 @@ integer kernel. ``convert`` is a pipeline:
 2. **graph passes**: a ``dequantize`` that only feeds a ``quantize`` becomes one integer
    ``rescale`` (seed 002's "output that is also an input"); graph outputs still quantized are
    dequantized; constants and values nothing reads are pruned;
-3. **the check** (``check.check_graph``) of the int-level graph, which records the march and
-   its rounding rule (``meta["rounding"]``, qmath A6) for every later reader.
+3. **the check** (``check.check_graph``) of the int-level graph, whose ``meta`` records the
+   march and its rounding rule (``meta["rounding"]``, qmath A6; the check's rule I3).
 
 Each family's lowering computes the accumulator bound of its node from the integer weights
 and input ranges and refuses (``ConvertError`` naming the node) a node whose accumulator could

@@ -24,6 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import March, calibrate, convert, export, load, prepare, save, visualize
+from .analysis import cosine, report, sqnr
+from .onnx_export import export_onnx
+from .qconfig_template import default_calibration_qconfig_setter
+
 # ImageNet classes accepted as correct for each held-out photograph
 TEST_PHOTOS = {"chelsea": (281, 282, 283, 284, 285),           # tabby / tiger / Persian / Siamese / Egyptian cat
                "coffee": (967, 968, 504),                        # espresso, cup, coffee mug
@@ -88,8 +93,6 @@ def _logits(model, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
 
 
 def _row(stage: str, logits: torch.Tensor, ref: torch.Tensor, labels) -> dict:
-    from .analysis import cosine, sqnr
-
     top1 = logits.argmax(1)
     hits = [int(p) in ok for p, ok in zip(top1.tolist(), labels)]
     top5 = logits.topk(5, 1).indices
@@ -102,14 +105,8 @@ def _row(stage: str, logits: torch.Tensor, ref: torch.Tensor, labels) -> dict:
 def _onnx(calib, quantized, example, out: Path, test_x: torch.Tensor) -> tuple[list[Path], torch.Tensor | None]:
     """The visualize picture, and the runnable flavours when ``edgequant.onnx_export`` works;
     returns the files and ONNX Runtime's logits of the integer file (or None)."""
-    from . import visualize
-
     files = [out / "efficientnet_lite0.int.picture.onnx"]
     visualize(quantized, files[0])
-    try:
-        from .onnx_export import export_onnx
-    except ImportError:
-        return files, None
     ort_logits = None
     for flavour, model, name in (("qdq", calib, "efficientnet_lite0.qdq.onnx"),
                                  ("integer", quantized, "efficientnet_lite0.int.onnx")):
@@ -133,10 +130,6 @@ def _onnx(calib, quantized, example, out: Path, test_x: torch.Tensor) -> tuple[l
 
 def main(out_dir=None, calib_images: int = 32, test_images: int = 48, sensitivity: bool = False) -> dict:
     """Run the demo (module docstring); returns ``{"rows": table rows, "files": paths written}``."""
-    from . import March, calibrate, convert, export, load, prepare, save
-    from .analysis import report
-    from .qconfig_template import default_calibration_qconfig_setter
-
     t0 = time.time()
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="edgequant-demo-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import observers as obs
+from .argcheck import expect_flag
 from .dtype import QuantDType, get_dtype, qint8
 from .fake_quant import FakeQuantize
-from .observers import (FixedScaleObserver, KLObserver, MinMaxObserver, MovingAverageMinMaxObserver,  # noqa: F401
-                        MSEObserver, PercentileObserver)  # seed scripts import observers from here
+from .ir import Graph
+from .observers import (OBSERVERS, FixedScaleObserver, KLObserver, MinMaxObserver,  # noqa: F401
+                        MovingAverageMinMaxObserver, MSEObserver, PercentileObserver)  # seed scripts import these
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,6 @@ def get_qconfig(
     Raises ``ValueError`` for an unknown observer or dtype name (listing the valid ones) and
     ``TypeError`` for an observer that is not an observer class or name.
     """
-    from . import observers as obs
-    from .argcheck import expect_flag
-
     for arg, flag in (("fix_scale", fix_scale), ("qat", qat), ("learnable", learnable)):
         expect_flag(flag, "get_qconfig", arg)
     if observer is None:
@@ -129,9 +129,6 @@ def get_qconfig(
 def _observer_class(observer, arg: str) -> type:
     """An observer class from a class or a name (``OBSERVERS`` key or class name, any case)."""
     from torch import nn
-
-    from .ir import Graph
-    from .observers import OBSERVERS
 
     if isinstance(observer, str):
         key = observer.strip().lower().replace("-", "_")

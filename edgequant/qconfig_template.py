@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from .dtype import qint8, qint16, quint8
+from .ops import ALL_SPECS
+from .observers import MinMaxObserver, MSEObserver
 from .qconfig import QConfig, get_qconfig
 
 
@@ -97,7 +99,7 @@ class TemplateSetter:
 # maximum. Int8 templates give the tensors feeding them int16 (measured on all-MiniLM-L6-v2:
 # int8 everywhere gives sentence cosine 0.53-0.63 to float, the first layer's output LayerNorm
 # alone falls to 2.7 dB SQNR).
-NEEDS_INT16_INPUT = frozenset({"layer_norm", "softmax", "log_softmax"})
+NEEDS_INT16_INPUT = frozenset(s.name for s in ALL_SPECS if s.int16_input)   # the rows that say so
 
 
 def _act_dtype(site: OpSite, act_dtype):
@@ -112,8 +114,6 @@ def _act_dtype(site: OpSite, act_dtype):
 
 def _calibration(act_dtype):
     def make(site: OpSite) -> QConfig:
-        from .observers import MinMaxObserver, MSEObserver
-
         dtype = _act_dtype(site, act_dtype)
         observer = MinMaxObserver if dtype == qint16 else MSEObserver
         return get_qconfig(observer=observer, out_dtype=dtype, weight_dtype=qint8)

@@ -18,7 +18,7 @@ from .inputs import (NonFiniteInputError, binding_error, bind_inputs, check_coun
                      check_quantizable, value_label)
 from .ir import Graph, Node, set_runner
 from .ops import calls_python, is_dequantize, is_quantize, run_int_node
-from .ops.call import call_target, decode  # noqa: F401  (decode: re-exported for reports)
+from .ops.call import call_target  # noqa: F401  (tests and users call a node's op with it)
 from .ops.nonlinear import run_quant
 from .qmath import fake_quantize
 

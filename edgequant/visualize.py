@@ -20,7 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .argcheck import expect_graph_or_prepared, expect_path
 from .dtype import DTYPES
+from .export import export
 from .ir import Graph, Node, Value
 from .version import __version__
 
@@ -163,15 +165,11 @@ def visualize(model_or_ir, path: str | os.PathLike, example_inputs=None) -> onnx
     ``onnx.ModelProto`` that was written. Raises ``TypeError`` for anything else (a float model:
     prepare and calibrate it first) and for a ``path`` that is not a file path.
     """
-    from .argcheck import expect_graph_or_prepared, expect_path
-
     expect_graph_or_prepared(model_or_ir, "visualize", "model_or_ir")
     expect_path(path, "visualize", "path")
     if isinstance(model_or_ir, Graph):
         g = model_or_ir
     else:
-        from .export import export
-
         g = export(model_or_ir, example_inputs)
     model = to_onnx(g)
     onnx.save(model, os.fspath(path))

@@ -319,5 +319,5 @@ def test_report_gives_per_segment_errors_and_the_used_share_for_model_and_ir():
     # a table built over the whole input type but fed a narrow range: most entries unused
     wide = build_table(torch.tanh, "qint16", 4 / 32767, 0, "qint16", 1 / 32767, 0, symmetric_mode="CSYM")
     import dataclasses
-    from edgequant.lut.report import _used_share
+    from edgequant.lut.quality import _used_share
     assert _used_share(dataclasses.replace(wide, calibrated_range=(-0.5, 0.5))) < 0.2

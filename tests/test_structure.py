@@ -1,12 +1,15 @@
 """The package's shape, read statically from its sources (issue 16):
 
 - its import graph has no cycle (every ``import``, at module level or inside a function, is an
-  edge; ``from pkg import name`` is an edge to the submodule ``pkg.name`` when there is one);
+  edge; ``from pkg import name`` is an edge to the submodule ``pkg.name`` when there is one, and
+  importing ``a.b.c`` is also an edge to the packages ``a.b`` it runs first; the one exception is
+  a package ``__init__``'s module-level ``__getattr__`` (PEP 562), which re-exports a higher
+  layer on first use, after every module has loaded: ``edgequant.lut.report``);
 - no module under ``edgequant/`` exceeds 500 lines;
 - no code outside ``edgequant/ops/`` branches on an op's name: no comparison (``==``, ``!=``,
   ``in``, ``not in``) of an op, a spec's name, a table kind or a call target against a string
-  that names an op, and no dict literal keyed by op names (a parallel op table). Stages read
-  the rows of ``edgequant.ops`` instead.
+  that names an op, no dict literal keyed by op names and no list, tuple or set literal of op
+  names (a parallel op table), no ``OPS["name"]`` lookup. Stages read the rows' fields instead.
 """
 import ast
 import re
@@ -42,7 +45,12 @@ def import_graph() -> dict[str, set[str]]:
     mods = _modules()
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for mod, (path, is_pkg) in mods.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        lazy = {id(n) for f in tree.body if is_pkg and isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+                for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if id(node) in lazy:   # a package's PEP 562 re-export of a higher layer, loaded on first use
+                continue
             if isinstance(node, ast.Import):
                 edges[mod] |= {a.name for a in node.names if a.name.split(".")[0] == "edgequant"}
             elif isinstance(node, ast.ImportFrom):
@@ -57,7 +65,14 @@ def import_graph() -> dict[str, set[str]]:
                 for a in node.names:
                     sub = f"{target}.{a.name}"
                     edges[mod].add(sub if _is_module(mods, sub) else target)
-    return {m: {e for e in es if e in mods} for m, es in edges.items()}
+    # importing ``a.b.c`` first runs the packages ``a`` and ``a.b``: edges to those, except to the
+    # importer's own ancestors (already running when it imports)
+    for mod, es in edges.items():
+        ancestors = {".".join(mod.split(".")[:k]) for k in range(1, len(mod.split(".")))}
+        for e in list(es):
+            parts = e.split(".")
+            es |= {".".join(parts[:k]) for k in range(2, len(parts))} - ancestors
+    return {m: {e for e in es if e in mods and e != m} for m, es in edges.items()}
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -128,7 +143,17 @@ def _strings(node) -> list[str]:
 
 def op_name_branches(source: str) -> list[tuple[int, str]]:
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    exported = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and id(node) not in exported:
+            ops = [s for s in _strings(node) if s in OP_NAMES]
+            if len(ops) >= 2 and len(set(ops) - _WORDS) >= 1:
+                found.append((node.lineno, "a list of op names: " + ", ".join(ops)))
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "OPS" \
+                and _strings(node.slice):
+            found.append((node.lineno, ast.unparse(node)))
         if isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             for k, side in enumerate(sides):
@@ -152,6 +177,9 @@ def test_the_op_name_detector_finds_branches():
     assert not op_name_branches("if 'lut' in node.attrs: pass")
     assert not op_name_branches("if how == 'max': pass")
     assert not op_name_branches("R = {'max': 1, 'sum': 2}")
+    assert op_name_branches("NEEDS = frozenset({'layer_norm', 'softmax'})")
+    assert op_name_branches("spec = OPS['segment_lut']")
+    assert not op_name_branches("__all__ = ['convert', 'export']")
 
 
 def test_no_op_name_branches_outside_the_op_table():
@@ -183,3 +211,11 @@ def test_integer_graph_records_its_rounding_rule_and_the_checker_holds_it():
     g.meta["rounding"] = "half_away_from_zero"
     with pytest.raises(IRCheckError, match="round 'half_away_from_zero'"):
         check_graph(g)
+
+
+def test_lut_report_is_the_function_the_readme_names():
+    import edgequant
+    from edgequant.lut import format_report, report
+
+    assert edgequant.lut.report is report and callable(report) and callable(format_report)
+    assert report.__module__ == "edgequant.lut.quality"

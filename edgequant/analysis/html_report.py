@@ -25,7 +25,10 @@ import math
 from pathlib import Path
 
 from ..argcheck import expect_flag, expect_int, expect_path
-from .similarity import finite
+from ..lut.quality import report as lut_report
+from .qconfig_check import check_qconfig
+from .quant_analysis import QuantAnalysis
+from .similarity import featuremap_similarity, finite
 
 
 def _figure(*args, **kwargs):
@@ -146,9 +149,6 @@ def report(path, float_model=None, calib_model=None, quantized=None, data=None, 
     if Path(path).is_dir():
         raise IsADirectoryError(f"report: path {str(path)!r} is a directory; give the HTML file to write "
                                 "(e.g. report.html inside it)")
-    from .qconfig_check import check_qconfig
-    from .quant_analysis import QuantAnalysis
-    from ..lut.report import report as lut_report
 
     qa = analysis
     if qa is None and calib_model is not None and data is not None:
@@ -157,8 +157,6 @@ def report(path, float_model=None, calib_model=None, quantized=None, data=None, 
             qa.auto_find_bad_case()
             qa.compare_per_layer()
         elif quantized is not None:
-            from .similarity import featuremap_similarity
-
             qa.layers_int = featuremap_similarity(calib_model, quantized, qa.batches[0])
         if sensitivity:
             qa.sensitivity(sensitivity_batches)

@@ -27,6 +27,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..argcheck import expect_batches, expect_choice, expect_graph, expect_int, expect_module, expect_prepared
+from ..dtype import qint16
+from ..ptq.sensitivity import SensitiveOpQconfigSetter, op_sensitivity
+from ..ptq.sweep import float_leaves
 from .compare import cosine, sqnr
 from .histograms import activation_histograms
 from .similarity import Similarity, stage, stage_similarity
@@ -37,8 +40,6 @@ def _as_tuple(b) -> tuple:
 
 
 def _outputs(model, xs: tuple) -> torch.Tensor:
-    from ..ptq.sweep import float_leaves
-
     with torch.no_grad():
         leaves = float_leaves(model(*xs))
     return torch.cat([t.reshape(t.shape[0], -1).double() for t in leaves], 1)
@@ -129,8 +130,6 @@ class QuantAnalysis:
     # -- sensitivity ---------------------------------------------------------------------------
     def sensitivity(self, num_batches: int | None = None, progress: bool = True):
         """Per-op sensitivity (``edgequant.ptq.sensitivity.op_sensitivity``) on the data set."""
-        from ..ptq.sensitivity import op_sensitivity
-
         data = [xs if len(xs) > 1 else xs[0] for xs in self.batches]
         self.table = op_sensitivity(self.calib_model, data, metric=self.metric, num_batches=num_batches,
                                     progress=progress)
@@ -153,9 +152,6 @@ class QuantAnalysis:
 
     def qconfig_setter(self, dtype=None):
         """A setter raising the proposed ops: ``prepare(model, x, qconfig_setter=(template, it))``."""
-        from ..dtype import qint16
-        from ..ptq.sensitivity import SensitiveOpQconfigSetter
-
         if not self.proposed:
             self.propose_int16()
         return SensitiveOpQconfigSetter(self.proposed, dtype or qint16)

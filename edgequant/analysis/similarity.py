@@ -24,7 +24,11 @@ import torch
 from torch import fx, nn
 
 from ..export import export
+from ..fake_quant import calibrate
 from ..ir import Graph
+from ..ops import spec_of
+from ..prepare import prepare
+from ..qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter
 from ..qmath import dequantize
 from ..run import run
 from .compare import _step, cosine, sqnr
@@ -67,10 +71,6 @@ def stage_kind(model) -> str:
 
 
 def _float_graph(model: nn.Module, xs: tuple) -> Graph:
-    from ..prepare import prepare
-    from ..fake_quant import calibrate
-    from ..qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter
-
     calib = prepare(model, xs, qconfig_setter=(calibration_8bit_weight_16bit_act_qconfig_setter,),
                     bias_correction=False)
     return export(calibrate(calib, [xs]))
@@ -113,13 +113,15 @@ def _sites(g: Graph) -> dict[str, tuple[str, str]]:
     out = {}
     for n in g.nodes:
         name = n.name
-        while name in into and ops[name] in _ACTIVATIONS:
+        while name in into and _is_activation(ops[name]):
             name = into[name].name
         out[n.name] = (name, ops[name])
     return out
 
 
-_ACTIVATIONS = ("relu", "relu6", "clamp", "hardtanh")
+def _is_activation(op: str) -> bool:
+    spec = spec_of(op)
+    return spec is not None and spec.activation
 
 
 def featuremap_similarity(model_a, model_b, inputs) -> Similarity:

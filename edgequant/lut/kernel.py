@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..argcheck import describe, expect_tensor
 from ..qmath import rounding_shift_right, saturate
 from .table import LutTable
 
@@ -51,9 +52,6 @@ def lut_values(a: torch.Tensor, t: LutTable) -> torch.Tensor:
 
 def lut_apply(q: torch.Tensor, t: LutTable) -> torch.Tensor:
     """Output codes of the table for input codes ``q`` (saturated to the output type)."""
-    from ..argcheck import describe, expect_tensor
-    from .table import LutTable
-
     expect_tensor(q, "lut_apply", "q")
     if not isinstance(t, LutTable):
         raise TypeError(f"lut_apply: t must be a LutTable (what build_table returns), got {describe(t)}")

@@ -1,9 +1,9 @@
-"""A table op's integer parameters as the IR carries them, and the kernel that runs them.
+"""A table op's integer parameters as the IR carries them.
 
 Takes a node's ``attrs["lut"]`` (kind, table attributes, JSON parameters, names of extra
 constants) with the tensors that follow its quantized inputs; ``unpack`` returns the
 parameter dict the kernels read and ``n_extra`` how many trailing inputs are table constants.
-The op table (``ops/nonlinear.py``: ``run_kernel``), the ONNX writer and the reports all read
+The op table (``ops/nonlinear.py``: ``table_kernel``), the ONNX writer and the reports all read
 tables through these two.
 """
 from __future__ import annotations

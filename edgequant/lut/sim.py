@@ -30,7 +30,7 @@ from ..ir import Node
 from ..march import get_profile
 from ..nn.segment_lut import SegmentLUT
 from ..ops import spec_of
-from ..ops.nonlinear import run_kernel
+from ..ops.nonlinear import table_kernel
 from ..qmath import dequantize, quantize
 from . import composite
 from .table import LutTable, build_table
@@ -105,7 +105,7 @@ class LutOp(nn.Module):
             return self.float_forward(*args, **kwargs)
         params = self.int_params(args)
         qs = [quantize(x, *self._scale_zero(fq), fq.dtype) for x, fq in zip(xs, self.in_fqs)]
-        yq = run_kernel(self.kind, qs, params)
+        yq = table_kernel(self.kind, qs, params)
         _, s_out, z_out = _qp(self.out_fq)
         y = dequantize(yq, s_out, z_out)
         if state == FakeQuantState.QAT and torch.is_grad_enabled():

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..argcheck import expect_callable, expect_choice, expect_int, expect_real
 from ..dtype import get_dtype
 from ..qmath import quantize_multiplier
 from . import validate
@@ -149,8 +150,6 @@ def build_table(fn: Callable, in_dtype, in_scale: float, in_zero: int, out_dtype
     (default: every code) of a direct table, where an infinite value saturates; ``inverse_func``
     decreasing. 8-bit inputs get a direct table (range, strategy and gradients do not apply).
     """
-    from ..argcheck import expect_callable, expect_choice, expect_int, expect_real
-
     expect_callable(fn, "build_table", "fn")
     expect_callable(inverse_func, "build_table", "inverse_func", none=True)
     for arg, v in (("in_scale", in_scale), ("out_scale", out_scale)):

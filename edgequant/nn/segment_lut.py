@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..lut.validate import check_declared_range
+
 _MODES = ("ASYM", "YSYM", "CSYM")
 _STRATEGIES = ("evenly", "curvature")
 
@@ -93,8 +95,6 @@ class SegmentLUT(nn.Module):
         self.gradients = None if gradients is None else (float(gradients[0]), float(gradients[1]))
         self.symmetric_mode = symmetric_mode
         if self.input_range is not None:
-            from ..lut.validate import check_declared_range
-
             check_declared_range(simulated_func, *self.input_range, symmetric_mode != "ASYM",
                                  f"SegmentLUT({self._fname()})", inverse=inverse_func)
 

@@ -24,8 +24,12 @@ import os
 import onnx
 from onnx import TensorProto
 
+from ..argcheck import expect_graph_or_prepared, expect_path
+from ..convert import convert
+from ..export import export
 from ..ir import Graph
 from ..visualize import _PLAIN_ELEM, elem_type
+from . import integer, qdq
 from .builder import Builder, value_info
 from .errors import OnnxExportError
 
@@ -33,9 +37,6 @@ FLAVOURS = ("qdq", "integer")
 
 
 def _graph(model, example_inputs, level: str) -> Graph:
-    from ..convert import convert
-    from ..export import export
-
     g = model if isinstance(model, Graph) else export(model, example_inputs)
     if level == "quant":
         if g.level != "quant":
@@ -64,23 +65,17 @@ def _outputs(g: Graph, b: Builder, names: dict, elem_of) -> list:
 
 def export_onnx(model, path: str | os.PathLike, example_inputs=None, flavour: str = "qdq") -> onnx.ModelProto:
     """Write ``model`` as a runnable ONNX file of ``flavour`` (see the module docstring)."""
-    from ..argcheck import expect_graph_or_prepared, expect_path
-
     expect_graph_or_prepared(model, "export_onnx", "model")
     expect_path(path, "export_onnx", "path")
     if flavour not in FLAVOURS:
         raise OnnxExportError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     if flavour == "qdq":
-        from . import qdq
-
         g = _graph(model, example_inputs, "quant")
         b, names = qdq.build(g)
 
         def elem_of(v):
             return _PLAIN_ELEM.get(v.dtype, TensorProto.FLOAT)
     else:
-        from . import integer
-
         g = _graph(model, example_inputs, "int")
         b, names = integer.build(g)
         elem_of = elem_type

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.reference.op_run import OpRun
 
+from ..ops.matmul_kernels import ref_conv
 from .builder import CUSTOM_DOMAIN
 
 
@@ -34,10 +35,8 @@ def conv_accumulate(w, node, ins) -> str:
 
 def conv_accumulate_np(x, w, strides, pads, dilations, group, x_zero_point, w_zero_point) -> np.ndarray:
     """The op's definition in int64: the integer model's own reference sum
-    (``ops.matmul_like``'s tap-by-tap conv) on the centered codes."""
+    (``ops.matmul_kernels.ref_conv``, the tap-by-tap conv) on the centered codes."""
     import torch
-
-    from ..ops.matmul_kernels import ref_conv
 
     nd = w.ndim - 2
     if list(pads[:nd]) != list(pads[nd:]):

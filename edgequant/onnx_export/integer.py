@@ -35,6 +35,7 @@ from ..ir import Graph, Node, QParams
 from ..ops import OpSpec, calls_python, spec_of
 from . import aten, tables
 from .builder import Builder
+from .custom_ops import conv_accumulate
 from .errors import translate_nodes, unsupported
 from .integer_types import storage_elem, storage_name, storage_np
 from .intmath import along, requantize, rounding_shift, saturate_cast, to_i64
@@ -210,8 +211,6 @@ def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
                   to=TensorProto.FLOAT)
         acc = b.op("Cast", [_conv(b, node, spec, [xc, wc])], to=TensorProto.INT64)
     else:
-        from .custom_ops import conv_accumulate
-
         acc = conv_accumulate(w, node, ins)
     if ins[2] is not None:                                 # the int32 (or wide) bias, along the channel axis
         bias = w.const_np(node.inputs[2]).astype(np.int64)

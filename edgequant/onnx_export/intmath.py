@@ -19,6 +19,7 @@ from onnx import TensorProto
 from ..dtype import get_dtype
 from ..qmath import channel_vector
 from .builder import Builder
+from .integer_types import storage_elem
 
 
 def along(values, axis: int | None, rank: int | None) -> np.ndarray:
@@ -83,8 +84,6 @@ def clamp(b: Builder, v: str, lo: int | None, hi: int | None) -> str:
 
 def saturate_cast(b: Builder, v: str, qdtype: str, out=1, lo: int | None = None, hi: int | None = None) -> str:
     """Clamp int64 ``v`` to ``[qmin, qmax]`` of ``qdtype`` (tightened by ``lo``/``hi``) and cast to its storage."""
-    from .integer_types import storage_elem
-
     dt = get_dtype(qdtype)
     lo = dt.qmin if lo is None else max(lo, dt.qmin)
     hi = dt.qmax if hi is None else min(hi, dt.qmax)

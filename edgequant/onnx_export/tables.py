@@ -21,6 +21,7 @@ from onnx import TensorProto
 
 from ..dtype import get_dtype
 from ..ir import Node
+from ..lut.composite import RECIP_BITS, RSQRT_BITS, XHAT_BITS
 from ..lut.params import n_extra, unpack
 from ..lut.table import LutTable
 from .builder import Builder
@@ -156,8 +157,6 @@ def _saturated(b: Builder, y: str, out_zero: int, out_dtype: str) -> str:
 @writes("softmax")
 def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
     """``composite.softmax_int`` (docs/arithmetic.md T6)."""
-    from ..lut.composite import RECIP_BITS
-
     exp_t, rec_t = tabs
     axes = b.i64([p["dim"]])
     u = b.op("Sub", [q, b.i64(p["in_zero"])])
@@ -173,8 +172,6 @@ def softmax(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, nod
 @writes("layer_norm")
 def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
     """``composite.layer_norm_int`` (docs/arithmetic.md T7) over the last ``n`` elements."""
-    from ..lut.composite import RSQRT_BITS, XHAT_BITS
-
     (rs_t,) = tabs
     n = p["n"]
     last = b.i64([-1])

@@ -6,7 +6,7 @@
 the table, not the op's name:
 
 - ``lower_node(ctx, node)``: convert's per-node dispatch (the row's ``lower``; float and
-  index-math nodes are copied, shared-grid rows move codes);
+  index-math nodes are copied; shared-grid rows name ``shape.lower_move``);
 - ``run_int_node(g, node, args, callables)``: run's per-node dispatch at the int level (the
   row's ``kernel``, or its plain-int ``reference``);
 - ``is_quantize``/``is_dequantize``/``calls_python``: the roles that graph walks need.
@@ -20,7 +20,7 @@ import operator
 
 from . import core, elementwise, matmul_like, nonlinear, norm_softmax, pool_reduce, shape
 from .call import call_target
-from .lowering import ConvertError, LowerCtx, lower_plain, lower_shared
+from .lowering import ConvertError, LowerCtx, lower_plain
 from .nonlinear import lower_lut
 from .names import resolve, set_table, torch_op  # noqa: F401  (resolve: the allow-listed lookup)
 from .spec import OpSpec
@@ -30,6 +30,7 @@ ALL_SPECS: list[OpSpec] = [
     *norm_softmax.SPECS, *nonlinear.SPECS,
 ]
 OPS: dict[str, OpSpec] = {s.name: s for s in ALL_SPECS}
+SEGMENT_LUT: OpSpec = next(s for s in ALL_SPECS if s.python_call and s.table)   # a SegmentLUT leaf's row
 set_table(ALL_SPECS)   # the allow-lists of ops.names: every row's name and targets
 
 _BY_TARGET: dict[object, OpSpec] = {}
@@ -94,8 +95,6 @@ def lower_node(ctx: LowerCtx, node) -> None:
         lower_lut(ctx, node)
     elif spec is not None and spec.lower is not None:
         spec.lower(ctx, node)
-    elif spec is not None and spec.rule == "shared":
-        lower_shared(ctx, node)
     else:
         raise ctx.error(node, "edgequant has no integer lowering for this op yet")
 

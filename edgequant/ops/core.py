@@ -5,8 +5,9 @@ Takes nothing at import; declares the table rows of the ops that no aten overloa
 and back, A1/A2), ``rescale`` (convert writes it where a dequantize feeds a quantize: codes
 onto another grid, A7), ``aten`` (an op recorded outside the quantized region, run as its torch
 call), ``float_call`` (a ``wrap``ped Python function, never saved), and ``yuv2rgb``
-(``deploy.insert_yuv2rgb``'s integer colour conversion). Each row names its lowering and its
-integer kernel, as the family files do for the captured ops.
+(``deploy.insert_yuv2rgb``'s integer colour conversion). Each row names what it has of a
+lowering (ops convert writes itself have none) and an integer kernel (``float_call`` runs its
+Python callable instead), as the family files do for the captured ops.
 """
 from __future__ import annotations
 

@@ -139,12 +139,6 @@ def _float32_exact() -> bool:
         and fpmath.lower() == "strict"
 
 
-def accumulate(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
-               reference: bool = False) -> torch.Tensor:
-    """``sum_j (x_q - z_x) * (w_q - z_w) + b_q`` as int64, exactly."""
-    return _accumulate(op, attrs, x, w, b, reference).to(torch.int64)
-
-
 def _accumulate(op, attrs, x, w, b, reference):
     """``accumulate`` in its carrier: float32/float64 tensors hold the exact integers.
 

@@ -1,6 +1,6 @@
 """The names a graph may carry, and the only way such a name becomes a torch object.
 
-Takes nothing; defines the allow-lists that ``resolve`` (node call targets, ``targets()``), ``run.decode``
+Takes nothing; defines the allow-lists that ``resolve`` (node call targets, ``targets()``), ``ops.call.decode``
 (``{"$dtype": ...}``, ``{"$memory_format": ...}``, ``{"$device": ...}``) and ``check_graph``
 (rule G10) read. A graph file holds names, never code: a name is looked up in these tables,
 built once from the op table (every aten overload an ``OpSpec`` lists) plus ``EXTRA_TARGETS``,
@@ -54,7 +54,7 @@ def resolve(target: str):
 
 # Ops capture records for non-float plumbing (op "aten", index math, masks, casts) and that the
 # table does not list. Each only computes on its arguments. Creation ops (``BOUNDED_ARGS``) get
-# their size arguments bounded by rule G13.
+# their size arguments bounded by rule F2.
 EXTRA_TARGETS: tuple[str, ...] = (
     # shapes and symbolic sizes
     "aten.sym_size.int", "aten.sym_numel.default", "aten.sym_stride.int", "aten.size.int", "aten.numel.default",
@@ -93,7 +93,7 @@ EXTRA_TARGETS: tuple[str, ...] = (
     "aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default", "aten.unbind.int",
     "aten.flip.default", "aten.roll.default", "aten.tril.default", "aten.triu.default",
     "aten.embedding.default", "aten.one_hot.default",
-    # creation of index tensors and masks (sizes bounded by G13)
+    # creation of index tensors and masks (sizes bounded by rule F2)
     "aten.arange.default", "aten.arange.start", "aten.arange.start_step", "aten.zeros.default",
     "aten.ones.default", "aten.full.default", "aten.empty.memory_format", "aten.scalar_tensor.default",
     "aten.new_zeros.default", "aten.new_ones.default", "aten.new_full.default", "aten.new_empty.default",
@@ -172,7 +172,7 @@ def targets() -> dict[str, object]:
     return table
 
 
-# Arguments that size what an op allocates, bounded by rule G13: target -> ((position, keyword,
+# Arguments that size what an op allocates, bounded by rule F2: target -> ((position, keyword,
 # kind), ...); kind "size": a list of sizes (their product is bounded), "pad": ints that pad or
 # spread the input (each bounded), "scale": scale factors (each bounded).
 BOUNDED_ARGS: dict[str, tuple[tuple[int, str, str], ...]] = {

@@ -4,9 +4,9 @@ Takes quant-level nodes that ``edgequant.lut`` simulated with tables (``attrs["l
 table attributes, parameters, constant names; ``lut/sim.py`` writes them at export) and
 declares their rows: every function below becomes one integer ``lut`` node, tensor / tensor
 division a ``lut_div`` node, and softmax / layer norm (rows in ``norm_softmax``) integer
-``softmax`` / ``layer_norm`` nodes, all run by ``k_lut`` (``lut.params.run_kernel``). At the
-quant level ``run_quant`` runs a table node as VALIDATION did: quantize the inputs, the
-integer kernel, dequantize. A row's ``table_symmetry`` is the symmetric mode of its table.
+``softmax`` / ``layer_norm`` nodes, all run by ``k_lut`` (``table_kernel`` below, on the
+parameters ``lut.params.unpack`` reads). At the quant level ``run_quant`` runs a table node
+as VALIDATION did: quantize the inputs, the integer kernel, dequantize. A row's ``table_symmetry`` is the symmetric mode of its table.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _KINDS = {
 }
 
 
-def run_kernel(kind: str, qs: list[torch.Tensor], p: dict) -> torch.Tensor:
+def table_kernel(kind: str, qs: list[torch.Tensor], p: dict) -> torch.Tensor:
     """The integer kernel of a table op: input codes -> output codes."""
     fn = _KINDS.get(kind)
     if fn is None:
@@ -53,7 +53,7 @@ def run_quant(g: Graph, node: Node, args: list, fake_quant: bool, callables: dic
     for name, x in zip(node.inputs[:nq], args[:nq]):
         qp = g.values[name].qparams
         qs.append(quantize(x, qp.scale_tensor(), qp.zero_point_tensor(), qp.dtype))
-    yq = run_kernel(lut["kind"], qs, unpack(lut, args[len(args) - n_extra(lut):]))
+    yq = table_kernel(lut["kind"], qs, unpack(lut, args[len(args) - n_extra(lut):]))
     qp = g.values[node.outputs[0]].qparams
     return dequantize(yq, qp.scale_tensor(), qp.zero_point_tensor())
 
@@ -88,7 +88,7 @@ def k_lut(g: Graph, node: Node, args):
     """Integer kernel of ``lut``, ``softmax``, ``layer_norm`` and ``lut_div`` nodes."""
     lut = node.attrs["lut"]
     nq = lut["n_quant"]
-    return run_kernel(lut["kind"], list(args[:nq]), unpack(lut, list(args[nq:])))
+    return table_kernel(lut["kind"], list(args[:nq]), unpack(lut, list(args[nq:])))
 
 
 def _table(name: str, target: str, symmetry: str, **roles) -> OpSpec:

@@ -76,9 +76,10 @@ SPECS = [
     OpSpec("batch_norm", ("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"),
            param_args=(1, 2, 3, 4), folds_into_weighted=True, lower=lower_batch_norm, kernel=k_affine,
            int_attrs={"kernel": "named kernel"}),
-    OpSpec("layer_norm", ("aten.layer_norm.default",), param_args=(2, 3), table="layer_norm", sensitive_input=True,
+    OpSpec("layer_norm", ("aten.layer_norm.default",), param_args=(2, 3), table="layer_norm", sensitive_input=True, int16_input=True,
            kernel=k_lut, onnx_int="lut", lut_record=_LAYER_NORM_LUT),   # lowered only when simulated with tables
-    OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default"), table="softmax", sensitive_input=True,
+    OpSpec("softmax", ("aten.softmax.int", "aten._softmax.default"), table="softmax", sensitive_input=True, int16_input=True,
            kernel=k_lut, onnx_int="lut", lut_record=_SOFTMAX_LUT),
-    OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default"), sensitive_input=True),
+    OpSpec("log_softmax", ("aten.log_softmax.int", "aten._log_softmax.default"), sensitive_input=True,
+           int16_input=True),
 ]

@@ -68,6 +68,7 @@ class OpSpec:
     int_per_channel: tuple[str, ...] = ()  # list attrs with one entry each per channel (or pooled dim)
     lut_record: dict | None = field(default=None, hash=False)  # table kernels: the record attrs["lut"] of its kind
 
+    int16_input: bool = False         # int8 templates give its input int16 (layer norm, softmax)
     # ONNX translations of its recorded aten calls, ``{target: fn(c, outs)}``, for ops whose call
     # ``onnx_export/aten.py`` does not translate: ``c`` is that module's ``Ctx`` (``c.b`` the ONNX
     # builder, ``c.args()`` the decoded call); used by both flavours for the ops they pass through

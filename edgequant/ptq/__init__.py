@@ -12,6 +12,7 @@ strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a p
     eq.ptq.adaround(cm, batches, {"num_step": 1000})
 """
 from ..dtype import qint4, qint8
+from ..observers import MinMaxObserver, MSEObserver
 from ..qconfig import get_qconfig
 from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
 from .adaround import adaround
@@ -20,8 +21,6 @@ from .sensitivity import SensitivityTable, get_sensitive_op_qconfig_setter, op_s
 
 
 def _calibration_4bit_weight(site: OpSite):
-    from ..observers import MinMaxObserver, MSEObserver
-
     dtype = _act_dtype(site, qint8)
     return get_qconfig(observer=MSEObserver if dtype == qint8 else MinMaxObserver, out_dtype=dtype,
                        weight_dtype=qint4)

@@ -40,13 +40,13 @@ from torch import fx, nn
 
 from ..argcheck import describe, expect_batches, expect_prepared
 from ..fake_quant import FakeQuantize, FakeQuantState
+from ..observers import FixedScaleObserver
 from ..qmath import _as_param
 from .sweep import Sweep, batches_of, model_device, restore, set_states
 
 ZETA, GAMMA = 1.1, -0.1
 DEFAULTS = {"num_batches": 10, "num_step": 1000, "exclude_prefix": (), "warm_up": 0.2, "weight": 0.01,
             "b_range": (20, 2), "lr": 0.01, "batch_size": 32, "progress": True}
-_OPS = {"conv1d", "conv2d", "conv3d", "linear"}
 
 
 def _check_config(cfg: dict) -> None:
@@ -64,11 +64,10 @@ def _check_config(cfg: dict) -> None:
     need("warm_up", lambda v: 0 <= v < 1, "a share of the steps in [0, 1)")
 
 
-def _op_name(node: fx.Node) -> str | None:
-    if node.op != "call_function":
-        return None
-    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-    return name if name in _OPS else None
+def _is_layer(node: fx.Node) -> bool:
+    """A conv/linear call (its row is weighted; transposed convs are not rounded by AdaRound)."""
+    spec = node.meta.get("eq_spec") if node.op == "call_function" else None
+    return spec is not None and spec.weighted and not spec.transposed
 
 
 def _layers(gm: fx.GraphModule):
@@ -84,7 +83,7 @@ def _layers(gm: fx.GraphModule):
         if not (isinstance(w, fx.Node) and w.op == "get_attr"):
             continue
         for user in node.users:
-            if _op_name(user) is not None and user.args and user.args[0] is not node:
+            if _is_layer(user) and user.args and user.args[0] is not node:
                 idx = next(i for i, a in enumerate(user.args) if a is node)
                 name = node.meta.get("eq_name", str(node.target))
                 site = name[: -len(".weight")] if name.endswith(".weight") else name
@@ -230,8 +229,6 @@ def _owner(gm, target: str):
 def _fix_scale(fq: FakeQuantize, scale, zp) -> None:
     """Keep the weight FakeQuantize's qparams as they are (re-observing the rounded weights could
     move the scale and break the exact reproduction)."""
-    from ..observers import FixedScaleObserver
-
     name = getattr(fq.observer, "name", None)
     obs = FixedScaleObserver(scale.detach().clone().cpu(), zero_point=zp.detach().clone().cpu(),
                              dtype=fq.dtype, ch_axis=fq.ch_axis if scale.dim() else None)

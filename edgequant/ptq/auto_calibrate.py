@@ -33,7 +33,7 @@ import torch
 from torch import fx
 
 from ..argcheck import describe, expect_batches, expect_flag, expect_int, expect_prepared
-from ..fake_quant import FakeQuantize, FakeQuantState
+from ..fake_quant import FakeQuantize, FakeQuantState, set_fake_quantize
 from ..observers import FixedScaleObserver
 from ..observers.mix import MixObserver, check_strategy, strategy_observer
 from .sweep import Sweep, batches_of, model_device, op_units, restore, set_states
@@ -70,8 +70,6 @@ def _record_histograms(gm: fx.GraphModule, fqs: list[FakeQuantize], batches: lis
             h.remove()
         restore(saved)
     if not calibrated:
-        from ..fake_quant import set_fake_quantize
-
         for m in saved:
             m.state = FakeQuantState.CALIBRATION
         set_fake_quantize(gm, FakeQuantState.VALIDATION)  # freezes the ordinary calibration

@@ -30,6 +30,8 @@ from torch import fx
 from ..argcheck import describe, expect_batches, expect_choice, expect_flag, expect_int, expect_prepared, expect_real
 from ..dtype import get_dtype, qint16
 from ..fake_quant import FakeQuantState
+from ..metrics import cosine, sqnr
+from ..observers import KLObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from ..qconfig_template import OpSite
 from .sweep import Sweep, batches_of, model_device, op_units, restore, set_states
 
@@ -39,14 +41,10 @@ def _flat(outputs: list[list[torch.Tensor]]) -> torch.Tensor:
 
 
 def _sqnr(ref, test) -> float:
-    from ..analysis.compare import sqnr
-
     return sqnr(_flat(ref), _flat(test))
 
 
 def _cosine(ref, test) -> float:
-    from ..analysis.compare import cosine
-
     return cosine(_flat(ref), _flat(test))
 
 
@@ -165,8 +163,6 @@ def op_sensitivity(calib_model: fx.GraphModule, data, metric: str = "sqnr", num_
 def _raised(spec, dtype):
     """``spec`` with ``dtype``; histogram observers become min-max above 8 bits, as the
     calibration templates choose for int16 (clipping gains nothing at that resolution)."""
-    from ..observers import KLObserver, MinMaxObserver, MSEObserver, PercentileObserver
-
     out = spec.with_dtype(dtype)
     if dtype.bits > 8 and spec.observer in (MSEObserver, KLObserver, PercentileObserver):
         kwargs = {k: v for k, v in spec.observer_kwargs.items() if k in ("symmetric", "ignore_nonfinite")}

@@ -22,6 +22,7 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from ..fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
+from ..inputs import check_count, check_input, shape_of
 
 
 @dataclass
@@ -175,8 +176,6 @@ def float_leaves(out) -> list[torch.Tensor]:
 def _checked(xs: list, placeholders) -> list:
     """A batch's inputs checked against the traced ones, as the prepared model checks a call
     (``edgequant.inputs``): the sweep runs the graph node by node, past the model's own hook."""
-    from ..inputs import check_count, check_input, shape_of
-
     if len(xs) < len(placeholders):
         check_count([str(p.target) for p in placeholders], len(xs))
     out = []

@@ -30,6 +30,7 @@ from ..ops.names import resolve
 from ..qmath import dequantize
 from .kernel import lut_values
 from .params import unpack
+from .sim import LUT_OPS, LutOp, TableOp
 from .table import LutTable
 
 
@@ -121,8 +122,6 @@ def _ir_function(g: Graph, node):
 
 def report(model_or_ir) -> list[dict]:
     """Every table of a prepared model or a graph (see the module docstring)."""
-    from .sim import LUT_OPS, LutOp, TableOp  # lut/__init__ imports this module, and ops (below sim) imports lut
-
     out = []
     if isinstance(model_or_ir, Graph):
         g = model_or_ir
