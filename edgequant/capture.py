@@ -18,8 +18,13 @@ number there (``inputs.shape_of``), and an example batch of one, otherwise trace
 traced as given. QuantStub and DeQuantStub calls become marker nodes
 (``quant_point``/``dequant_point``); SegmentLUT, the ``leaf_modules`` and functions decorated
 with ``wrap`` become opaque ``call_module`` nodes that run the original Python (the marker ops
-that carry them through torch.export are ``capture_markers``'). ``scaled_dot_product_attention``
-is decomposed into matmul, softmax and mask ops so attention quantizes op by op.
+that carry them through torch.export are ``capture_markers``'). A program with in-place ops is
+traced again functionalized, ``scaled_dot_product_attention`` is decomposed into matmul,
+softmax and mask ops so attention quantizes op by op, and convolutions with
+``padding="same"`` get explicit padding (``capture_rewrite``). Eval-mode dropout, aliasing ops,
+casts that keep the dtype (``pixel_values.to(self.dtype)``) and empty 1-D ``cat`` inputs are
+removed, and float tensors the forward builds from constants alone (Swin's window mask) become
+buffers.
 """
 from __future__ import annotations
 
@@ -29,7 +34,6 @@ import functools
 import inspect
 import io
 import logging
-import math
 import operator
 import sys
 import traceback
@@ -39,6 +43,7 @@ import torch
 from torch import fx, nn
 
 from .capture_markers import CaptureError, call_leaf, markers, recorded, rewrite_markers
+from .capture_rewrite import batch_norm_as_one_node, drop_noops, fold_made_constants, retrace_table
 from .inputs import shape_of
 from .nn.segment_lut import SegmentLUT
 from .nn.stubs import dequant_point, quant_point
@@ -82,22 +87,6 @@ def wrap(fn: Callable) -> Callable:
     return _Wrapped(fn)
 
 
-# -- attention decomposition ---------------------------------------------------------------------
-def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q, k.transpose(-2, -1)) * s
-    if is_causal:
-        n, m = q.shape[-2], k.shape[-2]
-        causal = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
 # -- source lines and names ------------------------------------------------------------------------
 def _user_frame(stack_trace: str | None) -> str:
     """The innermost frame of ``stack_trace`` outside torch, as ``file:line: code``."""
@@ -128,10 +117,21 @@ def _module_path(node: fx.Node) -> str:
 
 
 def _frames_from_exception(exc: BaseException) -> str:
+    """The user's line where tracing failed: the innermost user frame of the traceback, else
+    (a failure while the traced graph was retraced, which runs no user code) the node's own
+    source line, which torch.fx appends to the message after "Original traceback:"."""
     tb = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(tb):
         if "/torch/" not in fr.filename and "/edgequant/" not in fr.filename:
             return f"{fr.filename}:{fr.lineno}: {fr.line}"
+    e = exc
+    for _ in range(4):   # the exception and what it chains
+        if e is None:
+            break
+        text = str(e)
+        if "Original traceback:" in text:
+            return _user_frame(text.split("Original traceback:", 1)[1])
+        e = e.__cause__ or e.__context__
     return "<unknown source>"
 
 
@@ -192,9 +192,9 @@ def _export(work: nn.Module, args: tuple, shapes, leaf_modules) -> tuple:
     """``(exported program, leaf callables, stub paths)`` of one torch.export trace."""
     with markers(work, tuple(leaf_modules)), _quiet_export():
         ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
-        sdpa = torch.ops.aten.scaled_dot_product_attention.default
-        if any(n.target is sdpa for n in ep.graph.nodes):  # retracing costs seconds: only when needed
-            ep = ep.run_decompositions({sdpa: _sdpa_math})
+        table = retrace_table(ep)
+        if table is not None:   # retracing costs a second or two: only when needed
+            ep = ep.run_decompositions(table)
     return (ep, *recorded())
 
 
@@ -259,7 +259,9 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     for attr in ("train", "eval"):  # torch.export forbids mode switches; our graphs honour them
         gm.__dict__.pop(attr, None)
     rewrite_markers(gm, leaves, stub_paths, work)
-    _drop_noops(gm)
+    drop_noops(gm)
+    batch_norm_as_one_node(gm)
+    fold_made_constants(gm)
     _annotate(gm)
     return gm
 
@@ -304,22 +306,6 @@ def _inline_grad_regions(gm: fx.GraphModule) -> None:
             g.erase_node(holder)
     gm.delete_all_unused_submodules()
     g.lint()
-    gm.recompile()
-
-
-_NOOPS = {torch.ops.aten.dropout.default, torch.ops.aten.alias.default, torch.ops.aten.detach.default,
-          torch.ops.aten.detach_.default, torch.ops.aten.lift_fresh_copy.default}
-
-
-def _drop_noops(gm: fx.GraphModule) -> None:
-    """Remove eval-mode dropout and aliasing ops: they would split fusable op pairs apart."""
-    for node in list(gm.graph.nodes):
-        plain_clone = node.target is torch.ops.aten.clone.default and \
-            node.kwargs.get("memory_format") in (None, torch.preserve_format)  # eval dropout decomposes to this
-        if node.op == "call_function" and (node.target in _NOOPS or plain_clone) and isinstance(node.args[0], fx.Node):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-    gm.graph.lint()
     gm.recompile()
 
 
