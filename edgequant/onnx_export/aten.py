@@ -4,84 +4,20 @@ Takes an IR node whose ``attrs`` record an aten call (``target``, ``args``, ``kw
 docs/ir.md) and the ONNX names of its inputs; appends standard ONNX nodes to a ``Builder`` and
 returns the ONNX names of its outputs. The same translation serves float tensors (the QDQ
 flavour's float ops) and integer tensors (the integer flavour's reshapes, slices and index
-arithmetic): every op here moves or compares values without rounding. An op-table row may carry
-its own translations (``OpSpec.onnx``, in its family file), which take precedence over ``ATEN``
-here; a target with neither raises ``OnnxExportError`` naming the node.
+arithmetic): every op here moves or compares values without rounding. ``ATEN`` also holds the
+translations of ``aten_more.py`` (joining, splitting, selections, scalar arithmetic, casts and
+creation, Python's operators on symbolic sizes), ``aten_spatial.py`` (reductions, pooling,
+resizing, transposed convolution) and ``aten_index.py`` (index, mask and rounding arithmetic).
+An op-table row may carry its own translations (``OpSpec.onnx``, in its family file), which take
+precedence over ``ATEN``; a target with neither raises ``OnnxExportError`` naming the node.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Node
 from ..ops import spec_of
-from .builder import Builder
-from .errors import unsupported
-
-_NP = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32, "int16": np.int16,
-       "int8": np.int8, "uint8": np.uint8, "bool": np.bool_, "sym": np.int64}
-_ONNX_DTYPE = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float64": 11}
-INT64_MAX = (1 << 63) - 1
-
-
-class Ref(str):
-    """An ONNX tensor name standing for a ``{"$in": k}`` argument."""
-
-
-class Ctx:
-    """What a translation needs: the builder, the node, its inputs' ONNX names and dtypes."""
-
-    def __init__(self, b: Builder, node: Node, names: list, dtypes: list, ranks: list, flavour: str):
-        self.b, self.node, self.names, self.dtypes, self.ranks, self.flavour = b, node, names, dtypes, ranks, flavour
-
-    def decode(self, arg):
-        if isinstance(arg, dict):
-            if "$in" in arg:
-                return Ref(self.names[arg["$in"]])
-            if "$dtype" in arg:
-                return ("dtype", arg["$dtype"])
-            if "$float" in arg:
-                return float(arg["$float"])
-            if "$device" in arg or "$memory_format" in arg:
-                return None
-            return {k: self.decode(v) for k, v in arg.items()}
-        if isinstance(arg, list):
-            return [self.decode(a) for a in arg]
-        return arg
-
-    def args(self):
-        a = self.node.attrs
-        return self.decode(a.get("args", [])), self.decode(a.get("kwargs", {}))
-
-    def dtype_of(self, name: str) -> str:
-        return self.dtypes[self.names.index(name)]
-
-    def rank_of(self, name: str) -> int:
-        return self.ranks[self.names.index(name)]
-
-    def fail(self, why: str = ""):
-        return unsupported(self.node, self.flavour, why)
-
-    def scalar(self, value, like: str) -> str:
-        """A 0-d constant of the dtype of tensor ``like``."""
-        return self.b.const(np.asarray(value, dtype=_NP[self.dtype_of(like)]))
-
-    def sizes(self, items) -> str:
-        """A 1-D int64 tensor from a list of ints and symbolic sizes (0-d int64 tensors)."""
-        if all(isinstance(i, int) for i in items):
-            return self.b.i64(list(items))
-        parts = [self.b.op("Unsqueeze", [i, self.b.i64([0])]) if isinstance(i, Ref) else self.b.i64([int(i)])
-                 for i in items]
-        return self.b.op("Concat", parts, axis=0)
-
-
-def _arg(args, kwargs, pos, key, default=None):
-    if len(args) > pos:
-        return args[pos]
-    return kwargs.get(key, default)
-
-
-def _list(v, n):
-    return list(v) if isinstance(v, (list, tuple)) else [v] * n
+from . import aten_index, aten_more, aten_spatial
+from .ctx import INT64_MAX, NP as _NP, ONNX_DTYPE as _ONNX_DTYPE, Ctx, Ref, arg as _arg, as_list as _list
 
 
 # -- the translations, by aten target ---------------------------------------------------------------
@@ -107,7 +43,8 @@ def linear(c: Ctx, out):
     if c.rank_of(x) == 2:
         return c.b.op("Gemm", [x] + inputs, out, transB=1)
     k = c.b.op("Shape", [w], start=1, end=2)
-    y = c.b.op("Gemm", [c.b.op("Reshape", [x, c.b.op("Concat", [c.b.i64([-1]), k], axis=0)])] + inputs, transB=1)
+    flat = c.on_grid(c.b.op("Reshape", [x, c.b.op("Concat", [c.b.i64([-1]), k], axis=0)]), 0)
+    y = c.b.op("Gemm", [flat] + inputs, transB=1)
     shape = c.b.op("Concat", [c.b.op("Shape", [x], start=0, end=-1), c.b.op("Shape", [w], start=0, end=1)], axis=0)
     return c.b.op("Reshape", [y, shape], out)
 
@@ -164,15 +101,17 @@ def max_pool(c: Ctx, out):
     stride = _arg(args, kw, 2, "stride", []) or k
     pad = _list(_arg(args, kw, 3, "padding", 0), len(k))
     dil = _list(_arg(args, kw, 4, "dilation", 1), len(k))
-    return c.b.op("MaxPool", [x], out, kernel_shape=k, strides=_list(stride, len(k)), pads=pad + pad,
-                  dilations=dil, ceil_mode=int(bool(_arg(args, kw, 5, "ceil_mode", False))))
-
-
-def adaptive_avg_pool(c: Ctx, out):
-    args, _ = c.args()
-    if any(s != 1 for s in _list(args[1], 2)):
-        raise c.fail("only adaptive average pooling to 1x1 is exported; use avg_pool2d with a fixed window")
-    return c.b.op("GlobalAveragePool", [args[0]], out)
+    stride = _list(stride, len(k))
+    ceil = bool(_arg(args, kw, 5, "ceil_mode", False))
+    if ceil and c.shapes is not None and c.out_shapes:
+        # ceil_mode only where it adds a window: onnx's reference evaluator adds one where torch and
+        # ONNX Runtime do not (3x3 windows at stride 1, googlenet's)
+        n_in, n_out = c.shape_of(x)[-len(k):], c.out_shapes[0][-len(k):]
+        floor = [(n + 2 * p - d * (kk - 1) - 1) // s + 1 if isinstance(n, int) else None
+                 for n, p, d, kk, s in zip(n_in, pad, dil, k, stride)]
+        ceil = list(n_out) != floor
+    return c.b.op("MaxPool", [x], out, kernel_shape=k, strides=stride, pads=pad + pad,
+                  dilations=dil, ceil_mode=int(ceil))
 
 
 def avg_pool(c: Ctx, out):
@@ -193,7 +132,7 @@ def flatten(c: Ctx, out):
     x, start, end = args[0], _arg(args, kw, 1, "start_dim", 0), _arg(args, kw, 2, "end_dim", -1)
     r = c.rank_of(x)
     start, end = start % r if r else 0, end % r if r else 0
-    if end == r - 1:
+    if end == r - 1 and start <= 1:             # ONNX Flatten always makes a 2-D tensor
         if start == 0:
             return c.b.op("Reshape", [x, c.b.i64([-1])], out)
         return c.b.op("Flatten", [x], out, axis=start)
@@ -347,10 +286,14 @@ def pad(c: Ctx, out):
     k = len(p) // 2
     begins = [0] * (r - k) + [p[2 * (k - 1 - i)] for i in range(k)]
     ends = [0] * (r - k) + [p[2 * (k - 1 - i) + 1] for i in range(k)]
+    (x,), back = c.carried([x])                   # ONNX Runtime has no int16 Pad: an int32 carrier
     inputs = [x, c.b.i64(begins + ends)]
     if mode == "constant" and value:
         inputs.append(c.scalar(value, x))
-    return c.b.op("Pad", inputs, out, mode={"replicate": "edge"}.get(mode, mode))
+    mode = {"replicate": "edge"}.get(mode, mode)
+    if back is None:
+        return c.b.op("Pad", inputs, out, mode=mode)
+    return c.b.op("Cast", [c.b.op("Pad", inputs, mode=mode)], out, to=_ONNX_DTYPE[back])
 
 
 def float_softmax(c: Ctx, out):
@@ -374,7 +317,7 @@ ATEN = {
     "aten.conv1d.default": conv, "aten.conv2d.default": conv, "aten.linear.default": linear,
     "aten.matmul.default": _binary("MatMul"), "aten.bmm.default": _binary("MatMul"), "aten.mm.default": _binary("MatMul"),
     "aten.add.Tensor": _binary("Add"), "aten.sub.Tensor": _binary("Sub"), "aten.mul.Tensor": _binary("Mul"),
-    "aten.div.Tensor": _binary("Div"), "aten.__and__.Tensor": _binary("And"), "aten.__or__.Tensor": _binary("Or"),
+    "aten.div.Tensor": aten_more.true_div, "aten.__and__.Tensor": _binary("And"), "aten.__or__.Tensor": _binary("Or"),
     "aten.bitwise_and.Tensor": _binary("And"), "aten.bitwise_or.Tensor": _binary("Or"),
     "aten.eq.Scalar": _compare("Equal"), "aten.eq.Tensor": _compare("Equal"), "aten.ge.Scalar": _compare("GreaterOrEqual"),
     "aten.gt.Scalar": _compare("Greater"), "aten.le.Scalar": _compare("LessOrEqual"), "aten.lt.Scalar": _compare("Less"),
@@ -385,7 +328,7 @@ ATEN = {
     "aten.tanh.default": _unary("Tanh"), "aten.exp.default": _unary("Exp"), "aten.gelu.default": float_gelu,
     "aten.hardtanh.default": clip(-1.0, 1.0), "aten.hardtanh_.default": clip(-1.0, 1.0),
     "aten.relu6.default": clip(0.0, 6.0), "aten.clamp.default": clip(),
-    "aten.max_pool2d.default": max_pool, "aten.adaptive_avg_pool2d.default": adaptive_avg_pool,
+    "aten.max_pool2d.default": max_pool,
     "aten.avg_pool2d.default": avg_pool, "aten.flatten.using_ints": flatten,
     "aten.view.default": view, "aten._unsafe_view.default": view, "aten.reshape.default": view,
     "aten.transpose.int": transpose, "aten.permute.default": permute, "aten.unsqueeze.default": unsqueeze,
@@ -397,6 +340,7 @@ ATEN = {
     "aten.clone.default": identity, "aten.alias.default": identity, "aten.contiguous.default": identity,
     "aten.dropout.default": identity, "aten.detach.default": identity, "aten.pad.default": pad,
     "aten.softmax.int": float_softmax, "aten._softmax.default": float_softmax, "aten.layer_norm.default": float_layer_norm,
+    **aten_more.ATEN_MORE, **aten_spatial.ATEN_SPATIAL, **aten_index.ATEN_INDEX,
 }
 
 NO_OUTPUT = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default", "aten.sym_constrain_range_for_size.default"}

@@ -7,15 +7,19 @@ by its ``attrs["kernel"]`` when it has one, else by the writer of its op row's i
 
 - ``quantize``: (A1) as ``Div`` (one float32 division), ``Round`` (half to even), ``Add`` of the
   zero point, ``Clip``, ``Cast``; ``dequantize``: (A2) ``(q - z)`` in int64, one float32 ``Mul``;
-- conv/linear/matmul (form ``reduce``; transposed convolutions are not written yet): the exact
-  accumulator, by ``ConvInteger``/``MatMulInteger`` (int8/uint8 operands, int32 sums) or an
-  int64 ``MatMul``; a conv on wider codes by a float32 ``Conv`` on the centered codes when
-  convert proved every partial sum below 2^24 (docs/arithmetic.md, section 9), else the custom
-  op ``ai.edgequant.ConvAccumulate`` (``custom_ops``); then the bias and (A7) requantization in
-  int64 (``intmath``);
+- conv/linear/matmul (form ``reduce``): the exact accumulator, by ``ConvInteger``/
+  ``MatMulInteger`` (int8/uint8 operands, int32 sums) or an int64 ``MatMul``; a conv on wider
+  codes by a float32 ``Conv`` on the centered codes when convert proved every partial sum below
+  2^24 (docs/arithmetic.md, section 9), else the custom op ``ai.edgequant.ConvAccumulate``
+  (``custom_ops``); a transposed conv by a float32 ``ConvTranspose`` on the centered codes (or
+  their two limbs, carrier ``float32_limbs``), refused for the float64/int64 carriers; then the
+  bias and (A7) requantization in int64 (``intmath``);
 - ``affine`` (add, sub, scalar mul, clamps, batch norm), ``product``, ``window_sum`` (average
-  pooling, by ``CumSum`` differences), ``reduce_sum``, ``rescale``, embeddings (``Gather``) and
-  table ops (``tables``): the kernels' int64 arithmetic op by op;
+  pooling, by ``CumSum`` differences), ``reduce_sum``, ``rescale``, ``bilinear`` (gathered rows
+  and columns times fixed-point weights), ``interval`` and ``compare2`` (comparisons), embeddings
+  (``Gather``) and table ops (``tables``): the kernels' int64 arithmetic op by op;
+- ``rescale_call`` (cat, stack, where, maximum, minimum, clamp with tensor bounds): each input's
+  ``affine`` rescale, then the recorded call on the codes (``aten_more``);
 - max pooling on a float carrier (exact: it only compares codes), shape and index ops through
   ``aten.translate``.
 
@@ -107,8 +111,9 @@ class IntWriter:
     def _aten(self, node: Node, ins, out) -> None:
         g = self.g
         dtypes = [self.storage(i) if i is not None else None for i in node.inputs]
-        ranks = [len(g.values[i].shape) if i is not None else 0 for i in node.inputs]
-        aten.translate(aten.Ctx(self.b, node, ins, dtypes, ranks, FLAVOUR), out)
+        shapes = [tuple(g.values[i].shape) if i is not None else () for i in node.inputs]
+        aten.translate(aten.Ctx(self.b, node, ins, dtypes, [len(s) for s in shapes], FLAVOUR, shapes,
+                                [tuple(g.values[o].shape) for o in node.outputs]), out)
 
     def out_cast(self, node: Node, y: str, out: list, lo=None, hi=None) -> None:
         """Saturate int64 ``y`` to the output's quantized type (and ``[lo, hi]``), cast to its storage."""
@@ -169,9 +174,10 @@ def k_max_pool(w: IntWriter, node: Node, ins, out) -> None:
     b = w.b
     wide = get_dtype(w.g.values[node.inputs[0]].dtype).bits > 16
     carrier = b.op("Cast", [ins[0]], to=TensorProto.DOUBLE if wide else TensorProto.FLOAT)
-    ranks = [w.rank(node.inputs[0])]
+    shapes = [tuple(w.g.values[node.inputs[0]].shape)]
     raw = b.fresh(f"{out[0]}.carrier")
-    aten.translate(aten.Ctx(b, node, [carrier], ["float64" if wide else "float32"], ranks, FLAVOUR), [raw])
+    aten.translate(aten.Ctx(b, node, [carrier], ["float64" if wide else "float32"], [len(shapes[0])], FLAVOUR,
+                            shapes, [tuple(w.g.values[o].shape) for o in node.outputs]), [raw])
     b.op("Cast", [raw], out, to=storage_elem(w.g.values[out[0]].dtype))
 
 
@@ -191,12 +197,12 @@ def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
     x_name, w_name = node.inputs[0], node.inputs[1]
     xv, wv = g.values[x_name], g.values[w_name]
     spec = spec_of(node.op)
-    if spec.transposed:
-        raise unsupported(node, FLAVOUR, "transposed convolutions have no integer ONNX translation yet")
     r = w.rank(node.outputs[0])
     per_tensor_x = not isinstance(a["x_zero_point"], list)
     w_const = w_name in g.constants
-    if _small(xv.dtype) and _small(wv.dtype) and per_tensor_x and (w_const or not spec.weighted):
+    if spec.transposed:
+        acc = _transposed(w, node, spec, ins)
+    elif _small(xv.dtype) and _small(wv.dtype) and per_tensor_x and (w_const or not spec.weighted):
         acc = _integer_op(w, node, spec, ins)
     elif spec.spatial_dims is None:                        # linear, matmul
         xc = to_i64(b, ins[0], a["x_zero_point"], a.get("x_ch_axis"), len(xv.shape))
@@ -229,10 +235,35 @@ def k_reduce(w: IntWriter, node: Node, ins, out) -> None:
         b.op("Mul", [b.op("Cast", [acc], to=TensorProto.FLOAT), b.const(s, base="acc_scale")], out)
 
 
+def _transposed(w: IntWriter, node: Node, spec: OpSpec, ins) -> str:
+    """A transposed conv's exact accumulator: float32 ``ConvTranspose`` on the centered codes, for
+    the carriers convert proved exact in float32 (``"float32"``: every partial sum below 2^24;
+    ``"float32_limbs"``: on the limbs ``hi * 2^s + lo`` of ``x - z_x``, joined in float64)."""
+    b, a, g = w.b, node.attrs, w.g
+    if a.get("carrier") not in ("float32", "float32_limbs"):
+        raise unsupported(node, FLAVOUR, f"its accumulator needs the {a.get('carrier')} carrier; ONNX ConvTranspose "
+                                         "is exact only below 2^24 (float32)")
+    xv, wv = g.values[node.inputs[0]], g.values[node.inputs[1]]
+    x = to_i64(b, ins[0], a["x_zero_point"], a.get("x_ch_axis"), len(xv.shape))
+    wc = b.op("Cast", [to_i64(b, ins[1], a["w_zero_point"], a.get("w_ch_axis"), len(wv.shape))], to=TensorProto.FLOAT)
+    s = a.get("limb_shift") or 0
+    if not s:
+        return b.op("Cast", [_conv(b, node, spec, [b.op("Cast", [x], to=TensorProto.FLOAT), wc], "ConvTranspose")],
+                    to=TensorProto.INT64)
+    lo = b.op("Mod", [x, b.i64(1 << s)], fmod=0)
+    hi = b.op("Div", [b.op("Sub", [x, lo]), b.i64(1 << s)])
+    parts = [b.op("Cast", [_conv(b, node, spec, [b.op("Cast", [v], to=TensorProto.FLOAT), wc], "ConvTranspose")],
+                  to=TensorProto.DOUBLE) for v in (hi, lo)]
+    acc = b.op("Add", [b.op("Mul", [parts[0], b.const(np.asarray(float(1 << s)), base="limb")]), parts[1]])
+    return b.op("Cast", [acc], to=TensorProto.INT64)
+
+
 def _conv(b: Builder, node: Node, spec: OpSpec, inputs: list[str], op_type: str = "Conv"):
     a = node.attrs
     nd = spec.spatial_dims
     kw = dict(strides=list(a["stride"]), pads=list(a["padding"]) * 2, dilations=list(a["dilation"]), group=a["groups"])
+    if spec.transposed and any(a.get("output_padding") or ()):
+        kw["output_padding"] = list(a["output_padding"])
     if len(a["stride"]) != nd:
         raise ValueError("stride does not match the conv's spatial rank")
     return b.op(op_type, inputs, **kw)
@@ -256,13 +287,12 @@ def _integer_op(w: IntWriter, node: Node, spec: OpSpec, ins) -> str:
 
 
 # -- elementwise kernels ----------------------------------------------------------------------------------
-def k_affine(w: IntWriter, node: Node, ins, out) -> None:
-    b, a = w.b, node.attrs
-    axis = a["axis"]
+def affine_sum(w: IntWriter, a: dict, ins, in_names) -> str:
+    """The ``affine`` kernel's plan ``a`` on ``ins`` (``ops.affine``): the int64 result, not clamped."""
+    b, axis = w.b, a["axis"]
     acc = None
     for t in a["terms"]:
-        name = node.inputs[t["in"]]
-        v = to_i64(b, ins[t["in"]], t["zp"], axis, w.rank(name))
+        v = to_i64(b, ins[t["in"]], t["zp"], axis, w.rank(in_names[t["in"]]))
         m = b.i64(along(t["m0"], axis, None), "m0")
         if t.get("m0_neg") is not None:
             m = b.op("Where", [b.op("GreaterOrEqual", [v, b.i64(0)]), m, b.i64(along(t["m0_neg"], axis, None), "m0")])
@@ -275,9 +305,68 @@ def k_affine(w: IntWriter, node: Node, ins, out) -> None:
     elif const.any():
         acc = b.op("Add", [acc, b.i64(const, "const")])
     y = rounding_shift(b, acc, along(a["shift"], axis, None))
-    if a["out_zp"]:
-        y = b.op("Add", [y, b.i64(a["out_zp"])])
-    w.out_cast(node, y, out, a["lo"], a["hi"])
+    return b.op("Add", [y, b.i64(a["out_zp"])]) if a["out_zp"] else y
+
+
+def k_affine(w: IntWriter, node: Node, ins, out) -> None:
+    a = node.attrs
+    w.out_cast(node, affine_sum(w, a, ins, node.inputs), out, a["lo"], a["hi"])
+
+
+def k_rescale_call(w: IntWriter, node: Node, ins, out) -> None:
+    """cat, stack, where, maximum, minimum, clamp(Tensor): each input with a plan rescaled onto the
+    output grid by its ``affine`` plan, then the recorded call on the codes (``aten_more``)."""
+    a, g = node.attrs, w.g
+    xs, dtypes = [], []
+    for name, x, plan in zip(node.inputs, ins, a["rescale"]):
+        if plan is not None:
+            x = saturate_cast(w.b, affine_sum(w, plan, [x], [name]), plan["out_dtype"], 1, plan["lo"], plan["hi"])
+        xs.append(x)
+        dtypes.append(storage_name(plan["out_dtype"] if plan is not None else g.values[name].dtype)
+                      if name is not None else None)
+    shapes = [tuple(g.values[i].shape) if i is not None else () for i in node.inputs]
+    aten.translate(aten.Ctx(w.b, node, xs, dtypes, [len(s) for s in shapes], FLAVOUR, shapes,
+                            [tuple(g.values[o].shape) for o in node.outputs]), out)
+
+
+def k_interval(w: IntWriter, node: Node, ins, out) -> None:
+    """A comparison with a number: ``lo <= q <= hi`` (negated for ``ne``), thresholds from convert."""
+    b, a = w.b, node.attrs
+    q = to_i64(b, ins[0])
+    inside = b.op("And", [b.op("GreaterOrEqual", [q, b.i64(a["lo"])]), b.op("LessOrEqual", [q, b.i64(a["hi"])])],
+                  1 if a["invert"] else out)
+    if a["invert"]:
+        b.op("Not", [inside], out)
+
+
+_CMP2 = {"gt": "Greater", "ge": "GreaterOrEqual", "lt": "Less", "le": "LessOrEqual", "eq": "Equal", "ne": "Equal"}
+
+
+def k_compare2(w: IntWriter, node: Node, ins, out) -> None:
+    """Two quantized tensors compared exactly: ``(qa - za) * fa`` against ``(qb - zb) * fb`` in int64."""
+    b, a = w.b, node.attrs
+    va = b.op("Mul", [to_i64(b, ins[0], a["zp"][0]), b.i64(a["f"][0])])
+    vb = b.op("Mul", [to_i64(b, ins[1], a["zp"][1]), b.i64(a["f"][1])])
+    if a["fn"] == "ne":
+        b.op("Not", [b.op("Equal", [va, vb])], out)
+    else:
+        b.op(_CMP2[a["fn"]], [va, vb], out)
+
+
+def k_bilinear(w: IntWriter, node: Node, ins, out) -> None:
+    """``pool_reduce.k_bilinear``: gathered rows then columns times the fixed-point weights (int64),
+    rounding 1 (``drop``), rounding 2 (A7)."""
+    b, a = w.b, node.attrs
+    v = to_i64(b, ins[0], a["zp"])
+    for d, tp in zip((-2, -1), a["taps"]):
+        shape = [-1] + [1] * (-d - 1)
+        w0 = b.i64(np.asarray(tp["w0"], np.int64).reshape(shape), "w0")
+        w1 = b.i64(np.asarray(tp["w1"], np.int64).reshape(shape), "w1")
+        v0 = b.op("Gather", [v, b.i64(tp["i0"], "i0")], axis=d)
+        v1 = b.op("Gather", [v, b.i64(tp["i1"], "i1")], axis=d)
+        v = b.op("Add", [b.op("Mul", [v0, w0]), b.op("Mul", [v1, w1])])
+    r = rounding_shift(b, v, np.asarray(a["drop"], np.int64))
+    w.out_cast(node, requantize(b, r, a["m0"], a["shift"], a["out_zp"]), out, a["lo"], a["hi"])
 
 
 def k_product(w: IntWriter, node: Node, ins, out) -> None:
@@ -332,7 +421,8 @@ def k_lut(w: IntWriter, node: Node, ins, out) -> None:
     w.out_cast(node, tables.emit(w.b, lut, codes, extra, node), out)
 
 
-_KERNELS = {"affine": k_affine, "product": k_product, "window_sum": k_window_sum, "reduce_sum": k_reduce_sum}
+_KERNELS = {"affine": k_affine, "product": k_product, "window_sum": k_window_sum, "reduce_sum": k_reduce_sum,
+            "rescale_call": k_rescale_call, "interval": k_interval, "compare2": k_compare2, "bilinear": k_bilinear}
 
 
 def build(g: Graph):

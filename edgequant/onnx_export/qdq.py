@@ -10,6 +10,11 @@ the VALIDATION simulation written the way ONNX tools expect quantized models:
   ``DequantizeLinear`` (per output channel along its ``ch_axis``); biases stay float (the
   simulation adds the float, bias-corrected bias);
 - fused intermediates and high-precision outputs (no ``QParams``) stay float, with no QDQ pair;
+- values that only move get their exact QDQ pair too: shared-grid outputs (a reshape, the parts
+  of a split) and the moved copies a translation makes inside one op (``Ctx.on_grid``: a linear's
+  input flattened to 2-D for ``Gemm``, stack's unsqueezed inputs). Without it ONNX Runtime's QDQ
+  transforms (default level ``ORT_ENABLE_ALL``) write a QuantizeLinear whose ``output_dtype``
+  contradicts its zero point, and the session refuses the file;
 - ops translate through ``aten.translate`` (Conv, MatMul, Add, Clip, pooling, reshapes, ...);
 - table ops (``attrs["lut"]``, the simulation runs their integer kernel on the input codes)
   quantize their input, run the same integer kernel in int64 ops (``tables``) and dequantize:
@@ -43,8 +48,11 @@ def qparam_consts(b: Builder, qp: QParams) -> tuple[str, str]:
     return s, z
 
 
+_QDQ_TYPES = ("qint8", "quint8", "qint16")      # what ONNX QuantizeLinear writes here
+
+
 def _check_qdq_type(qp: QParams, what: str) -> None:
-    if qp.dtype not in ("qint8", "quint8", "qint16"):
+    if qp.dtype not in _QDQ_TYPES:
         raise ValueError(f"{what} is quantized as {qp.dtype}; the QDQ flavour writes int8, uint8 and int16 "
                          "(ONNX QuantizeLinear); use the integer flavour for other types")
 
@@ -68,6 +76,11 @@ def qdq(b: Builder, x: str, qp: QParams, rank: int, out) -> str:
     s, z = qparam_consts(b, qp)
     kw = _axis(qp, rank)
     return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, s, z], **kw), s, z], out, **kw)
+
+
+def _per_tensor(qp: QParams) -> QParams:
+    """``qp`` (one scale) without a channel axis."""
+    return QParams(qp.dtype, qp.scale[:1], qp.zero_point[:1], None)
 
 
 class QdqWriter:
@@ -132,16 +145,32 @@ class QdqWriter:
         if calls_python(node.op):
             raise unsupported(node, FLAVOUR, "it runs Python code; give it per-tensor qconfigs so that it "
                                              "becomes a table op")
-        raw = [f"{o}.float" for o in node.outputs] if fq else list(node.outputs)
+        paired = [fq] if fq else [self._moved_part(node, o) for o in node.outputs]
+        raw = [f"{o}.float" if p else o for o, p in zip(node.outputs, paired)]
         dtypes = [g.values[i].dtype if i is not None else None for i in node.inputs]
-        ranks = [len(g.values[i].shape) if i is not None else 0 for i in node.inputs]
-        c = aten.Ctx(b, node, ins, dtypes, ranks, FLAVOUR)
+        shapes = [tuple(g.values[i].shape) if i is not None else () for i in node.inputs]
+        c = aten.Ctx(b, node, ins, dtypes, [len(s) for s in shapes], FLAVOUR, shapes,
+                     [tuple(g.values[o].shape) for o in node.outputs], lambda moved, k: self._on_grid(node, moved, k))
         if aten.translate(c, [b.claim(r) for r in raw]) is None:
             return                                     # an assertion: no tensor
-        for o in node.outputs:
-            self.names[o] = o
-        if fq:
-            self.names[out] = qdq(b, raw[0], qp, self.rank(out), [out])
+        for o, r, p in zip(node.outputs, raw, paired):
+            self.names[o] = qdq(b, r, qp if fq else _per_tensor(g.values[o].qparams), self.rank(o), [o]) if p else o
+
+    def _moved_part(self, node: Node, name: str) -> bool:
+        """An output of a node with several (split, chunk, unbind) that lies on a per-tensor grid: it
+        gets its exact QDQ pair too (ONNX Runtime's QDQ transforms expect one after every moved
+        quantized tensor, see ``_fq_output``)."""
+        v = self.g.values[name]
+        return len(node.outputs) > 1 and v.qparams is not None and v.dtype == "float32" \
+            and len(v.qparams.scale) == 1 and v.qparams.dtype in _QDQ_TYPES
+
+    def _on_grid(self, node: Node, moved: str, k: int) -> str:
+        """``Ctx.on_grid``: a QDQ pair with input ``k``'s per-tensor qparams after ``moved``."""
+        v = self.g.values[node.inputs[k]] if node.inputs[k] is not None else None
+        qp = v.qparams if v is not None and v.dtype == "float32" else None
+        if qp is None or len(qp.scale) != 1 or qp.dtype not in _QDQ_TYPES:
+            return moved
+        return qdq(self.b, moved, _per_tensor(qp), 0, 1)
 
     def _table(self, node: Node, ins: list) -> None:
         """Quantize the inputs, run the table's integer kernel, dequantize (bit for bit the simulation)."""
