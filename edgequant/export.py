@@ -60,6 +60,7 @@ class _Exporter:
         self.inputs: list[str] = []
         self.callables: dict[str, object] = {}   # Python code kept opaque (SegmentLUT, wrapped)
         self.writer: dict[str, int] = {}          # value name -> index in self.nodes of the node writing it
+        self.mask_values: list[str] = []          # values whose observer saw attention-mask values
 
     # -- values -------------------------------------------------------------------------------
     def _add_value(self, name: str, val, qparams: QParams | None = None) -> str:
@@ -150,12 +151,16 @@ class _Exporter:
         meta = {"version": IR_VERSION, "march": gm.meta.get("edgequant", {}).get("march"),
                 "out_spec": _dump_spec(out_spec), "in_spec": _dump_spec(in_spec),
                 "_pytree_out_spec": out_spec, "_pytree_in_spec": in_spec, "_callables": self.callables}
+        if self.mask_values:  # convert checks that a masked sum saturates (ops/elementwise.py)
+            meta["mask_values"] = sorted(set(self.mask_values))
         return Graph("quant", self.inputs, outputs, self.values, self.nodes, self.constants, meta)
 
     def _call_module(self, node: fx.Node) -> None:
         mod = self.gm.get_submodule(node.target)
         if isinstance(mod, FakeQuantize):
             self._fake_quant(node, mod)
+            if getattr(mod.observer, "mask_seen", False) and not mod.is_weight:
+                self.mask_values.append(self.env[node])   # docs/observers.md "Mask values"
         elif isinstance(mod, BiasCorrection):
             self._bias_correction(node, mod)
         elif hasattr(mod, "export_ir"):  # table ops (edgequant.lut) write their tables as constants

@@ -43,6 +43,7 @@ from .argcheck import PREPARE_HINT, check_batch, describe, expect_batches, expec
     is_prepared
 from .collectives import is_distributed, sync_modules, sync_observer
 from .dtype import QuantDType, get_dtype
+from .observers.base import MASK_LIMIT
 from .ops import spec_of
 from .qmath import accumulator_scale, bias_dtype, bias_steps, fake_quantize, fake_quantize_learnable, quantize_bias
 from .saved_qparams import check_saved_dtype, check_saved_scale, dtype_code
@@ -183,7 +184,12 @@ class FakeQuantize(nn.Module):
         if state == FakeQuantState.QAT and self.learnable:
             return fake_quantize_learnable(x, self.learned_scale.abs().clamp(min=1e-12), zp, self.dtype, self.ch_axis,
                                            grad_factor=_lsq_grad_factor(x, self))
-        return fake_quantize(x, scale, zp, self.dtype, self.ch_axis)
+        out = fake_quantize(x, scale, zp, self.dtype, self.ch_axis)
+        if getattr(self.observer, "mask_seen", False):
+            # an attention mask's "minus infinity" (observers/base.py MASK_LIMIT) stays itself: the
+            # sum it feeds saturates either way, and observers after it (QAT) still see a mask value
+            out = torch.where(x <= MASK_LIMIT, x, out)
+        return out
 
     # -- state dict: scales always load; observer statistics load when the observer matches --
     # A state dict whose scales were calibrated for another dtype, or per channel where this

@@ -39,6 +39,19 @@ def reduce_statistic(a: torch.Tensor, b: torch.Tensor, how: str) -> torch.Tensor
     return _REDUCE[how](a, b)
 
 
+# Additive attention masks (docs/observers.md, "Mask values"): a value at or below MASK_LIMIT
+# (``torch.finfo(float32).min`` exactly, as HF's eager masks write it, or ``-inf``, as
+# ``nn.MultiheadAttention``'s padding masks do) means "minus infinity". Observers leave such values out
+# of their statistics and remember that they saw some; a range that had them reaches further down,
+# so that the masked positions saturate to the code ``qmin`` and a softmax after them gives weight
+# 0, as in float: a pure mask (its finite values all equal, e.g. 0) by MASK_FILL (the ``-10000``
+# that HF BERT's masks used), a masked sum (``scores + mask``) by MASK_MARGIN (``exp(-32)`` is
+# below every softmax table's resolution).
+MASK_LIMIT = float(torch.finfo(torch.float32).min)
+MASK_FILL = 10000.0
+MASK_MARGIN = 32.0
+
+
 def as_observable(x: torch.Tensor) -> torch.Tensor:
     """``x`` detached as float32 or float64 (other dtypes are converted to float32)."""
     x = x.detach()
@@ -67,6 +80,7 @@ class Observer(nn.Module):
         self.ch_axis = ch_axis
         self.ignore_nonfinite = bool(ignore_nonfinite)
         self.name = type(self).__name__  # `prepare` replaces it with the module path
+        self.mask_seen = False  # saw mask values (MASK_LIMIT); a plain flag, merged by merge_
 
     # ---- recording ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -106,15 +120,28 @@ class Observer(nn.Module):
         """
         if self.ch_axis is None:
             lo, hi = torch.aminmax(x)
+            if lo.item() <= MASK_LIMIT:  # mask values: left out (NaN and +inf are still refused below)
+                self.mask_seen = True
+                x = x[~(x <= MASK_LIMIT)]
+                if not x.numel():
+                    return None
+                lo, hi = torch.aminmax(x)
             if self._all_finite(x, lo, hi):
                 return x, lo, hi
             x = x[torch.isfinite(x)]
             return (x, *torch.aminmax(x)) if x.numel() else None
         flat = x.movedim(self.ch_axis, 0).reshape(x.shape[self.ch_axis], -1)
         lo, hi = torch.aminmax(flat, dim=1)
-        if self._all_finite(x, lo, hi):
+        masked = None
+        if bool((lo <= MASK_LIMIT).any()):
+            self.mask_seen = True
+            masked = flat <= MASK_LIMIT
+            rest = flat[~masked]
+            if rest.numel():
+                self._all_finite(rest, *torch.aminmax(rest))
+        elif self._all_finite(x, lo, hi):
             return x, lo, hi
-        finite = torch.isfinite(flat)
+        finite = torch.isfinite(flat) if masked is None else ~masked & torch.isfinite(flat)
         inf = torch.tensor(float("inf"), dtype=flat.dtype, device=flat.device)
         lo = torch.where(finite, flat, inf).amin(dim=1)
         hi = torch.where(finite, flat, -inf).amax(dim=1)
@@ -131,7 +158,10 @@ class Observer(nn.Module):
                 f"{self.name} has not observed any (finite) data, so it has no range. Run calibration "
                 "batches through the model before asking for qparams, or load a state_dict that has statistics."
             )
-        return self._clip_range()
+        lo, hi = self._clip_range()
+        if self.mask_seen:  # (MASK_LIMIT) the masked positions saturate below the finite range
+            lo = torch.where(hi > lo, lo - MASK_MARGIN, lo - MASK_FILL).to(lo.dtype)
+        return lo, hi
 
     def _clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -161,6 +191,7 @@ class Observer(nn.Module):
             raise ValueError(f"{self.name}: cannot merge observers with different settings: "
                              f"{self.config()} vs {other.config()}")
         self._merge(other)
+        self.mask_seen = self.mask_seen or getattr(other, "mask_seen", False)
         return self
 
     def _merge(self, other: Observer) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 
-from . import core, elementwise, matmul_like, nonlinear, norm_softmax, pool_reduce, shape
+from . import core, elementwise, matmul_forms, matmul_like, nonlinear, norm_softmax, pool_reduce, shape
 from .call import call_target
 from .lowering import ConvertError, LowerCtx, lower_plain
 from .nonlinear import lower_lut
@@ -26,7 +26,7 @@ from .names import resolve, set_table, torch_op  # noqa: F401  (resolve: the all
 from .spec import OpSpec
 
 ALL_SPECS: list[OpSpec] = [
-    *core.SPECS, *matmul_like.SPECS, *elementwise.SPECS, *shape.SPECS, *pool_reduce.SPECS,
+    *core.SPECS, *matmul_like.SPECS, *matmul_forms.SPECS, *elementwise.SPECS, *shape.SPECS, *pool_reduce.SPECS,
     *norm_softmax.SPECS, *nonlinear.SPECS,
 ]
 OPS: dict[str, OpSpec] = {s.name: s for s in ALL_SPECS}

@@ -202,7 +202,10 @@ def affine(args, a: dict) -> torch.Tensor:
     f64 = a.get("bound") is not None and a["bound"] < F64_EXACT
     carrier = torch.float64 if f64 else torch.int64
     acc = None
-    for t in a["terms"]:  # every step after the first copy works in place on fresh tensors
+    # every step after the first copy works in place on fresh tensors; a sum whose first operand
+    # is smaller than the broadcast result (a batch-1 constant minus a batch-N tensor) is widened
+    shape = torch.broadcast_shapes(*(args[t["in"]].shape for t in a["terms"])) if a["terms"] else None
+    for t in a["terms"]:
         v = args[t["in"]].to(carrier, copy=True)
         if any(z != 0 for z in (t["zp"] if isinstance(t["zp"], list) else [t["zp"]])):
             v -= _vec(t["zp"], axis)
@@ -210,7 +213,10 @@ def affine(args, a: dict) -> torch.Tensor:
         if t.get("m0_neg") is not None:
             m = torch.where(v >= 0, m, _vec(t["m0_neg"], axis).to(carrier))
         v *= m
-        acc = v if acc is None else acc.add_(v)
+        if acc is None:
+            acc = v if v.shape == shape else v.expand(shape).clone()
+        else:
+            acc.add_(v)
     if acc is None:  # no tensor term: a constant
         acc = _vec(a["const"], axis).to(carrier)
     elif any(c != 0 for c in (a["const"] if isinstance(a["const"], list) else [a["const"]])):

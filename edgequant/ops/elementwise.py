@@ -181,7 +181,29 @@ def _lower_parts(ctx, node: Node, parts, neg_parts=None) -> None:
             raise ctx.error(node, f"unsupported operand {x!r}")
     if not terms:
         raise ctx.error(node, "no quantized tensor input")
+    _check_mask_saturates(ctx, node, parts, qp, lo, const)
     emit_op(ctx, node, inputs, out, plan_affine(ctx, node, terms, qp, lo, hi, const), qp, act)
+
+
+def _check_mask_saturates(ctx, node: Node, parts, qp: QParams, lo: int, const: float) -> None:
+    """An additive attention mask (an operand export lists in ``meta["mask_values"]``, observers/base.py
+    MASK_FILL) must push the sum below its output's range for every value the other operands can
+    hold, so that the masked positions saturate to ``lo`` in the simulation and the integer model
+    alike (docs/observers.md "Mask values"); refused otherwise, never approximated."""
+    masks = set(ctx.q.meta.get("mask_values") or ())
+    ops_ = [(x, c) for x, c in parts if isinstance(x, Operand) and x.qp.ch_axis is None]
+    if not masks or not any(x.name in masks for x, _ in ops_):
+        return
+    top = const * qp.scale[0]   # the largest real sum with every mask at its masked code
+    for x, c in ops_:
+        dt, s, z = get_dtype(x.qp.dtype), x.qp.scale[0], x.qp.zero_point[0]
+        ends = [(dt.qmin - z) * s * c] if x.name in masks else [(dt.qmin - z) * s * c, (dt.qmax - z) * s * c]
+        top += max(ends)
+    floor = (lo - qp.zero_point[0] - 0.5) * qp.scale[0]
+    if top >= floor:
+        raise ctx.error(node, f"an additive attention mask does not saturate this sum: with the mask its largest value is "
+                              f"{top:.6g}, above the output's lowest step {floor:.6g} (the other operands' range is wider "
+                              "than the mask's depth, docs/observers.md 'Mask values')")
 
 
 def lower_add_sub(ctx, node: Node) -> None:

@@ -171,9 +171,16 @@ def _float_inputs(ctx: LowerCtx, node: Node) -> Node:
     return Node(node.name, node.op, tuple(inputs), node.outputs, node.attrs, node.source)
 
 
+# assertions torch.export records on a tensor's float metadata (``x.to(dtype)`` in DINOv2, CLIP):
+# the quant level runs them; the int level holds codes where they assert float32, and drops them
+_METADATA_ASSERTS = ("aten._assert_tensor_metadata.default",)
+
+
 def lower_plain(ctx: LowerCtx, node: Node) -> None:
     """Index arithmetic and float ops: copied unchanged (marked ``float``), reading the float
     values of any quantized input and carrying the constants they read."""
+    if node.attrs.get("target") in _METADATA_ASSERTS and any(ctx.qparams(i) is not None for i in node.inputs if i):
+        return  # (_METADATA_ASSERTS) asserts float metadata of a value that is integer here
     for i in node.inputs:
         if i is not None:
             ctx.copy_const(i)

@@ -411,6 +411,7 @@ def lower_embedding(ctx, node: Node) -> None:
                      out_zero_point=int(out_qp.zero_point[0]), multiplier_bits=bits)
         grid = out_qp
     tq_name = ctx.add_const(_fresh(ctx, t_name), t_q, t_qp, t_qp.dtype)
+    ctx.copy_const(idx_name)  # constant indices (CLIP's position_ids buffer) travel with the node
     ctx.set_value(out, grid.dtype, grid)
     ctx.emit(Node(node.name, "embedding", (tq_name, idx_name, *mult), node.outputs, attrs, node.source))
 

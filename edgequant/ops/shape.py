@@ -95,6 +95,39 @@ def onnx_pixel_shuffle(c, outs):
     return c.b.op("DepthToSpace", [x], outs, blocksize=int(r), mode="CRD")
 
 
+def onnx_roll(c, outs):
+    """``roll(x, shifts, dims)``: per dim, ``Concat(Slice(x, n - s, n), Slice(x, 0, n - s))`` along it
+    (``s`` taken modulo a static ``n``; for a symbolic dim ``|s|`` must be below its size, as Swin's
+    shifts of half a window are). A roll without ``dims`` (of the flattened tensor) is refused."""
+    args, kwargs = c.args()
+    x = args[0]
+    shifts = args[1] if len(args) > 1 else kwargs.get("shifts")
+    dims = args[2] if len(args) > 2 else kwargs.get("dims", [])
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if not dims or len(dims) != len(shifts) or not all(isinstance(v, int) for v in shifts + dims):
+        raise c.fail("roll needs constant shifts and one dim per shift (a roll of the flattened tensor has no "
+                     "ONNX form here)")
+    shape, big = c.shape_of(x), (1 << 63) - 1
+    cur = x
+    for k, (s, d) in enumerate(zip(shifts, dims)):
+        n = shape[d]
+        if isinstance(n, int):
+            s = s % n if n else 0
+        if s == 0:
+            continue
+        # the result starts at n - s (s > 0) or at |s| (s < 0): index -s either way
+        # each part is a moved copy of the input: the QDQ flavour puts it back on its grid (c.on_grid)
+        first = c.on_grid(c.b.op("Slice", [cur, c.b.i64([-s]), c.b.i64([big]), c.b.i64([d])]), 0)
+        second = c.on_grid(c.b.op("Slice", [cur, c.b.i64([0]), c.b.i64([-s]), c.b.i64([d])]), 0)
+        last = k == len(shifts) - 1 or all((sh % shape[dd] if isinstance(shape[dd], int) and shape[dd] else sh) == 0
+                                           for sh, dd in zip(shifts[k + 1:], dims[k + 1:]))
+        cur = c.b.op("Concat", [first, second], outs if last else 1, axis=d)
+        if last:
+            return cur
+    return c.b.op("Identity", [cur], outs)
+
+
 _S = dict(rule="shared", lower=lower_move)
 
 SPECS = [
@@ -113,6 +146,7 @@ SPECS = [
                      "aten.unbind.int"), **_S),
     OpSpec("getitem", ("getitem",), **_S),
     OpSpec("flip", ("aten.flip.default",), **_S),
+    OpSpec("roll", ("aten.roll.default",), onnx={"aten.roll.default": onnx_roll}, **_S),
     OpSpec("pixel_shuffle", ("aten.pixel_shuffle.default",), onnx={"aten.pixel_shuffle.default": onnx_pixel_shuffle},
            **_S),
     OpSpec("pad", ("aten.pad.default", "aten.constant_pad_nd.default"), rule="shared", lower=lower_pad),
