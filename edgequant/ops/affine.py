@@ -67,6 +67,15 @@ def requant_bits(ctx, node: Node, bound: int, out_dtype: str, spare: int = 0) ->
     return bits
 
 
+def requant_multiplier(ctx, node: Node, real: float, bits: int, refusal: str) -> tuple[int, int]:
+    """``(m0, n)`` of the real multiplier ``real`` with ``bits`` bits (A5); a multiplier that
+    would need a negative shift (``real >= 2^bits``) is refused with ``refusal``."""
+    m0, n = quantize_multiplier(real, bits)
+    if n < 0:
+        raise ctx.error(node, refusal)
+    return m0, n
+
+
 # == the plan =========================================================================================
 def _rel_axis(ctx, name: str, qp: QParams) -> int | None:
     """A per-channel axis as a negative index (so it broadcasts against a larger output)."""

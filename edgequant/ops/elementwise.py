@@ -67,8 +67,8 @@ import torch
 
 from ..dtype import get_dtype
 from ..ir import Node, QParams
-from ..qmath import dequantize, multiply_by_quantized_multiplier, quantize_multiplier, saturate
-from .affine import INT64_LIMIT, affine, k_affine, operand_term, plan_affine, requant_bits, rescale_plan
+from ..qmath import dequantize, multiply_by_quantized_multiplier, saturate
+from .affine import INT64_LIMIT, affine, k_affine, operand_term, plan_affine, requant_bits, requant_multiplier, rescale_plan
 from .call import call_target
 from .names import resolve
 from .operands import Operand, arg, emit, emit_op, find_qnode, is_input, operand, quantize_value, scalar
@@ -227,9 +227,8 @@ def _lower_product(ctx, node: Node, a: Operand, b: Operand) -> None:
     if a.qp.ch_axis is not None or b.qp.ch_axis is not None:
         raise ctx.error(node, "a product of per-channel quantized tensors is not supported")
     bits = requant_bits(ctx, node, a.bound * b.bound, qp.dtype, spare=2)
-    m0, n = quantize_multiplier(a.qp.scale[0] * b.qp.scale[0] / qp.scale[0], bits)
-    if n < 0:
-        raise ctx.error(node, "the product's multiplier exceeds 2^bits; the output scale is too small")
+    m0, n = requant_multiplier(ctx, node, a.qp.scale[0] * b.qp.scale[0] / qp.scale[0], bits,
+                               "the product's multiplier exceeds 2^bits; the output scale is too small")
     attrs = {"kernel": "product", "zp": [a.qp.zero_point[0], b.qp.zero_point[0]], "m0": m0, "shift": n,
              "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
     emit_op(ctx, node, [a.name, b.name], out, attrs, qp, act)

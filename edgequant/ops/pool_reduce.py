@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 
 from ..ir import Node
-from ..qmath import multiply_by_quantized_multiplier, quantize_multiplier, rounding_shift_right, saturate
-from .affine import fixed_point, requant_bits
+from ..qmath import multiply_by_quantized_multiplier, rounding_shift_right, saturate
+from .affine import fixed_point, requant_bits, requant_multiplier
 from .call import call_target
 from .elementwise import output_grid
 from .operands import Operand, arg, emit_op, operand, scalar
@@ -65,10 +65,8 @@ def _static(ctx, node: Node, shape, dims) -> list[int]:
 
 
 def _mult(ctx, node: Node, real: float, bits: int) -> tuple[int, int]:
-    m0, n = quantize_multiplier(real, bits)
-    if n < 0:
-        raise ctx.error(node, "the multiplier exceeds 2^bits; the output scale is too small for the input")
-    return m0, n
+    return requant_multiplier(ctx, node, real, bits,
+                              "the multiplier exceeds 2^bits; the output scale is too small for the input")
 
 
 # == avg_pool ==========================================================================================
