@@ -42,6 +42,7 @@ from torch import fx, nn
 
 from .argcheck import describe, expect_flag, expect_module, is_prepared
 from .capture import CaptureError, capture, is_float_value, unsupported_ops
+from .dtype import qint16
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
 from .fuse import fold_batch_norms, mark_fusions
 from .inputs import add_call_check, guard_entry
@@ -241,9 +242,28 @@ def op_sites(gm: fx.GraphModule) -> list[OpSite]:
                                     for u in node.users})),
             has_weight=spec is not None and spec.weight_arg is not None,
             nonnegative=_nonnegative(node),
+            recurrent_state=bool(node.meta.get("eq_rnn_state")),
+            feeds_int16=_feeds_int16(_output_node(node)),
         ))
         node.meta["eq_site"] = True
     return sites
+
+
+def _int16_arg(user: fx.Node, node: fx.Node) -> bool:
+    """Whether ``user`` reads ``node`` at an argument its row wants int16 (``OpSpec.int16_args``)."""
+    spec = user.meta.get("eq_spec")
+    return spec is not None and any(p < len(user.args) and user.args[p] is node for p in spec.int16_args)
+
+
+def _feeds_int16(node: fx.Node, depth: int = 0) -> bool:
+    """``OpSite.feeds_int16``: a user reads ``node`` at an ``int16_args`` argument, directly or
+    through ops that keep the grid (a permute of the offsets that make a grid_sample's grid)."""
+    for u in node.users:
+        spec = u.meta.get("eq_spec")
+        if _int16_arg(u, node) or (spec is not None and spec.rule == "shared" and depth < 8
+                                   and u.args and u.args[0] is node and _feeds_int16(u, depth + 1)):
+            return True
+    return False
 
 
 def _fx_arg(node: fx.Node, pos: int, name: str, default=None):
@@ -433,7 +453,10 @@ def _insert_input_fqs(gm, node, qc: QConfig, name: str) -> None:
         if a in skip or a.meta.get("eq_domain") != "float" or not is_float_value(a):
             continue
         iname = f"{name}.input{i}"
-        guard_entry(gm, _add_fq(gm, iname, qc.activation.build(iname), a, only_user=node), a)
+        act = qc.activation
+        if _int16_arg(node, a) and act.dtype.bits < 16:   # grid_sample's grid: int16 whatever the op's output
+            act = FakeQuantSpec(qint16, act.observer if issubclass(act.observer, MinMaxObserver) else MinMaxObserver)
+        guard_entry(gm, _add_fq(gm, iname, act.build(iname), a, only_user=node), a)
 
 
 # -- state dicts across templates ----------------------------------------------------------------------

@@ -22,8 +22,9 @@ path plus the op for functions and operators (``"layer1.0.add"``, ``"layer1.0.ad
 (*) An op whose output is non-negative by construction (``OpSite.nonnegative``: it ends in a
 relu, relu6, or clamp/hardtanh whose lower bound is a number >= 0, fused or not) gets quint8,
 scale ``max / 255`` and zero point 0: all 256 codes instead of qint8's 128 non-negative ones.
-Tensors feeding layer_norm/softmax get int16 first. Measured: EfficientNet-Lite0 logit SQNR
-20.0 -> 22.5 dB (tests/test_prepare_real_models.py -k efficientnet); MNIST residual CNN 26.7 ->
+Tensors feeding layer_norm/softmax, and grid_sample's grid (the NPU's), get int16 first, as do
+recurrent cell states (``OpSite.recurrent_state``: the LSTM's c and f * c, marked by capture).
+Measured: EfficientNet-Lite0 logit SQNR 20.0 -> 22.5 dB (tests/test_prepare_real_models.py -k efficientnet); MNIST residual CNN 26.7 ->
 26.9 dB (1,000 test images, 256 calibration images; benchmarks/accuracy.py --models cnn).
 
 With every template, ``prepare`` also bias-corrects conv/linear weights after calibration
@@ -70,6 +71,12 @@ class OpSite:
     # True when the output is non-negative by construction: it is (or passes a fused) relu,
     # relu6, or hardtanh/clamp whose lower bound is a number >= 0. Int8 templates give it quint8.
     nonnegative: bool = False
+    # True for a recurrent layer's cell state (the LSTM's c and its f * c term, marked by capture:
+    # capture_rnn). Int8 templates give it int16: it accumulates over every time step.
+    recurrent_state: bool = False
+    # True when an op reads it at an argument its row wants int16 (``OpSpec.int16_args``: grid_sample's
+    # grid), directly or through ops that keep the grid. Int8 templates give it int16.
+    feeds_int16: bool = False
 
 
 QconfigSetter = Callable[[Sequence[OpSite], dict], dict]
@@ -103,11 +110,12 @@ NEEDS_INT16_INPUT = frozenset(s.name for s in ALL_SPECS if s.int16_input)   # th
 
 
 def _act_dtype(site: OpSite, act_dtype):
-    """int8 templates: int16 for tensors feeding ``NEEDS_INT16_INPUT``, else quint8 for
-    non-negative outputs (all 256 codes on ``[0, max]``: one more bit than qint8's 128)."""
+    """int8 templates: int16 for tensors feeding ``NEEDS_INT16_INPUT`` or an ``int16_args`` argument
+    (``OpSite.feeds_int16``) and recurrent cell states,
+    else quint8 for non-negative outputs (all 256 codes on ``[0, max]``: one more bit than qint8's 128)."""
     if act_dtype != qint8:
         return act_dtype
-    if NEEDS_INT16_INPUT.intersection(site.consumers):
+    if site.recurrent_state or site.feeds_int16 or NEEDS_INT16_INPUT.intersection(site.consumers):
         return qint16
     return quint8 if site.nonnegative else qint8
 

@@ -301,6 +301,31 @@ def test_division_by_a_tensor_is_a_reciprocal_table_and_a_multiply():
     assert (sim - ref).abs().max() <= 1.01 * s_out   # one rounding; the table's error is ~2^-15 relative
 
 
+@pytest.mark.parametrize("flavour", ["integer", "qdq"])
+def test_division_by_a_tensor_in_onnx_equals_the_integer_kernel(flavour, tmp_path):
+    """The integer ONNX writer of ``lut_div`` (onnx_export/tables.divide) against the integer model,
+    bit for bit in ONNX Runtime: negative divisors, divisors that quantize to 0 (x / 0 saturates,
+    0 / 0 gives 0) and a broadcast divisor (ConvNeXt-V2's GRN divides by a per-sample mean)."""
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    make = lambda: (torch.randn(4, 8, 16) * 3, torch.randn(4, 8, 1) * 2)  # noqa: E731
+    model = One(lambda a, b: a / b, n_inputs=2)
+    cm = calibrated(model, [make() for _ in range(3)])
+    qg = eq.convert(eq.export(cm), eq.March.NASH_M)
+    a, b = make()
+    a[0, 0, :4] = 0.0
+    b[0, :2] = 0.0
+    b[1, :2] = 1e-6
+    path = str(tmp_path / f"div_{flavour}.onnx")
+    eq.export_onnx(qg if flavour == "integer" else cm, path, (a, b), flavour=flavour)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    (y,) = sess.run(None, {names[0]: a.numpy(), names[1]: b.numpy()})
+    with torch.no_grad():
+        want = (qg(a, b) if flavour == "integer" else cm(a, b)).numpy()
+    assert (y == want).all(), float(abs(y - want).max())
+
+
 # -- the LUT report ---------------------------------------------------------------------------------
 def test_report_gives_per_segment_errors_and_the_used_share_for_model_and_ir():
     from edgequant.lut import format_report, report

@@ -92,6 +92,8 @@ CASES = {
     "hardswish": ("hardswish", One(F.hardswish), x4),
     "hardsigmoid": ("hardsigmoid", One(F.hardsigmoid), x4),
     "pixel_shuffle": ("pixel_shuffle", One(lambda x: F.pixel_shuffle(x, 2)), x4),
+    "grid_sample": ("grid_sample", One(lambda x, g: F.grid_sample(x, g, align_corners=False), n_inputs=2),
+                    lambda: (x4(), torch.rand(2, 5, 6, 2) * 2 - 1)),
     "masked_fill": ("masked_fill", One(lambda x: x.masked_fill(x > 1, 0.0)), x4),
     "where": ("where", One(lambda a, b: torch.where(a > 0, a, b), n_inputs=2), lambda: (x4(), x4())),
     "float_functional": ("sub", One(lambda m, x: m.sub(x, 1), eq.FloatFunctional()), x4),

@@ -147,15 +147,6 @@ def view(c: Ctx, out):
     return c.b.op("Reshape", [args[0], c.sizes(args[1])], out)
 
 
-def transpose(c: Ctx, out):
-    args, _ = c.args()
-    r = c.rank_of(args[0])
-    perm = list(range(r))
-    d0, d1 = args[1] % r, args[2] % r
-    perm[d0], perm[d1] = perm[d1], perm[d0]
-    return c.b.op("Transpose", [args[0]], out, perm=perm)
-
-
 def permute(c: Ctx, out):
     args, _ = c.args()
     r = c.rank_of(args[0])
@@ -331,7 +322,7 @@ ATEN = {
     "aten.max_pool2d.default": max_pool,
     "aten.avg_pool2d.default": avg_pool, "aten.flatten.using_ints": flatten,
     "aten.view.default": view, "aten._unsafe_view.default": view, "aten.reshape.default": view,
-    "aten.transpose.int": transpose, "aten.permute.default": permute, "aten.unsqueeze.default": unsqueeze,
+    "aten.permute.default": permute, "aten.unsqueeze.default": unsqueeze,
     "aten.squeeze.dim": squeeze, "aten.squeeze.dims": squeeze, "aten.expand.default": expand,
     "aten.slice.Tensor": slice_, "aten.select.int": select, "aten.index.Tensor": index,
     "aten.embedding.default": embedding, "aten.masked_fill.Scalar": masked_fill, "aten.gather.default": gather,

@@ -13,8 +13,10 @@ dynamic size it needs) with ``OnnxExportError`` naming the node.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from onnx import helper
 
+from ..ops.names import DTYPES
 from .ctx import INT64_MAX, ONNX_DTYPE, Ctx, Ref, arg, as_list
 
 INT64_MIN = -(1 << 63)
@@ -83,6 +85,25 @@ def unbind(c: Ctx, out):
     x, dim = args[0], int(arg(args, kw, 1, "dim", 0))
     n = c.static_dims(x, [dim], "unbind")[0]
     return _split(c, x, dim % c.rank_of(x), [1] * n, out, squeeze=True)
+
+
+def meshgrid(c: Ctx, out):
+    """``meshgrid(tensors, indexing)``: 1-D tensor ``k`` reshaped to vary along its output dim (dims 0
+    and 1 swapped for ``"xy"``), expanded to the sizes of all of them."""
+    args, kw = c.args()
+    xs = list(args[0])
+    xy = arg(args, kw, 1, "indexing", "ij") == "xy" and len(xs) > 1
+    if len(xs) != len(out):
+        raise c.fail(f"meshgrid of {len(xs)} tensors has {len(out)} outputs")
+    dims = [1, 0, *range(2, len(xs))] if xy else list(range(len(xs)))
+    sizes = [c.b.op("Shape", [xs[d]]) for d in dims]
+    shape = c.b.op("Concat", sizes, axis=0) if len(sizes) > 1 else sizes[0]
+    res = []
+    for k, (x, o) in enumerate(zip(xs, out)):
+        view = [1] * len(xs)
+        view[dims.index(k)] = -1
+        res.append(c.b.op("Expand", [c.b.op("Reshape", [x, c.b.i64(view)]), shape], [o]))
+    return res
 
 
 # -- moves --------------------------------------------------------------------------------------------
@@ -332,6 +353,19 @@ def _sized(fill):
     return f
 
 
+def linspace(c: Ctx, out):
+    """``linspace(start, end, steps)`` of constant arguments is a constant: the values torch computes,
+    as an initializer (torch's CPU kernel rounds differently inside and across its vector lanes,
+    which ONNX ops would not reproduce bit for bit)."""
+    args, kw = c.args()
+    vals = [arg(args, kw, k, key) for k, key in ((0, "start"), (1, "end"), (2, "steps"))]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        raise c.fail("linspace needs constant start, end and steps")
+    dt = _dtype(kw.get("dtype"), "float32")
+    values = torch.linspace(vals[0], vals[1], int(vals[2]), dtype=DTYPES[dt])
+    return c.b.op("Identity", [c.b.const(values.numpy())], out)
+
+
 def _sym_operator(op_type: str, **attrs):
     """Python's operators on symbolic sizes (0-d int64 tensors) and ints: ``operator.mul(s, 12)``."""
     def f(c: Ctx, out):
@@ -409,7 +443,8 @@ ATEN_MORE = {
     "aten.rsqrt.default": _unary("Sqrt", "Reciprocal"), "aten.reciprocal.default": _unary("Reciprocal"),
     "aten.silu.default": silu, "aten.hardswish.default": _unary("HardSwish"),
     "aten.hardsigmoid.default": _unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5), "aten.erf.default": _unary("Erf"),
-    "aten.pow.Tensor_Scalar": pow_scalar,
+    "aten.pow.Tensor_Scalar": pow_scalar, "aten.cos.default": _unary("Cos"), "aten.sin.default": _unary("Sin"),
+    "aten.pow.Tensor_Tensor": _elementwise("Pow"),
     "_operator.add": _sym_operator("Add"), "_operator.sub": _sym_operator("Sub"), "_operator.mul": _sym_operator("Mul"),
     "_operator.floordiv": _sym_operator("FloorDiv"), "_operator.truediv": _sym_operator("TrueDiv"),
     "_operator.mod": _sym_operator("Mod", fmod=0), "_operator.neg": _sym_operator("Neg"),
@@ -421,5 +456,6 @@ ATEN_MORE = {
     "aten.zeros_like.default": _like(0), "aten.ones_like.default": _like(1), "aten.empty_like.default": _like(0),
     "aten.full_like.default": _like(None), "aten.new_zeros.default": _new(0), "aten.new_empty.default": _new(0),
     "aten.new_full.default": _new(None), "aten.zeros.default": _sized(0), "aten.ones.default": _sized(1),
-    "aten.full.default": _sized(None),
+    "aten.full.default": _sized(None), "aten.linspace.default": linspace,
+    "aten.meshgrid.indexing": meshgrid, "aten.meshgrid.default": meshgrid,
 }

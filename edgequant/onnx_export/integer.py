@@ -16,7 +16,8 @@ by its ``attrs["kernel"]`` when it has one, else by the writer of its op row's i
   bias and (A7) requantization in int64 (``intmath``);
 - ``affine`` (add, sub, scalar mul, clamps, batch norm), ``product``, ``window_sum`` (average
   pooling, by ``CumSum`` differences), ``reduce_sum``, ``rescale``, ``bilinear`` (gathered rows
-  and columns times fixed-point weights), ``interval`` and ``compare2`` (comparisons), embeddings
+  and columns times fixed-point weights), ``grid_sample`` (``grid_sample.py``: gathered taps times
+  fixed-point weights), ``interval`` and ``compare2`` (comparisons), embeddings
   (``Gather``) and table ops (``tables``): the kernels' int64 arithmetic op by op;
 - ``rescale_call`` (cat, stack, where, maximum, minimum, clamp with tensor bounds): each input's
   ``affine`` rescale, then the recorded call on the codes (``aten_more``);
@@ -41,6 +42,7 @@ from . import aten, tables
 from .builder import Builder
 from .custom_ops import conv_accumulate
 from .errors import translate_nodes, unsupported
+from .grid_sample import write_grid_sample
 from .integer_types import storage_elem, storage_name, storage_np
 from .intmath import along, requantize, rounding_shift, saturate_cast, to_i64
 
@@ -422,7 +424,8 @@ def k_lut(w: IntWriter, node: Node, ins, out) -> None:
 
 
 _KERNELS = {"affine": k_affine, "product": k_product, "window_sum": k_window_sum, "reduce_sum": k_reduce_sum,
-            "rescale_call": k_rescale_call, "interval": k_interval, "compare2": k_compare2, "bilinear": k_bilinear}
+            "rescale_call": k_rescale_call, "interval": k_interval, "compare2": k_compare2, "bilinear": k_bilinear,
+            "grid_sample": write_grid_sample}
 
 
 def build(g: Graph):

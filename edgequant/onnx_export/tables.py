@@ -7,8 +7,9 @@ and its table constants (the trailing IR inputs); appends nodes that compute the
 table by ``Gather``, a segmented table by counting the segment bounds at or below ``a``,
 gathering the two entries around it and one half-to-even rounding shift ``A6`` per element,
 linear extrapolation outside the range. Each table kind (``lut["kind"]``, the ``table`` of the
-op's row) has one writer in ``WRITERS``: a single table, softmax (T6) and layer norm (T7);
-tensor division (kind ``div``) has none yet. Both flavours use it: the QDQ flavour between a
+op's row) has one writer in ``WRITERS``: a single table, softmax (T6), layer norm (T7) and
+tensor division (``composite.div_int``: the divisor's magnitude normalised, a reciprocal table,
+one rounding shift; its writer takes both operands' codes). Both flavours use it: the QDQ flavour between a
 QuantizeLinear and a DequantizeLinear, the integer flavour on the integer codes.
 """
 from __future__ import annotations
@@ -189,13 +190,36 @@ def layer_norm(b: Builder, q: str, p: dict, tabs: list[LutTable], consts: dict, 
     return b.op("Reshape", [y, b.op("Shape", [q])])
 
 
+@writes("div")
+def divide(b: Builder, q: list[str], p: dict, tabs: list[LutTable], consts: dict, node: Node) -> str:
+    """``composite.div_int``: ``a / b`` of the codes ``q = [qa, qb]`` (broadcast as ONNX does)."""
+    (rec_t,) = tabs
+    ua = b.op("Sub", [q[0], b.i64(p["a_zero"])])
+    ub = b.op("Sub", [q[1], b.i64(p["b_zero"])])
+    ub = b.op("Add", [ub, b.op("Mul", [ua, b.i64(0)])])          # broadcast to the common shape
+    ua = b.op("Add", [ua, b.op("Mul", [ub, b.i64(0)])])
+    m, k = normalise(b, clamp(b, b.op("Abs", [ub]), 1, None), 15)
+    r = table_values(b, m, rec_t, node)
+    prod = b.op("Mul", [b.op("Mul", [ua, r]), b.i64(p["m0"])])
+    y = shift_dynamic(b, prod, b.op("Add", [k, b.i64(p["shift"] + RECIP_BITS)]))
+    y = b.op("Where", [b.op("Less", [ub, b.i64(0)]), b.op("Neg", [y]), y])
+    dt = get_dtype(p["out_dtype"])
+    zero = b.op("Mul", [ua, b.i64(0)])
+    inf = b.op("Where", [b.op("Greater", [ua, b.i64(0)]), b.op("Add", [zero, b.i64(dt.qmax - p["out_zero"])]),
+                         b.op("Where", [b.op("Less", [ua, b.i64(0)]), b.op("Add", [zero, b.i64(dt.qmin - p["out_zero"])]),
+                                        zero])])
+    y = b.op("Where", [b.op("Equal", [ub, b.i64(0)]), inf, y])   # x / 0 saturates (0 / 0 gives 0)
+    return _saturated(b, y, p["out_zero"], p["out_dtype"])
+
+
 def emit(b: Builder, lut: dict, codes: list[str], extra: list[torch.Tensor], node: Node) -> str:
     """The output codes (int64, saturated) of a table op whose input codes are ``codes`` (int64)."""
     p = unpack(lut, extra)
     writer = WRITERS.get(lut["kind"])
     if writer is None:
         raise unsupported(node, "onnx", f"table op kind {lut['kind']!r} has no integer ONNX translation")
-    return writer(b, codes[0], lut.get("params"), p["tables"], p["consts"], node)
+    q = codes if lut.get("n_quant", 1) > 1 else codes[0]   # division reads both operands
+    return writer(b, q, lut.get("params"), p["tables"], p["consts"], node)
 
 
 __all__ = ["emit", "supported", "n_extra", "apply_table", "WRITERS"]

@@ -8,6 +8,11 @@ call), ``float_call`` (a ``wrap``ped Python function, never saved), and ``yuv2rg
 (``deploy.insert_yuv2rgb``'s integer colour conversion). Each row names what it has of a
 lowering (ops convert writes itself have none) and an integer kernel (``float_call`` runs its
 Python callable instead), as the family files do for the captured ops.
+
+Agreement with the simulation, in LSB (``OpSpec.lsb``): ``quantize`` and ``dequantize`` 0 (the
+simulation's fake quantization is (A1) then (A2), the same float32 operations); ``rescale`` <= 1
+(one (A7) rounding, where the simulation rounds ``s_in (q - z) / s_out`` in float32: they can
+differ only at a tie); ``yuv2rgb`` has no simulated counterpart (``edgequant.deploy``).
 """
 from __future__ import annotations
 
@@ -64,9 +69,9 @@ _RESCALE_ATTRS = {"m0": "ints", "shift": "shifts", "in_zero_point": "ints", "ch_
 _YUV2RGB_ATTRS = {"frac_bits": "bits", "mean_frac_bits": "bits", "out_dtype": "qdtype", "out_zero_point": "int"}
 SPECS = [
     OpSpec("quantize", (), boundary="quantize", lower=lower_quantize, kernel=k_quantize, onnx_int="quantize",
-           stub_form=True),
+           stub_form=True, lsb=0.0),
     OpSpec("dequantize", (), boundary="dequantize", lower=lower_dequantize, kernel=k_dequantize,
-           onnx_int="dequantize"),
+           onnx_int="dequantize", lsb=0.0),
     OpSpec("rescale", (), kernel=k_rescale, onnx_int="rescale", quant_level=False, stub_form=True,
            int_attrs=_RESCALE_ATTRS, int_inputs=("x",), int_per_channel=("m0", "shift", "in_zero_point")),
     OpSpec("aten", (), rule="float", float_op=True, lower=lower_plain, kernel=k_call),

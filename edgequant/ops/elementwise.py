@@ -40,6 +40,13 @@ rounds half to even per its fixed-point multiplier. Exact ties are frequent with
 ratios (a leaky slope of 0.1: 3% of int16 elements differ by 1 LSB); elsewhere well under 1%.
 Measured per op in ``tests/test_int_elementwise.py``.
 
+The rows' ``OpSpec.lsb`` (checked node by node on real models by ``edgequant.analysis.op_lsb``):
+1 for the rows of the second line (``relu`` included: 0 on its input's grid, 1 rescaled), 0 for
+``compare``. Its boolean is compared exactly; for two tensors the integer comparison is exact and
+only the float32 simulation can flip an element (two different products rounding to the same
+float), which ``op_lsb`` reports so that it is looked at (none seen in the model zoo, where every
+comparison runs on float index or mask values).
+
 The conv+add fusion and fused activations (the handshake with ``matmul_like``)
 ---------------------------------------------------------------------------------
 - A conv/linear fused into an add (its ``attrs["fused_into"]`` names the add) lowers to a node
@@ -458,7 +465,7 @@ SPECS = [
            lower=lower_add_sub, **_K),
     OpSpec("mul", ("aten.mul.Tensor", "aten.mul.Scalar"), lower=lower_mul, **_K),
     OpSpec("div", ("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode"), table="div",
-           sensitive_input=True, lower=lower_div, **_K),
+           sensitive_input=True, lower=lower_div, lsb=1.0, **_K),   # scalar: affine (tensor / tensor: lut_div)
     OpSpec("neg", ("aten.neg.default",), lower=lower_neg, **_K),
     OpSpec("abs", ("aten.abs.default",), lower=lower_abs, **_K),
     OpSpec("maximum", ("aten.maximum.default",), lower=lower_rescale_call, **_K),
@@ -469,7 +476,7 @@ SPECS = [
                      "aten.clamp_max.default", "aten.hardtanh.default", "aten.relu6.default"), activation=True,
            lower=lower_activation, **_K),
     OpSpec("relu", ("aten.relu.default", "aten.relu_.default"), rule="shared", activation=True,
-           lower=lower_activation, **_K),
+           lower=lower_activation, lsb=1.0, **_K),   # 0 on its input's grid, 1 rescaled
     OpSpec("leaky_relu", ("aten.leaky_relu.default",), lower=lower_leaky_relu, **_K),
     OpSpec("prelu", ("aten.prelu.default", "aten._prelu_kernel.default"), param_args=(1,),
            lower=lower_prelu, **_K),

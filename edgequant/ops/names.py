@@ -94,9 +94,10 @@ EXTRA_TARGETS: tuple[str, ...] = (
     "aten.flip.default", "aten.roll.default", "aten.tril.default", "aten.triu.default",
     "aten.embedding.default", "aten.one_hot.default",
     # creation of index tensors and masks (sizes bounded by rule F2)
-    "aten.arange.default", "aten.arange.start", "aten.arange.start_step", "aten.zeros.default",
-    "aten.ones.default", "aten.full.default", "aten.empty.memory_format", "aten.scalar_tensor.default",
-    "aten.new_zeros.default", "aten.new_ones.default", "aten.new_full.default", "aten.new_empty.default",
+    "aten.arange.default", "aten.arange.start", "aten.arange.start_step", "aten.linspace.default",
+    "aten.zeros.default", "aten.ones.default", "aten.full.default", "aten.empty.memory_format",
+    "aten.scalar_tensor.default", "aten.new_zeros.default", "aten.new_ones.default", "aten.new_full.default",
+    "aten.new_empty.default",
     "aten.zeros_like.default", "aten.ones_like.default", "aten.full_like.default", "aten.empty_like.default",
 )
 
@@ -139,11 +140,10 @@ FLOAT_TARGETS: tuple[str, ...] = (
     "aten.upsample_nearest2d.default", "aten.upsample_bilinear2d.default", "aten.grid_sampler.default",
     "aten.grid_sampler_2d.default", "aten.constant_pad_nd.default", "aten.pad.default",
     "aten.reflection_pad2d.default", "aten.replication_pad2d.default", "aten.pixel_shuffle.default",
-    "aten.pixel_unshuffle.default",
     # indexing and layout
     "aten.scatter.value", "aten.scatter.src", "aten.scatter_add.default", "aten.index_put.default",
     "aten.masked_select.default", "aten.nonzero.default", "aten.bucketize.Tensor", "aten.searchsorted.Tensor",
-    "aten.movedim.int", "aten.movedim.intlist", "aten.swapaxes.default", "aten.diagonal.default",
+    "aten.diagonal.default",
     "aten.tile.default", "aten.repeat_interleave.self_int", "aten.repeat_interleave.self_Tensor",
     "aten.rot90.default", "aten.broadcast_to.default", "aten.tensor_split.sections",
     "aten.tensor_split.indices", "aten.meshgrid.default", "aten.meshgrid.indexing",
@@ -183,6 +183,7 @@ BOUNDED_ARGS: dict[str, tuple[tuple[int, str, str], ...]] = {
     "aten.repeat.default": ((1, "repeats", "size"),), "aten.expand.default": ((1, "size", "size"),),
     "aten.arange.default": ((0, "end", "pad"),), "aten.arange.start": ((0, "start", "pad"), (1, "end", "pad")),
     "aten.arange.start_step": ((0, "start", "pad"), (1, "end", "pad")),
+    "aten.linspace.default": ((2, "steps", "pad"),),
     "aten.one_hot.default": ((1, "num_classes", "pad"),),
     "aten.constant_pad_nd.default": ((1, "pad", "pad"),), "aten.pad.default": ((1, "pad", "pad"),),
     "aten.conv1d.default": ((4, "padding", "pad"), (5, "dilation", "pad")),

@@ -6,7 +6,14 @@ declares their rows: every function below becomes one integer ``lut`` node, tens
 division a ``lut_div`` node, and softmax / layer norm (rows in ``norm_softmax``) integer
 ``softmax`` / ``layer_norm`` nodes, all run by ``k_lut`` (``table_kernel`` below, on the
 parameters ``lut.params.unpack`` reads). At the quant level ``run_quant`` runs a table node
-as VALIDATION did: quantize the inputs, the integer kernel, dequantize. A row's ``table_symmetry`` is the symmetric mode of its table.
+as VALIDATION did: quantize the inputs, the integer kernel, dequantize. A row's ``table_symmetry`` is the
+symmetric mode of its table.
+
+Agreement with the simulation: 0 LSB (bit exact) for every table node (``lut``, ``lut_div``,
+``softmax``, ``layer_norm``) given the same input codes, since the simulation runs this very
+kernel on codes quantized from its on-grid inputs (``OpSpec.lsb`` 0, the default of a row with a
+``table`` kind; the table's own error against the float function is the simulation's, not a
+difference between the two).
 """
 from __future__ import annotations
 

@@ -1,19 +1,26 @@
 """Ops that move values without changing them: their output shares the input's grid.
 
 Stage: ``convert`` (the rows' ``lower``) and ``run`` at level "int" (their ``kernel``). Reshape-like ops,
-slicing, splitting, flipping, expanding and ``pixel_shuffle`` run their recorded torch op on the
-integer codes (the driver's shared-grid fallback): bit exact, 0 LSB. What this family adds:
+slicing, splitting, flipping, expanding, ``swapaxes``/``movedim`` and ``pixel_shuffle``/``pixel_unshuffle``
+run their recorded torch op on the integer codes (the driver's shared-grid fallback): bit exact,
+0 LSB. What this family adds:
 
 - ``pad`` (constant mode): the pad value is quantized onto the input's grid by (A1)
   (0.0 -> the zero point, so zero padding stays exact); a value off the grid differs from
   the simulation, which keeps it unquantized, by at most 1/2 LSB.
 - ``masked_fill``: the fill value is quantized the same way; -inf -> qmin, +inf -> qmax (the
-  simulation keeps the infinity; every finite on-grid value is bit exact).
+  simulation keeps the infinity, or a finite value beyond the grid, which the integer model
+  saturates; a finite value inside the range and off the grid differs by at most 1/2 LSB, as
+  for pad; on-grid values are bit exact).
 - ``cat`` / ``stack``: their output has its own grid; every input not already on it is
   rescaled by the ``affine`` kernel (``ops.affine``: one rounding, <= 1 LSB), then the torch
   op concatenates the integers.
 - a per-channel quantized tensor (an accumulator) cannot pass through a reshape-like op: its
   channel axis would move; such a graph is refused with an error naming the node.
+
+The rows' bounds (``OpSpec.lsb``, checked per node by ``edgequant.analysis.op_lsb``): 0 for the
+moves, 1/2 for ``pad`` and ``masked_fill`` (a fill value off the grid; saturation of a value
+beyond the grid's range counts as agreement), 1 for ``cat`` / ``stack``.
 """
 from __future__ import annotations
 
@@ -95,6 +102,44 @@ def onnx_pixel_shuffle(c, outs):
     return c.b.op("DepthToSpace", [x], outs, blocksize=int(r), mode="CRD")
 
 
+def onnx_pixel_unshuffle(c, outs):
+    """``pixel_unshuffle(x, r)`` of a rank-4 tensor: ``Reshape`` to ``(N, C, H/r, r, W/r, r)``,
+    ``Transpose`` to ``(N, C, r, r, H/r, W/r)``, ``Reshape`` to ``(N, C r^2, H/r, W/r)`` (ONNX
+    ``SpaceToDepth`` orders the channels ``(r, r, C)``, torch ``(C, r, r)``). Channels, height and
+    width must be static; the batch dim is copied (Reshape's 0)."""
+    args, kwargs = c.args()
+    x, r = args[0], int(args[1] if len(args) > 1 else kwargs.get("downscale_factor"))
+    if c.rank_of(x) != 4:
+        raise c.fail(f"pixel_unshuffle's ONNX form takes rank-4 tensors; this one has rank {c.rank_of(x)}")
+    _, ch, h, w = c.shape_of(x)
+    if not all(isinstance(d, int) for d in (ch, h, w)):
+        raise c.fail(f"pixel_unshuffle's ONNX form needs static channels, height and width, got {c.shape_of(x)}")
+    split = c.b.op("Reshape", [x, c.b.i64([0, ch, h // r, r, w // r, r])])
+    moved = c.b.op("Transpose", [split], perm=[0, 1, 3, 5, 2, 4])
+    return c.b.op("Reshape", [moved, c.b.i64([0, ch * r * r, h // r, w // r])], outs)
+
+
+def onnx_swapaxes(c, outs):
+    """``transpose``/``swapaxes``/``swapdims(x, a, b)``: ONNX ``Transpose`` with ``a`` and ``b`` exchanged."""
+    args, kwargs = c.args()
+    r = c.rank_of(args[0])
+    perm = list(range(r))
+    a, b = args[1] % r, args[2] % r
+    perm[a], perm[b] = perm[b], perm[a]
+    return c.b.op("Transpose", [args[0]], outs, perm=perm)
+
+
+def onnx_movedim(c, outs):
+    """``movedim(x, source, destination)``: ONNX ``Transpose`` with the permutation torch builds."""
+    args, kwargs = c.args()
+    r = c.rank_of(args[0])
+    src, dst = ([v] if isinstance(v, int) else list(v) for v in (args[1], args[2]))
+    src, dst = [v % r for v in src], [v % r for v in dst]
+    rest = iter(d for d in range(r) if d not in src)
+    perm = [src[dst.index(k)] if k in dst else next(rest) for k in range(r)]
+    return c.b.op("Transpose", [args[0]], outs, perm=perm)
+
+
 def onnx_roll(c, outs):
     """``roll(x, shifts, dims)``: per dim, ``Concat(Slice(x, n - s, n), Slice(x, 0, n - s))`` along it
     (``s`` taken modulo a static ``n``; for a symbolic dim ``|s|`` must be below its size, as Swin's
@@ -133,7 +178,11 @@ _S = dict(rule="shared", lower=lower_move)
 SPECS = [
     OpSpec("reshape", ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
                        "aten.flatten.using_ints", "aten.unflatten.int"), **_S),
-    OpSpec("permute", ("aten.permute.default", "aten.transpose.int", "aten.t.default"), **_S),
+    OpSpec("permute", ("aten.permute.default", "aten.transpose.int", "aten.t.default", "aten.swapaxes.default",
+                       "aten.swapdims.default", "aten.movedim.int", "aten.movedim.intlist"),
+           onnx={"aten.transpose.int": onnx_swapaxes, "aten.swapaxes.default": onnx_swapaxes,
+                 "aten.swapdims.default": onnx_swapaxes,
+                 "aten.movedim.int": onnx_movedim, "aten.movedim.intlist": onnx_movedim}, **_S),
     OpSpec("squeeze", ("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default"), **_S),
     OpSpec("unsqueeze", ("aten.unsqueeze.default",), **_S),
     OpSpec("identity", ("aten.contiguous.default", "aten.clone.default", "aten.alias.default",
@@ -149,8 +198,10 @@ SPECS = [
     OpSpec("roll", ("aten.roll.default",), onnx={"aten.roll.default": onnx_roll}, **_S),
     OpSpec("pixel_shuffle", ("aten.pixel_shuffle.default",), onnx={"aten.pixel_shuffle.default": onnx_pixel_shuffle},
            **_S),
-    OpSpec("pad", ("aten.pad.default", "aten.constant_pad_nd.default"), rule="shared", lower=lower_pad),
-    OpSpec("masked_fill", ("aten.masked_fill.Scalar",), rule="shared", lower=lower_masked_fill),
+    OpSpec("pixel_unshuffle", ("aten.pixel_unshuffle.default",),
+           onnx={"aten.pixel_unshuffle.default": onnx_pixel_unshuffle}, **_S),
+    OpSpec("pad", ("aten.pad.default", "aten.constant_pad_nd.default"), rule="shared", lower=lower_pad, lsb=0.5),
+    OpSpec("masked_fill", ("aten.masked_fill.Scalar",), rule="shared", lower=lower_masked_fill, lsb=0.5),
     OpSpec("cat", ("aten.cat.default",), lower=lower_rescale_call, kernel=k_rescale_call,
            int_attrs={"kernel": "named kernel"}),
     OpSpec("stack", ("aten.stack.default",), lower=lower_rescale_call, kernel=k_rescale_call,

@@ -18,6 +18,13 @@ Quantization rules:
   reuses the input's qparams and the integer model moves integers unchanged.
 - ``source``: the output is quantized from the op's weight (embedding: a quantized table).
 - ``float``: the op stays float (wrapped code, leaf modules).
+
+Agreement bound (``lsb``): the largest difference, in LSB of the op's output, between its integer
+kernel and the simulation when both get the same quantized inputs, as its family's docstring states
+and justifies. Left out it is 0 for shared, source and table rows (codes moved, gathered or looked
+up exactly as the simulation does) and 1 for the others (one rounding, which the simulation's
+float32 arithmetic may take to the other side of a tie); ``edgequant.analysis.op_lsb`` checks it
+node by node on a real model.
 """
 from __future__ import annotations
 
@@ -60,6 +67,11 @@ class OpSpec:
     weight_transposed_in_product: bool = False  # linear: computes x @ weight.T (weight stored (out, in))
     bias_correction: bool = False     # prepare routes its bias through a BiasCorrection (conv1d/conv2d/linear)
     sensitive_input: bool = False     # magnifies its input's rounding (softmax, exp, division): int16 advised
+    # agreement with the simulation, in LSB of the output, when the integer kernel and the simulation
+    # get the same quantized inputs (the bound its family docstring states and justifies; checked per
+    # node by edgequant.analysis.op_bounds). None: 0 for shared/source/table rows (codes moved,
+    # gathered or looked up as the simulation does), 1 for the others (one rounding near a tie)
+    lsb: float | None = None
     stub_form: bool = False           # an int-level form of a QuantStub (quantize, identity, rescale)
     # int level, read by edgequant.check_attrs (what a file's node must carry), next to the lowering that writes it
     int_attrs: dict | None = field(default=None, hash=False)  # schema of its attrs: {key: type name | {value: schema}}
@@ -69,10 +81,16 @@ class OpSpec:
     lut_record: dict | None = field(default=None, hash=False)  # table kernels: the record attrs["lut"] of its kind
 
     int16_input: bool = False         # int8 templates give its input int16 (layer norm, softmax)
+    int16_args: tuple[int, ...] = ()  # argument positions every template quantizes int16 (grid_sample's grid)
     # ONNX translations of its recorded aten calls, ``{target: fn(c, outs)}``, for ops whose call
     # ``onnx_export/aten.py`` does not translate: ``c`` is that module's ``Ctx`` (``c.b`` the ONNX
     # builder, ``c.args()`` the decoded call); used by both flavours for the ops they pass through
     onnx: dict | None = field(default=None, hash=False)
+
+    def __post_init__(self):
+        if self.lsb is None:
+            exact = self.rule in ("shared", "source") or self.table is not None
+            object.__setattr__(self, "lsb", 0.0 if exact else 1.0)
 
     @property
     def weighted(self) -> bool:
