@@ -24,7 +24,8 @@ softmax and mask ops so attention quantizes op by op, and convolutions with
 ``padding="same"`` get explicit padding (``capture_rewrite``). Eval-mode dropout, aliasing ops,
 casts that keep the dtype (``pixel_values.to(self.dtype)``) and empty 1-D ``cat`` inputs are
 removed, and float tensors the forward builds from constants alone (Swin's window mask) become
-buffers.
+buffers. ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` are traced unrolled over time steps
+(``capture_rnn``); the LSTM cell state is marked ``meta["eq_rnn_state"]`` for the templates.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ import torch
 from torch import fx, nn
 
 from .capture_markers import CaptureError, call_leaf, markers, recorded, rewrite_markers
-from .capture_rewrite import batch_norm_as_one_node, drop_noops, fold_made_constants, retrace_table
+from .capture_rnn import mark_states, unrolled_rnns
+from .capture_rewrite import batch_norm_as_one_node, drop_noops, expand_dynamic_fills, fold_made_constants, retrace_table
 from .inputs import shape_of
 from .nn.segment_lut import SegmentLUT
 from .nn.stubs import dequant_point, quant_point
@@ -190,7 +192,7 @@ def _quiet_export():
 
 def _export(work: nn.Module, args: tuple, shapes, leaf_modules) -> tuple:
     """``(exported program, leaf callables, stub paths)`` of one torch.export trace."""
-    with markers(work, tuple(leaf_modules)), _quiet_export():
+    with markers(work, tuple(leaf_modules)), unrolled_rnns(work), _quiet_export():
         ep = torch.export.export(work, args, dynamic_shapes=shapes, strict=False)
         table = retrace_table(ep)
         if table is not None:   # retracing costs a second or two: only when needed
@@ -259,9 +261,11 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     for attr in ("train", "eval"):  # torch.export forbids mode switches; our graphs honour them
         gm.__dict__.pop(attr, None)
     rewrite_markers(gm, leaves, stub_paths, work)
+    mark_states(gm)
     drop_noops(gm)
     batch_norm_as_one_node(gm)
     fold_made_constants(gm)
+    expand_dynamic_fills(gm)
     _annotate(gm)
     return gm
 

@@ -14,12 +14,15 @@ must be traced again (``ep.run_decompositions(table)``, a second or two) and wit
   nanoGPT's ``y.transpose(1, 2).contiguous().view(B, T, C)`` views it as such);
 - ``conv1d``/``conv2d`` with ``padding="same"``/``"valid"``: the conv with explicit padding
   (and an explicit zero pad on the right where ``"same"`` pads an odd total), as aten does.
+- ``group_norm``/``instance_norm``, ``linalg_vector_norm``, ``baddbmm``, ``reshape_as``/``expand_as``,
+  ``min``/``max`` of two tensors: in ops edgequant quantizes (``capture_decomp``).
 
 An empty table still functionalizes; ops outside the table are kept. On the ``GraphModule``
 then: ``drop_noops`` (eval-mode dropout, aliasing ops, casts that keep the dtype, write-backs
 into inputs, empty 1-D ``cat`` inputs), ``batch_norm_as_one_node`` (the retrace's two-node
 batch norm back to one node) and ``fold_made_constants`` (tensors built from constants alone,
-such as Swin's window mask, become buffers).
+such as Swin's window mask, become buffers) and ``expand_dynamic_fills`` (a one-value fill whose
+shape follows the batch, ``y.new_ones(y.shape)``, becomes a one-element buffer expanded to it).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from typing import Callable
 
 import torch
 from torch import fx
+
+from .capture_decomp import decomp_table
 
 
 def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
@@ -139,6 +144,7 @@ def retrace_table(ep) -> dict | None:
             table[n.target] = functools.partial(_sdpa_math, layouts=layouts)
         elif n.target in _STRING_PADDING:
             table[n.target] = _conv_string_padding(_STRING_PADDING[n.target])
+    table.update(decomp_table(ep))  # group/instance/vector norms, baddbmm, ... (capture_decomp)
     return table if table or mutates else None
 
 
@@ -161,7 +167,7 @@ def drop_noops(gm: fx.GraphModule) -> None:
     fusable op pairs apart, and a float32 -> float32 cast is no op to quantize. Also remove the
     write-backs ``torch.export`` appends when the model writes into one of its inputs in place
     (``x.sub_(mean)``): the graph computes the same outputs, leaving the caller's tensor alone;
-    and the empty 1-D inputs of ``cat``, which torch skips."""
+    and the empty 1-D inputs of ``cat``, which torch skips. Views become reshapes."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or not node.args:
             continue
@@ -177,6 +183,10 @@ def drop_noops(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
         elif node.target is torch.ops.aten.copy_.default and node.args[0].op == "placeholder" and not node.users:
             gm.graph.erase_node(node)
+        elif node.target is torch.ops.aten.view.default:
+            # with the clones and contiguous() calls gone (and fake quant or tables computing in
+            # other layouts) a view may meet a tensor it cannot view: reshape is view where it can
+            node.target = torch.ops.aten.reshape.default
     gm.graph.lint()
     gm.recompile()
 
@@ -279,6 +289,47 @@ def fold_made_constants(gm: fx.GraphModule) -> None:
         k += 1
     if k:
         gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+
+
+def expand_dynamic_fills(gm: fx.GraphModule) -> None:
+    """A float tensor filled with one value whose shape follows a dynamic dim (``y.new_ones(y.shape)``,
+    ``torch.zeros_like(x)`` with a free batch): a one-element buffer holding the value, expanded to
+    the shape (``expand`` moves codes, so the fill quantizes as a constant of one value)."""
+    k = 0
+    for node in list(gm.graph.nodes):
+        val = node.meta.get("val")
+        if node.op != "call_function" or node.target not in _SHAPE_ONLY or _static(node) \
+                or not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        fill = _SHAPE_ONLY[node.target]
+        fill = node.args[-1] if fill is None else fill
+        if not isinstance(fill, (int, float)):
+            continue
+        while hasattr(gm, f"eq_fill_{k}"):
+            k += 1
+        one = torch.full([1] * val.dim(), float(fill), dtype=val.dtype)
+        gm.register_buffer(f"eq_fill_{k}", one)
+        with gm.graph.inserting_before(node):
+            const = gm.graph.get_attr(f"eq_fill_{k}")
+            const.meta["val"] = one.clone()
+            if node.target in (_A.new_zeros.default, _A.new_ones.default, _A.new_full.default):
+                sizes = list(node.args[1])
+            else:   # *_like: the sizes of the input, dynamic ones read at run time
+                src = node.args[0]
+                shape = src.meta["val"].shape
+                sizes = [d if isinstance(d, int) else gm.graph.call_function(_A.sym_size.int, (src, i))
+                         for i, d in enumerate(shape)]
+                for i, d in enumerate(sizes):
+                    if isinstance(d, fx.Node):
+                        d.meta["val"] = shape[i]
+            out = gm.graph.call_function(_A.expand.default, (const, sizes))
+        out.meta.update(node.meta)
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+        k += 1
+    if k:
         gm.graph.lint()
         gm.recompile()
 

@@ -138,6 +138,8 @@ class FakeQuantize(nn.Module):
 
     def _observer_has_data(self) -> bool:
         has = getattr(self.observer, "has_data", None)
+        if getattr(self.observer, "mask_seen", False) and getattr(self.observer, "ch_axis", None) is None:
+            return True   # mask values only: the observer's clip_range gives a pure mask's range
         return bool(has()) if callable(has) else True
 
     def _set_qparams(self, scale: torch.Tensor, zp: torch.Tensor) -> None:

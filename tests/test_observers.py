@@ -555,3 +555,24 @@ def test_percentile_100_is_min_max():
     obs = PercentileObserver(percentile=100.0)
     obs(x)
     assert same(obs.clip_range(), (x.min(), x.max()))
+
+
+def test_a_tensor_of_mask_values_only_quantizes_as_a_pure_mask():
+    """GPT-Neo's ``where(causal, scores, finfo.min)``: the fill is a constant holding nothing but
+    the mask value. Its observer saw no finite data, yet the tensor has a range: that of a pure mask
+    (0 down to -MASK_FILL), so the fill saturates to qmin; a per-channel observer still refuses."""
+    from edgequant.fake_quant import FakeQuantize, FakeQuantState
+    fill = torch.full((1,), torch.finfo(torch.float32).min)
+    ob = MinMaxObserver(dtype="qint8")
+    ob(fill)
+    lo, hi = ob.clip_range()
+    assert float(hi) == 0.0 and float(lo) == -10000.0
+    fq = FakeQuantize(MinMaxObserver(dtype="qint8"), "qint8")
+    fq.state = FakeQuantState.CALIBRATION
+    fq(fill)
+    scale, zp = fq.qparams()
+    assert torch.round(fill / scale + zp).clamp(-128, 127).item() == -128
+    per_channel = MinMaxObserver(dtype="qint8", ch_axis=0)
+    per_channel(torch.full((2, 3), torch.finfo(torch.float32).min))
+    with pytest.raises(RuntimeError, match="has not observed"):
+        per_channel.clip_range()

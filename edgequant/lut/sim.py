@@ -329,6 +329,11 @@ def _input_fq(gm: fx.GraphModule, node) -> FakeQuantize | None:
         if fq is not None:
             return fq
         spec = node.meta.get("eq_spec")
+        if node.op == "call_function" and spec is not None and spec.rule == "source" and spec.weight_arg is not None \
+                and len(node.args) > spec.weight_arg:
+            table = node.args[spec.weight_arg]   # an embedding's rows lie on its quantized table's grid
+            mod = gm.get_submodule(table.target) if isinstance(table, fx.Node) and table.op == "call_module" else None
+            return mod if isinstance(mod, FakeQuantize) else None
         if node.op != "call_function" or spec is None or spec.rule != "shared" or not node.args:
             return None
         node = node.args[0]

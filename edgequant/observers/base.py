@@ -153,6 +153,10 @@ class Observer(nn.Module):
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(min, max)`` this observer chose, float32 tensors; raises if it saw no data."""
+        if not self.has_data() and self.mask_seen and self.ch_axis is None:
+            # nothing but mask values (GPT-Neo's ``where(causal, scores, finfo.min)`` fill): a pure
+            # mask whose unmasked value would be 0, so the fill saturates to qmin
+            return torch.tensor(-MASK_FILL), torch.tensor(0.0)
         if not self.has_data():
             raise RuntimeError(
                 f"{self.name} has not observed any (finite) data, so it has no range. Run calibration "

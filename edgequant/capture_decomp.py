@@ -1,0 +1,94 @@
+"""Ops that capture writes in terms of others edgequant quantizes: the retrace's extra
+decompositions (``capture_rewrite.retrace_table``).
+
+``decomp_table(ep)`` takes an exported program and returns ``{aten overload: decomposition}`` for
+the ops below that the graph calls (empty when none):
+
+- ``group_norm(x, G, weight, bias, eps)``: each sample normalised over a group of channels and
+  all positions is a layer norm over the last dim of ``x`` viewed as ``(N, G, C/G * prod(spatial))``:
+  reshape, ``layer_norm`` without affine (its lookup-table kernel: mean, variance and the 1/sqrt
+  table), reshape back, then ``x * weight[c] + bias[c]`` per channel, two elementwise ops on the
+  parameters (they stay nn.Parameters, so QAT trains them);
+- ``instance_norm`` with the batch's statistics (``use_input_stats``, every ``InstanceNorm``
+  without ``track_running_stats``): the same with ``G = C``; with running statistics
+  (``track_running_stats=True`` in eval) it is a batch norm on those statistics, and becomes one;
+- ``linalg_vector_norm`` of order 2 (``torch.norm``, ``F.normalize``, ConvNeXt-V2's GRN, Swin-V2's
+  cosine attention): ``sqrt(sum(x * x))``; order 1: ``sum(abs(x))``; other orders are kept (and
+  refused by name);
+- ``baddbmm(input, b1, b2, beta, alpha)`` (BLOOM's ALiBi scores): ``bmm(b1, b2) * alpha + input * beta``;
+- ``reshape_as``/``expand_as``: ``reshape``/``expand`` to the other tensor's shape; ``min``/``max``
+  of two tensors: ``minimum``/``maximum``.
+
+Each is exact in float (float32 rounding apart: the layer norm's sum order differs from aten's
+group norm kernel by ~1e-7 relative).
+"""
+from __future__ import annotations
+
+import torch
+
+_A = torch.ops.aten
+
+
+def _per_channel(p: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A ``(C,)`` parameter shaped to broadcast over ``(N, C, *spatial)``."""
+    return p.reshape([1, -1] + [1] * (ndim - 2))
+
+
+def _normalise_groups(x: torch.Tensor, groups: int, weight, bias, eps: float) -> torch.Tensor:
+    shape = x.shape
+    y = x.reshape(shape[0], groups, -1)
+    y = _A.layer_norm.default(y, [y.shape[-1]], None, None, eps)
+    y = y.reshape(shape)
+    if weight is not None:
+        y = y * _per_channel(weight, x.dim())
+    if bias is not None:
+        y = y + _per_channel(bias, x.dim())
+    return y
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    return _normalise_groups(x, num_groups, weight, bias, eps)
+
+
+def _instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None, use_input_stats=True,
+                   momentum=0.1, eps=1e-5, cudnn_enabled=True):
+    if not use_input_stats and running_mean is not None and running_var is not None:
+        return _A.batch_norm.default(x, weight, bias, running_mean, running_var, False, momentum, eps,
+                                     cudnn_enabled)
+    return _normalise_groups(x, x.shape[1], weight, bias, eps)
+
+
+def _vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if ord == 1:
+        return torch.sum(torch.abs(x), dim=dim, keepdim=keepdim)
+    return torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim))
+
+
+def _baddbmm(x, b1, b2, *, beta=1, alpha=1):
+    prod = torch.bmm(b1, b2)
+    prod = prod if alpha == 1 else prod * alpha
+    return prod + (x if beta == 1 else x * beta) if beta != 0 else prod
+
+
+_DECOMPOSED = {
+    _A.group_norm.default: _group_norm, _A.instance_norm.default: _instance_norm,
+    _A.baddbmm.default: _baddbmm,
+    _A.reshape_as.default: lambda x, other: x.reshape(other.shape),
+    _A.expand_as.default: lambda x, other: x.expand(other.shape),
+    _A.min.other: torch.minimum, _A.max.other: torch.maximum,
+}
+
+
+def decomp_table(ep) -> dict:
+    """The decompositions of the ops ``ep`` calls (see the module doc)."""
+    table = {}
+    for n in ep.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target in _DECOMPOSED:
+            table[n.target] = _DECOMPOSED[n.target]
+        elif n.target is _A.linalg_vector_norm.default:
+            order = n.args[1] if len(n.args) > 1 else n.kwargs.get("ord", 2)
+            if order in (1, 2):
+                table[n.target] = _vector_norm
+    return table

@@ -1,0 +1,189 @@
+"""Recurrent layers end to end (issue #20): ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` are unrolled at
+capture (``edgequant/capture_rnn.py``) into linear, table and elementwise ops per time step.
+
+Checked against independent references: the captured graph against the float layer (same
+function), the simulation against the float layer (SQNR), the integer model against the
+simulation, ONNX Runtime on the QDQ file (default optimisation level) against the simulation, the
+integer ONNX file against the integer model bit for bit; for two layers, both directions,
+``batch_first`` either way, initial states given or not, ``proj_size``; the int8 template's
+int16 cell state; and the error a packed sequence raises.
+"""
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+import edgequant as eq
+from edgequant.capture import capture
+from edgequant.capture_markers import CaptureError
+from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16, \
+    default_calibration_qconfig_setter as T8
+
+B, T, F, H = 16, 5, 4, 8   # batch_first=False fixes the batch at capture (dim 0 is time)
+
+
+class Net(nn.Module):
+    """A recurrent layer returning its output and final states (flattened to a tuple)."""
+
+    def __init__(self, rnn, with_state=False):
+        super().__init__()
+        self.rnn, self.with_state = rnn, with_state
+
+    def forward(self, x, h0=None, c0=None):
+        if self.with_state:
+            out, h = self.rnn(x, (h0, c0) if isinstance(self.rnn, nn.LSTM) else h0)
+        else:
+            out, h = self.rnn(x)
+        return (out, *h) if isinstance(h, tuple) else (out, h)
+
+
+def _state(rnn, n: int, seed: int, b: int) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    d = (2 if rnn.bidirectional else 1) * rnn.num_layers
+    hs = getattr(rnn, "proj_size", 0) or rnn.hidden_size
+    shapes = [(d, b, hs), (d, b, rnn.hidden_size)][:n]
+    return tuple(0.5 * torch.randn(s, generator=g) for s in shapes)
+
+
+def _inputs(rnn, seed: int, states: int, b: int = B) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, T, F) if rnn.batch_first else (T, b, F)
+    return (torch.randn(shape, generator=g), *_state(rnn, states, seed + 100, b))
+
+
+CASES = {   # name -> (layer, initial states passed)
+    "lstm_2layer_batch_first": (lambda: nn.LSTM(F, H, num_layers=2, batch_first=True), 0),
+    "gru_bidir_2layer_h0": (lambda: nn.GRU(F, H, num_layers=2, bidirectional=True), 1),
+    "lstm_bidir_proj_h0c0": (lambda: nn.LSTM(F, H, bidirectional=True, proj_size=5), 2),
+    "rnn_tanh": (lambda: nn.RNN(F, H, batch_first=True), 0),
+}
+FLOAT_ONLY = {   # checked against the float layer only
+    "rnn_relu_h0": (lambda: nn.RNN(F, H, num_layers=2, nonlinearity="relu"), 1),
+    "lstm_no_bias_h0c0": (lambda: nn.LSTM(F, H, bias=False, batch_first=True), 2),
+}
+
+
+def _sqnr(x, ref) -> float:
+    noise = float(((x.double() - ref.double()) ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(float((ref.double() ** 2).sum()) / noise)
+
+
+def _build(name):
+    torch.manual_seed(0)
+    make, states = {**CASES, **FLOAT_ONLY}[name]
+    model = Net(make(), with_state=states > 0).eval()
+    return model, [_inputs(model.rnn, s, states) for s in range(3)], _inputs(model.rnn, 99, states)
+
+
+_CONVERTED = {}
+
+
+def _converted(name, template):
+    key = (name, template.__name__)
+    if key not in _CONVERTED:
+        model, calib, x = _build(name)
+        cm = eq.prepare(model, calib[0], qconfig_setter=(template,))
+        eq.calibrate(cm, calib)
+        ir = eq.export(cm, calib[0])
+        _CONVERTED[key] = model, cm, eq.convert(ir, "nash-e"), calib[0], x
+    return _CONVERTED[key]
+
+
+@pytest.mark.parametrize("name", [*CASES, *FLOAT_ONLY])
+def test_unrolled_graph_computes_the_layer(name):
+    model, _, x = _build(name)
+    gm = capture(model, x)
+    with torch.no_grad():
+        want, got = model(*x), gm(*x)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+# simulation against float, dB: on a calibration batch (the grid's precision) and on a held-out
+# batch (each time step has its own observers, so values past the calibrated ranges clip)
+SIM_FLOAT_DB = {"int8": (30.0, 25.0), "int16": (45.0, 27.0)}
+
+
+@pytest.mark.parametrize("template", [T8, T16], ids=["int8", "int16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_simulation_and_integer_model(name, template):
+    model, cm, g, example, held_out = _converted(name, template)
+    key = "int8" if template is T8 else "int16"
+    for x, db in zip((example, held_out), SIM_FLOAT_DB[key]):
+        with torch.no_grad():
+            ref, sim, got = model(*x), cm(*x), g(*x)
+        assert len(ref) == len(sim) == len(got)
+        for f, s, i in zip(ref, sim, got):
+            assert f.shape == s.shape == i.shape
+            assert _sqnr(s, f) >= db, (name, key, _sqnr(s, f))
+            assert _sqnr(i, s) >= 40.0, (name, key, _sqnr(i, s))
+
+
+def test_batch_first_keeps_the_batch_size_free():
+    model, cm, g, _, (x,) = _converted("lstm_2layer_batch_first", T8)
+    x = x[:2]
+    with torch.no_grad():
+        ref, sim, got = model(x), cm(x), g(x)
+    for f, s, i in zip(ref, sim, got):
+        assert f.shape == s.shape == i.shape
+        assert _sqnr(i, s) >= 40.0 and _sqnr(s, f) >= 25.0
+
+
+def test_int8_template_keeps_the_lstm_cell_state_at_int16():
+    _, _, g, _, _ = _converted("lstm_2layer_batch_first", T8)
+    rows = g.summary()
+    wide = [r for r in rows if r["dtype"] == "qint16"]
+    # per layer and step the cell state c = f * c + i * g and its f * c term; at step 0 the zero
+    # state leaves c = i * g
+    assert sorted(r["op"] for r in wide) == ["add"] * (2 * (T - 1)) + ["mul"] * (2 * T)
+    assert all(r["dtype"] != "qint16" for r in _converted("gru_bidir_2layer_h0", T8)[2].summary())
+    assert not any(r["dtype"] == "float32" for r in rows if r["op"] not in ("dequantize",))
+
+
+def _session(path):
+    so = ort.SessionOptions()   # default graph optimisation level (all)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run(path, x):
+    sess = _session(path)
+    return sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)})
+
+
+@pytest.mark.parametrize("template", [T8, T16], ids=["int8", "int16"])
+@pytest.mark.parametrize("name", ["lstm_2layer_batch_first", "gru_bidir_2layer_h0", "lstm_bidir_proj_h0c0"])
+def test_onnx_files(name, template, tmp_path):
+    _, cm, g, example, x = _converted(name, template)
+    qdq, integer = tmp_path / "qdq.onnx", tmp_path / "int.onnx"
+    eq.export_onnx(cm, qdq, example, flavour="qdq")
+    eq.export_onnx(g, integer, example, flavour="integer")
+    with torch.no_grad():
+        sim, want = cm(*x), g(*x)
+    for y, s in zip(_run(qdq, x), sim):
+        y, s = torch.from_numpy(y), s.double()
+        cos = float(torch.nn.functional.cosine_similarity(y.reshape(-1).double(), s.reshape(-1), dim=0))
+        assert cos >= (0.995 if template is T8 else 0.999), (name, cos)
+    for y, w in zip(_run(integer, x), want):
+        np.testing.assert_array_equal(y, w.numpy())
+
+
+class Packed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(F, H, batch_first=True)
+
+    def forward(self, x):
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+        _, (h, _) = self.lstm(packed)
+        return h[-1]
+
+
+def test_packed_sequence_names_the_layer():
+    with pytest.raises(CaptureError, match=r"LSTM 'lstm' takes a packed sequence.*padded tensor"):
+        eq.prepare(Packed().eval(), (torch.randn(B, T, F),), qconfig_setter=(T8,))
