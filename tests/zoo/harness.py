@@ -5,11 +5,14 @@ or one of the two qconfig setters) and returns a dict: ``name``, ``template``, `
 ``stages``, one entry per stage in ``STAGES`` order, each ``{"status": "ok"|"fail"|"skip",
 "value": float|None, "error": "Type: first line"|None, "seconds": float}``. A failed stage skips
 the stages that need its result. Values: SQNR in dB (``sqnr_int_sim``: integer model against the
-simulation; ``sqnr_sim_float``: simulation against float), ``qdq_ort``: the smallest cosine of
-ONNX Runtime's outputs (QDQ file, default session options, i.e. every graph optimisation on)
-against the simulation; ``int_onnx_run``: 1.0 when the integer file's outputs equal the integer
-model's bit for bit, else the fraction of equal elements (and status "fail"); the file runs in ONNX
-Runtime, or under onnx's reference evaluator when it uses the custom domain ``ai.edgequant``.
+simulation; ``sqnr_sim_float``: simulation against float), ``op_lsb``: the largest difference of
+one integer node from the simulation on the same inputs, in output LSB (``edgequant.analysis.op_lsb``;
+status "fail" when a node exceeds its op's bound ``OpSpec.lsb``; ``note``: ``{op: [worst, bound]}``),
+``qdq_ort``: the smallest cosine of ONNX Runtime's outputs (QDQ file, default session options, i.e.
+every graph optimisation on) against the simulation; ``int_onnx_run``: 1.0 when the integer file's
+outputs equal the integer model's bit for bit, else the fraction of equal elements (and status
+"fail"); the file runs in ONNX Runtime, or under onnx's reference evaluator when it uses the custom
+domain ``ai.edgequant``.
 ``acceptance(result)`` returns the first unmet line of issue #20's acceptance (None when met).
 
 ``python tests/zoo/harness.py [name ...] [--template int8|int16]`` runs the cases (all by default)
@@ -36,6 +39,7 @@ if __package__ in (None, ""):          # run as a script: import the zoo as the 
     __package__ = "zoo"
 
 import edgequant as eq  # noqa: E402
+from edgequant.analysis.op_bounds import op_lsb, violations, worst_per_op  # noqa: E402
 from edgequant.onnx_export.errors import OnnxExportError  # noqa: E402
 from edgequant.qconfig_template import (calibration_8bit_weight_16bit_act_qconfig_setter,  # noqa: E402
                                         default_calibration_qconfig_setter)
@@ -44,10 +48,10 @@ from .models import ZOO  # noqa: E402
 
 TEMPLATES = {"int8": default_calibration_qconfig_setter, "int16": calibration_8bit_weight_16bit_act_qconfig_setter}
 STAGES = ("build", "float", "prepare", "calibrate", "simulate", "sqnr_sim_float", "export", "convert", "int_run",
-          "sqnr_int_sim", "qdq_export", "qdq_ort", "int_onnx_export", "int_onnx_run")
+          "sqnr_int_sim", "op_lsb", "qdq_export", "qdq_ort", "int_onnx_export", "int_onnx_run")
 NEEDS = {"float": "build", "prepare": "float", "calibrate": "prepare", "simulate": "calibrate",
          "sqnr_sim_float": "simulate", "export": "simulate", "convert": "export", "int_run": "convert",
-         "sqnr_int_sim": "int_run", "qdq_export": "simulate", "qdq_ort": "qdq_export",
+         "sqnr_int_sim": "int_run", "op_lsb": "int_run", "qdq_export": "simulate", "qdq_ort": "qdq_export",
          "int_onnx_export": "int_run", "int_onnx_run": "int_onnx_export"}
 CALIB_SEEDS = (1, 2, 3, 4)
 EVAL_SEED = 99
@@ -224,6 +228,14 @@ class _Case:
     def sqnr_int_sim(self):
         return sqnr(self.y_int, self.y_sim)
 
+    def op_lsb(self):
+        rows = op_lsb(self.ir, self.g, self.x)
+        self.note = {op: list(v) for op, v in worst_per_op(rows).items()}
+        bad = violations(rows)
+        worst = max((r["max_lsb"] for r in rows if r["skip"] is None), default=0.0)
+        why = "; ".join(f"{r['node']} ({r['op']}): {r['max_lsb']:.3g} LSB > bound {r['bound']:g}" for r in bad[:3])
+        return worst, (f"{len(bad)} node(s) over their op's LSB bound: {why}" if bad else None)
+
     def qdq_export(self):
         self.qdq_path = os.path.join(self.tmp, "qdq.onnx")
         eq.export_onnx(self.cm, self.qdq_path, self.example, flavour="qdq")
@@ -275,9 +287,10 @@ def run_case(name: str, template) -> dict:
 def acceptance(result: dict) -> str | None:
     """The first unmet acceptance line of issue #20 as ``"<stage>: <why>"``, or None.
 
-    The integer model runs; SQNR(integer vs simulation) >= 30 dB; the QDQ file runs in ONNX Runtime at
-    its default optimisation level with cosine to the simulation >= 0.995 (int8) / 0.999 (int16); the
-    integer ONNX file matches the integer model bit for bit where it can be exported (an
+    The integer model runs; SQNR(integer vs simulation) >= 30 dB, and every integer node agrees with
+    the simulation on the same inputs within its op's LSB bound (``op_lsb``); the QDQ file runs in
+    ONNX Runtime at its default optimisation level with cosine to the simulation >= 0.995 (int8) /
+    0.999 (int16); the integer ONNX file matches the integer model bit for bit where it can be exported (an
     ``OnnxExportError`` naming the op counts as "cannot be exported")."""
     st = result["stages"]
     for stage in ("build", "float", "prepare", "calibrate", "simulate", "export", "convert", "int_run",
@@ -286,6 +299,8 @@ def acceptance(result: dict) -> str | None:
             return f"{stage}: {st[stage]['error']}"
     if st["sqnr_int_sim"]["value"] < MIN_SQNR_INT_SIM:
         return f"sqnr_int_sim: {st['sqnr_int_sim']['value']:.1f} dB < {MIN_SQNR_INT_SIM:.0f} dB"
+    if st["op_lsb"]["status"] == "fail":
+        return f"op_lsb: {st['op_lsb']['error']}"
     need = MIN_QDQ_COSINE[result["template"]]
     if st["qdq_ort"]["value"] < need:
         return f"qdq_ort: cosine {st['qdq_ort']['value']:.5f} < {need}"
@@ -299,7 +314,8 @@ def acceptance(result: dict) -> str | None:
 
 # ---------------------------------------------------------------- command line
 COLUMNS = (("prep", "prepare"), ("calib", "calibrate"), ("export", "export"), ("convert", "convert"),
-           ("int", "int_run"), ("i/s dB", "sqnr_int_sim"), ("s/f dB", "sqnr_sim_float"), ("qdq", "qdq_export"),
+           ("int", "int_run"), ("i/s dB", "sqnr_int_sim"), ("op LSB", "op_lsb"), ("s/f dB", "sqnr_sim_float"),
+           ("qdq", "qdq_export"),
            ("qdq cos", "qdq_ort"), ("i-onnx", "int_onnx_export"), ("i-exact", "int_onnx_run"))
 
 
