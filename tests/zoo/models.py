@@ -1192,6 +1192,109 @@ def gnnet():
     return GNNet()
 
 
+# ---------------------------------------------------------------- style transfer, super-resolution, mixer
+class ConvIN(nn.Module):
+    """fast-neural-style's ConvLayer + InstanceNorm2d(affine=True): reflection padding, conv."""
+
+    def __init__(self, cin, cout, k, stride=1, relu=True):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(k // 2)
+        self.conv = nn.Conv2d(cin, cout, k, stride)
+        self.norm = nn.InstanceNorm2d(cout, affine=True)
+        self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
+
+    def forward(self, x):
+        return self.relu(self.norm(self.conv(self.pad(x))))
+
+
+class StyleResidual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = ConvIN(c, c, 3), ConvIN(c, c, 3, relu=False)
+
+    def forward(self, x):
+        residual = x
+        out = self.b(self.a(x))
+        out += residual
+        return out
+
+
+class TransformerNet(nn.Module):
+    """The PyTorch examples' fast-neural-style TransformerNet (narrow): instance norms with and
+    without running statistics, reflection padding, nearest upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Sequential(ConvIN(3, 8, 9), ConvIN(8, 16, 3, 2))
+        self.res = nn.Sequential(StyleResidual(16), StyleResidual(16))
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), ConvIN(16, 8, 3))
+        self.plain_norm = nn.InstanceNorm2d(8)          # no affine, batch statistics
+        self.out = nn.Sequential(nn.ReflectionPad2d(4), nn.Conv2d(8, 3, 9))
+
+    def forward(self, x):
+        return self.out(self.plain_norm(self.up(self.res(self.down(x)))))
+
+
+@register("fast_style_instancenorm", "style")
+def fast_style():
+    return TransformerNet()
+
+
+class UnshuffleSR(nn.Module):
+    """A super-resolution net that folds space into channels first (pixel_unshuffle, as
+    Real-ESRGAN's x2 model does) and ends in a sub-pixel conv (pixel_shuffle)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.head = nn.Conv2d(12, c, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                                  nn.Conv2d(c, c, 3, padding=1))
+        self.up = nn.Conv2d(c, 3 * 16, 3, padding=1)
+
+    def forward(self, x):
+        feat = self.head(F.pixel_unshuffle(x, 2))
+        feat = feat + self.body(feat)
+        return F.pixel_shuffle(self.up(feat), 4)
+
+
+@register("sr_pixel_unshuffle", "superres")
+def sr_unshuffle():
+    return UnshuffleSR()
+
+
+class MixerBlock(nn.Module):
+    """MLP-Mixer's block as its public code writes it: token mixing on swapped axes."""
+
+    def __init__(self, tokens, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.token_mlp = nn.Sequential(nn.Linear(tokens, 2 * tokens), nn.GELU(), nn.Linear(2 * tokens, tokens))
+        self.channel_mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + torch.swapaxes(self.token_mlp(torch.swapaxes(self.norm1(x), 1, 2)), 1, 2)
+        return x + self.channel_mlp(self.norm2(x))
+
+
+class Mixer(nn.Module):
+    def __init__(self, dim=32, patch=8, classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, patch, patch)
+        tokens = (IMG // patch) ** 2
+        self.blocks = nn.Sequential(MixerBlock(tokens, dim), MixerBlock(tokens, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = torch.movedim(self.stem(x).flatten(2), 1, 2)
+        return self.head(self.norm(self.blocks(x)).mean(dim=1))
+
+
+@register("mlp_mixer_swapaxes", "mixer")
+def mlp_mixer():
+    return Mixer()
+
+
 # ---------------------------------------------------------------- BEV: grid_sample view transform
 class IPMViewTransform(nn.Module):
     """Image features to a bird's-eye-view grid through a fixed sampling grid (inverse perspective
@@ -1756,6 +1859,8 @@ TEXT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_h
             max_position_embeddings=32)
 VISION = dict(image_size=IMG, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
               num_attention_heads=2, intermediate_size=64)
+LLM = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+           max_position_embeddings=64)
 HF_ZOO = {
     "hf_bert": ("text", _tokens, _hf(tf.BertModel, tf.BertConfig, "last_hidden_state",
                                      ("input_ids", "attention_mask"), **TEXT)),
@@ -1799,6 +1904,33 @@ HF_ZOO = {
                                ("input_features",), num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=1,
                                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
                                decoder_ffn_dim=64, max_source_positions=16)),
+    # decoder LLMs (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention), other
+    # text encoders, and vision models with vector norms, attention biases and DPT's neck
+    "hf_llama": ("text", _tokens, _hf(tf.LlamaModel, tf.LlamaConfig, "last_hidden_state",
+                                      ("input_ids", "attention_mask"), num_key_value_heads=1, **LLM)),
+    "hf_phi": ("text", _tokens, _hf(tf.PhiModel, tf.PhiConfig, "last_hidden_state", ("input_ids", "attention_mask"),
+                                    **LLM)),
+    "hf_gpt_neo": ("text", _tokens, _hf(tf.GPTNeoModel, tf.GPTNeoConfig, "last_hidden_state",
+                                        ("input_ids", "attention_mask"), vocab_size=100, hidden_size=32, num_layers=2,
+                                        num_heads=2, attention_types=[[["global", "local"], 1]],
+                                        max_position_embeddings=64, window_size=8)),
+    "hf_t5_encoder": ("text", _tokens, _hf(tf.T5EncoderModel, tf.T5Config, "last_hidden_state",
+                                           ("input_ids", "attention_mask"), vocab_size=100, d_model=32, d_kv=16,
+                                           d_ff=64, num_layers=2, num_heads=2)),
+    "hf_convnextv2": ("convnext", _image, _hf(tf.ConvNextV2Model, tf.ConvNextV2Config, "last_hidden_state",
+                                              hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)),
+    "hf_swinv2": ("swin", _image, _hf(tf.Swinv2Model, tf.Swinv2Config, "last_hidden_state", image_size=IMG,
+                                      patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)),
+    "hf_levit": ("vit", partial(_image, size=64), _hf(tf.LevitModel, tf.LevitConfig, "last_hidden_state",
+                                                      image_size=64, hidden_sizes=[16, 32, 48],
+                                                      num_attention_heads=[1, 2, 3], depths=[1, 1, 1],
+                                                      key_dim=[8, 8, 8])),
+    "hf_dpt": ("segmentation", _image, _hf(tf.DPTForDepthEstimation, tf.DPTConfig, "predicted_depth",
+                                           image_size=IMG, patch_size=8, hidden_size=32, num_hidden_layers=4,
+                                           num_attention_heads=2, intermediate_size=64,
+                                           backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 16, 16],
+                                           fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5],
+                                           head_hidden_size=8, initializer_range=0.2)),   # 0.02: depth ~1e-9
 }
 
 

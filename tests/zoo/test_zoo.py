@@ -17,26 +17,6 @@ from zoo.harness import TEMPLATES, acceptance, run_case
 from zoo.models import ZOO
 
 KNOWN_FAILURES = {
-    ('groupnorm_resblocks', 'int16'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.group_norm.default',
-    ('groupnorm_resblocks', 'int8'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.group_norm.default',
-    ('bev_ipm_grid_sample', 'int16'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.grid_sampler.default',
-    ('bev_ipm_grid_sample', 'int8'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.grid_sampler.default',
-    ('deformable_grid_sample', 'int16'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.grid_sampler.default',
-    ('deformable_grid_sample', 'int8'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.grid_sampler.default',
-    ('lstm_classifier', 'int16'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.lstm.input',
-    ('lstm_classifier', 'int8'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.lstm.input',
-    ('gru_text_classifier', 'int16'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.gru.input',
-    ('gru_text_classifier', 'int8'):
-        'prepare: CaptureError: edgequant cannot quantize these ops: aten.gru.input',
 }
 
 
