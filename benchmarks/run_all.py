@@ -28,6 +28,7 @@ BENCHMARKS = [  # (script, full arguments, --quick arguments)
     ("integer_speed.py", ["--reps", "5", "--batch", "16"], ["--reps", "2", "--batch", "8"]),
     ("qat_speed.py", ["--steps", "8"], ["--steps", "2"]),
     ("observers.py", ["--reps", "5"], ["--reps", "2"]),
+    ("zoo.py", [], ["--quick"]),
 ]
 
 

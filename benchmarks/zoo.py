@@ -1,0 +1,418 @@
+"""Every model-zoo architecture through edgequant and its peers: SQNR against float, and edgequant's stage times.
+
+For each ``ZOO`` architecture of ``tests/zoo/models.py`` (random weights, tiny widths, batch 2,
+issue #20), on the same calibration batches (``make_inputs(seed)`` for ``--calib`` seeds 1, 2, ...)
+and the same held-out batches (seeds 99, 100, ...), one process per model runs:
+
+- edgequant, each template (``int8``; ``int16``: int8 weights, int16 activations) the way
+  ``tests/zoo/harness.py`` runs it: ``prepare`` (example input ``make_inputs(0)``), ``calibrate``,
+  ``export``, ``convert`` (``nash-e``), the integer model on the held-out batches (``run``) and the
+  QDQ ONNX export (``qdq``), each timed. The score is the INTEGER model's outputs against float.
+- ONNX Runtime ``quantize_static``: the float model exported by ``torch.onnx.export`` (TorchScript
+  exporter, ``dynamo=False``, opset 17, static shapes), ``quant_pre_process``, then QDQ format,
+  per-channel QInt8 weights, QInt8 (asymmetric) activations, CalibrationMethod MinMax and
+  Percentile (ONNX Runtime's default 99.999), every op it quantizes (the settings of
+  ``workloads.onnx_runtime_quantized``); the quantized file runs in ONNX Runtime (CPU, all graph
+  optimisations, one thread). A cell gets the float export's own SQNR when that is below 60 dB, and
+  the quantized file's SQNR with graph optimisations at ORT_ENABLE_BASIC when that differs by more
+  than 1 dB (ONNX Runtime's extended QDQ fusions change the result).
+- torch.ao FX PTQ: ``prepare_fx`` / ``convert_fx`` with ``get_default_qconfig_mapping("x86")``
+  (HistogramObserver quint8 activations with ``reduce_range``, per-channel int8 weights), run as
+  torch's integer model; "does not trace" when ``prepare_fx`` raises.
+
+SQNR is 10 log10(|float|^2 / |quantized - float|^2) over every output element of every held-out
+batch (``harness.sqnr``). torch runs with one thread. Each model runs in a forked child that is
+killed at ``--seconds``: a tool still running then reads "timed out", the later ones "not run".
+Prints a markdown table (one row per model) and a summary per tool.
+
+    python benchmarks/zoo.py [--models a,b] [--quick] [--calib 8] [--seconds 240] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import workloads as W  # noqa: E402  (ONNX Runtime's pre-processing and quiet context, as accuracy.py uses them)
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # ahead of benchmarks/: `zoo` is tests/zoo, not this script
+from zoo import harness as H  # noqa: E402
+from zoo.models import ZOO  # noqa: E402
+
+import edgequant as eq  # noqa: E402
+
+EQ_TEMPLATES = ("int8", "int16")
+ORT_METHODS = ("MinMax", "Percentile")
+TOOLS = ("eq int8", "eq int16", "ORT MinMax", "ORT Percentile", "torch.ao")
+EQ_STAGES = ("prepare", "calibrate", "export", "convert", "run", "qdq")
+EVAL_SEED, N_EVAL = 99, 4
+QUICK_MODELS = ("resnet18_basic", "mobilenet_v3_small", "yolov8n", "unet_bilinear", "vit_b16_mha", "hf_bert",
+                "tcn", "lstm_classifier")
+OPSET = 17
+EXPORT_CHECK_DB = 60.0
+BASIC_GAP_DB = 1.0
+
+
+def why(exc: BaseException, limit: int = 110) -> str:
+    text = H.first_line(exc).replace(ROOT + os.sep, "").replace("|", "/").replace("\n", " ")
+    if not str(exc).strip() and exc.__traceback__ is not None:  # a bare `assert`: say where it is
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        text = f"{type(exc).__name__} (a bare assert) at {os.path.basename(frame.filename)}:{frame.lineno}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def outputs(fn, batches) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [t for b in batches for t in H.tensors(fn(*b))]
+
+
+def fresh(entry, example) -> torch.nn.Module:
+    """A new float model (``make_model`` is seeded: the same weights every time) after one float
+    forward, as the harness's model has run before ``prepare`` (YOLOv8's Detect caches its anchors then)."""
+    model = entry.make_model()
+    with torch.no_grad():
+        model(*example)
+    return model
+
+
+@contextlib.contextmanager
+def timed(seconds: dict, stage: str):
+    t0 = time.perf_counter()
+    yield
+    seconds[stage] = time.perf_counter() - t0
+
+
+# ---- the tools, each returning {"sqnr": dB or None, "error": why or None, "seconds": {stage: s}, ...} ----
+def edgequant(entry, key, example, calib, evals, ref, tmp) -> dict:
+    secs = {}
+    res = {"sqnr": None, "error": None, "seconds": secs, "sim_sqnr": None}
+    stage = "build"
+    try:
+        model = fresh(entry, example)
+        stage = "prepare"
+        with timed(secs, stage):
+            cm = eq.prepare(model, example, qconfig_setter=(H.TEMPLATES[key],))
+        stage = "calibrate"
+        with timed(secs, stage):
+            eq.calibrate(cm, calib)
+        stage = "simulate"
+        res["sim_sqnr"] = H.sqnr(outputs(cm, evals), ref)
+        stage = "export"
+        with timed(secs, stage):
+            ir = eq.export(cm, example)
+        stage = "convert"
+        with timed(secs, stage):
+            g = eq.convert(ir, H.MARCH)
+        stage = "run"
+        with timed(secs, stage):
+            y = outputs(g, evals)
+        res["sqnr"] = H.sqnr(y, ref)
+    except Exception as exc:  # noqa: BLE001  (a failure is a result)
+        res["error"] = f"fails at {stage}: {why(exc)}"
+        res["failed_stage"] = stage
+    if "calibrate" in secs:  # the QDQ file needs only the calibrated model
+        try:
+            with timed(secs, "qdq"):
+                eq.export_onnx(cm, os.path.join(tmp, f"eq_{key}.qdq.onnx"), example, flavour="qdq")
+        except Exception as exc:  # noqa: BLE001
+            res["qdq_error"] = why(exc)
+    return res
+
+
+def _ort_outputs(path, names, batches, level=None) -> list:
+    """``path`` in ONNX Runtime (``H.ort_session``: CPU, one thread, every graph optimisation; ``level``:
+    a lower ``GraphOptimizationLevel``) on ``batches``, all outputs of each in order."""
+    if level is None:
+        sess = H.ort_session(path)
+    else:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level, so.intra_op_num_threads = 3, 1
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    wanted = [i.name for i in sess.get_inputs()]
+    out = []
+    for b in batches:
+        out += sess.run(None, {n: x.numpy() for n, x in zip(names, b) if n in wanted})
+    return out
+
+
+def onnx_runtime(entry, example, calib, evals, ref, tmp):
+    """Yields ``(tool, result)`` for each calibration method."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    names = [f"input_{i}" for i in range(len(example))]
+    float_path = os.path.join(tmp, "float.onnx")
+    secs = {}
+    try:
+        with timed(secs, "export"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(fresh(entry, example), example, float_path, dynamo=False, opset_version=OPSET,
+                              input_names=names)
+        export_sqnr = H.sqnr(_ort_outputs(float_path, names, evals), ref)
+    except Exception as exc:  # noqa: BLE001
+        for m in ORT_METHODS:
+            yield f"ORT {m}", {"sqnr": None, "error": f"export fails: {why(exc)}", "seconds": dict(secs)}
+        return
+    note = None
+    try:
+        with timed(secs, "pre_process"):
+            pre = W.ort_preprocessed(float_path)
+    except Exception as exc:  # noqa: BLE001  (quantize the export as it is)
+        pre, note = float_path, f"without quant_pre_process, which fails: {why(exc, 80)}"
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{n: x.numpy() for n, x in zip(names, b)} for b in calib])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    for m in ORT_METHODS:
+        s = dict(secs)
+        res = {"sqnr": None, "error": None, "seconds": s, "export_sqnr": export_sqnr, "note": note}
+        out = os.path.join(tmp, f"ort_{m}.onnx")
+        try:
+            with timed(s, "quantize"), W.ort_quiet():
+                quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=getattr(CalibrationMethod, m))
+            with timed(s, "run"):
+                y = _ort_outputs(out, names, evals)
+            res["sqnr"] = H.sqnr(y, ref)
+            res["sqnr_basic"] = H.sqnr(_ort_outputs(out, names, evals, "ORT_ENABLE_BASIC"), ref)
+        except Exception as exc:  # noqa: BLE001
+            res["error"] = f"fails: {why(exc)}"
+        yield f"ORT {m}", res
+
+
+def torch_ao(entry, example, calib, evals, ref) -> dict:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    secs = {}
+    res = {"sqnr": None, "error": None, "seconds": secs}
+    try:
+        with timed(secs, "prepare_fx"):
+            prepared = prepare_fx(fresh(entry, example), get_default_qconfig_mapping("x86"), example)
+    except Exception as exc:  # noqa: BLE001
+        res["error"] = f"does not trace: {why(exc).split('. ')[0]}"
+        return res
+    stage = "calibrate"
+    try:
+        with timed(secs, stage):
+            outputs(prepared, calib)
+        stage = "convert_fx"
+        with timed(secs, stage):
+            q = convert_fx(prepared)
+        stage = "run"
+        with timed(secs, stage):
+            y = outputs(q, evals)
+        res["sqnr"] = H.sqnr([t.dequantize() if t.is_quantized else t for t in y], ref)
+    except Exception as exc:  # noqa: BLE001
+        res["error"] = f"fails at {stage}: {why(exc)}"
+    return res
+
+
+# ---- one model, in a forked child -------------------------------------------------------------------------
+def _child(name, calib_seeds, eval_seeds, conn):
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    entry = ZOO[name]
+    try:
+        example = entry.make_inputs(0)
+        calib = [entry.make_inputs(s) for s in calib_seeds]
+        evals = [entry.make_inputs(s) for s in eval_seeds]
+        ref = outputs(fresh(entry, example), evals)
+    except Exception as exc:  # noqa: BLE001
+        conn.send(("float", {"error": f"float model fails: {why(exc)}"}))
+        conn.send(("done", None))
+        return
+    with tempfile.TemporaryDirectory(prefix="edgequant-zoo-") as tmp:
+        for key in EQ_TEMPLATES:
+            conn.send(("started", f"eq {key}"))
+            conn.send((f"eq {key}", edgequant(entry, key, example, calib, evals, ref, tmp)))
+        conn.send(("started", "ORT MinMax"))
+        for tool, res in onnx_runtime(entry, example, calib, evals, ref, tmp):
+            conn.send((tool, res))
+            conn.send(("started", "ORT Percentile"))
+    conn.send(("started", "torch.ao"))
+    conn.send(("torch.ao", torch_ao(entry, example, calib, evals, ref)))
+    conn.send(("done", None))
+
+
+def run_model(name, calib_seeds, eval_seeds, limit) -> dict:
+    """Every tool on ``name`` in a forked child, killed after ``limit`` seconds."""
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(name, calib_seeds, eval_seeds, send), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    send.close()
+    results, running, stop, later = {}, None, None, ""
+    while stop is None:
+        left = t0 + limit - time.perf_counter()
+        if left <= 0:
+            stop, later = f"timed out (per-model limit {limit:.0f} s)", f"not run (per-model limit {limit:.0f} s reached)"
+        elif recv.poll(min(left, 1.0)):
+            try:
+                tool, res = recv.recv()
+            except EOFError:
+                proc.join(5)
+                stop, later = f"crashed (exit code {proc.exitcode})", "not run (the model's process crashed)"
+                continue
+            if tool == "done":
+                stop = ""
+            elif tool == "started":
+                running = res
+            else:
+                results[tool] = res
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+    recv.close()
+    if "float" in results:
+        results.update({t: {"sqnr": None, "error": results["float"]["error"]} for t in TOOLS})
+    for tool in TOOLS:
+        if tool not in results:
+            results[tool] = {"sqnr": None, "error": stop if tool == running else later}
+    return {"name": name, "family": ZOO[name].family, "seconds": time.perf_counter() - t0, "tools": results}
+
+
+# ---- the table ---------------------------------------------------------------------------------------------
+def _db(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.1f}"
+
+
+def cell(tool: str, res: dict) -> str:
+    if res.get("sqnr") is None:
+        return res["error"] or "?"
+    text = _db(res["sqnr"])
+    if res.get("qdq_error"):
+        text += f" (QDQ export fails: {res['qdq_error']})"
+    if res.get("export_sqnr") is not None and res["export_sqnr"] < EXPORT_CHECK_DB:
+        text += f" (float export {_db(res['export_sqnr'])} dB)"
+    basic = res.get("sqnr_basic")
+    if basic is not None and abs(basic - res["sqnr"]) > BASIC_GAP_DB:
+        text += f" ({_db(basic)} at ORT_ENABLE_BASIC)"
+    if res.get("note"):
+        text += f" ({res['note']})"
+    return text
+
+
+def stage_cell(res: dict) -> str:
+    secs = res.get("seconds") or {}
+    failed = res.get("failed_stage")
+    parts = []
+    for s in EQ_STAGES:
+        if s in secs:
+            parts.append(f"{secs[s]:.2f}")
+        elif s == "qdq" and res.get("qdq_error") or s == failed:
+            parts.append("fail")
+        else:
+            parts.append("-")
+    return "/".join(parts) if secs else "-"
+
+
+def table(rows) -> str:
+    head = ["model", "family", "eq int8 dB", "eq int16 dB", "ORT MinMax dB", "ORT Percentile dB", "torch.ao dB",
+            "eq int8 s (prepare/calib/export/convert/run/qdq)", "eq int16 s (same)", "all tools s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 5 + "---|---|---:|"]
+    for r in rows:
+        t = r["tools"]
+        lines.append("| " + " | ".join([r["name"], r["family"], *(cell(k, t[k]) for k in TOOLS),
+                                        stage_cell(t["eq int8"]), stage_cell(t["eq int16"]),
+                                        f"{r['seconds']:.1f}"]) + " |")
+    return "\n".join(lines)
+
+
+def summary(rows) -> str:
+    got = {k: {r["name"]: r["tools"][k]["sqnr"] for r in rows if r["tools"][k].get("sqnr") is not None}
+           for k in TOOLS}
+    n = len(rows)
+    lines = ["| tool | models handled | median dB | eq int8 minus tool, median dB (models both handle) | "
+             "eq int8 >= tool | eq int16 minus tool, median dB | eq int16 >= tool |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for k in TOOLS:
+        vals = list(got[k].values())
+        cells = [k, f"{len(vals)} of {n}", _db(statistics.median(vals)) if vals else "-"]
+        for ours in ("eq int8", "eq int16"):
+            both = [m for m in got[k] if m in got[ours]]
+            if ours == k or not both:
+                cells += ["-", "-"]
+                continue
+            diffs = [got[ours][m] - got[k][m] for m in both]
+            finite = [d for d in diffs if not math.isnan(d)]
+            cells += [_db(statistics.median(finite)) if finite else "-",
+                      f"{sum(got[ours][m] >= got[k][m] for m in both)} of {len(both)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    med = {k: (statistics.median(got[k].values()) if got[k] else float("nan")) for k in TOOLS}
+    line = ("Summary: models handled (SQNR measured) of " + str(n) + ": "
+            + ", ".join(f"{k} {len(got[k])}" for k in TOOLS) + "; median SQNR: "
+            + ", ".join(f"{k} {_db(med[k]) if got[k] else '-'} dB" for k in TOOLS) + ".")
+    return "\n".join(lines) + "\n\n" + line
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="", help="comma-separated zoo names (default: all; --quick: a subset)")
+    ap.add_argument("--quick", action="store_true", help=f"{len(QUICK_MODELS)} models, 4 calibration batches")
+    ap.add_argument("--calib", type=int, default=None, help="calibration batches (default 8; --quick 4)")
+    ap.add_argument("--seconds", type=float, default=240, help="per-model limit for all tools together")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args(argv)
+    names = args.models.split(",") if args.models else list(QUICK_MODELS if args.quick else ZOO)
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        ap.error(f"unknown models {unknown}; known: {', '.join(ZOO)}")
+    n_calib = args.calib or (4 if args.quick else 8)
+    calib_seeds = tuple(range(1, n_calib + 1))
+    eval_seeds = tuple(range(EVAL_SEED, EVAL_SEED + N_EVAL))
+    t0 = time.perf_counter()
+    rows = []
+    for i, name in enumerate(names):
+        r = run_model(name, calib_seeds, eval_seeds, args.seconds)
+        rows.append(r)
+        brief = ", ".join(f"{k} {_db(v['sqnr']) if v.get('sqnr') is not None else 'x'}" for k, v in r["tools"].items()
+                          if k in TOOLS)
+        print(f"[{time.perf_counter() - t0:6.0f} s] {i + 1}/{len(names)} {name} ({r['seconds']:.0f} s): {brief}",
+              file=sys.stderr, flush=True)
+    wall = time.perf_counter() - t0
+    print("## Model zoo: SQNR against float per toolkit, and edgequant's stage times\n")
+    print(f"{len(names)} architectures of `tests/zoo/models.py` (random weights, batch 2); every tool sees the same "
+          f"{n_calib} calibration batches (`make_inputs(1..{n_calib})`) and is scored on the same {N_EVAL} held-out "
+          f"batches (`make_inputs({eval_seeds[0]}..{eval_seeds[-1]})`): SQNR of all outputs against float, in dB. "
+          "eq: edgequant's integer model (`nash-e`), templates int8 and int16 (int8 weights, int16 activations). "
+          f"ORT: ONNX Runtime `quantize_static`, QDQ, per-channel QInt8 weights, QInt8 activations, of the "
+          f"TorchScript `torch.onnx.export` (opset {OPSET}) after `quant_pre_process`. torch.ao: FX "
+          "`prepare_fx`/`convert_fx`, `get_default_qconfig_mapping(\"x86\")`. Stage seconds: one torch thread; "
+          f"`run` is the integer model on the {N_EVAL} held-out batches. Per-model limit {args.seconds:.0f} s.\n")
+    print(table(rows) + "\n")
+    print(summary(rows) + "\n")
+    cmd = "python benchmarks/zoo.py" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "") \
+        + (f" --calib {args.calib}" if args.calib else "") + (f" --seconds {args.seconds:g}" if args.seconds != 240 else "")
+    print(f"wall time {wall / 60:.1f} min for {len(names)} models; command: `{cmd}`")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
