@@ -17,7 +17,8 @@ the ops below that the graph calls (empty when none):
   refused by name);
 - ``baddbmm(input, b1, b2, beta, alpha)`` (BLOOM's ALiBi scores): ``bmm(b1, b2) * alpha + input * beta``;
 - ``reshape_as``/``expand_as``: ``reshape``/``expand`` to the other tensor's shape; ``min``/``max``
-  of two tensors: ``minimum``/``maximum``.
+  of two tensors: ``minimum``/``maximum``; ``type_as(x, other)``: ``x.to(other.dtype)`` (a cast to
+  the same dtype is then dropped by capture; Funnel's and PointPillars' float masks).
 
 Each is exact in float (float32 rounding apart: the layer norm's sum order differs from aten's
 group norm kernel by ~1e-7 relative).
@@ -76,6 +77,7 @@ _DECOMPOSED = {
     _A.reshape_as.default: lambda x, other: x.reshape(other.shape),
     _A.expand_as.default: lambda x, other: x.expand(other.shape),
     _A.min.other: torch.minimum, _A.max.other: torch.maximum,
+    _A.type_as.default: lambda x, other: x.to(other.dtype),
 }
 
 

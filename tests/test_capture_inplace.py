@@ -157,7 +157,7 @@ class CumsumInplace(nn.Module):
 
     def forward(self, x):
         y = self.c(x)
-        y.cumsum_(1)
+        y.cumprod_(1)
         return y
 
 
@@ -165,7 +165,7 @@ def test_unsupported_inplace_op_is_refused_at_the_users_line():
     with pytest.raises(CaptureError) as err:
         eq.prepare(CumsumInplace().eval(), torch.randn(2, 3, 6, 6), qconfig_setter=(T8,))
     msg = str(err.value)
-    assert "aten.cumsum.default" in msg and "test_capture_inplace.py" in msg and "y.cumsum_(1)" in msg
+    assert "aten.cumprod.default" in msg and "test_capture_inplace.py" in msg and "y.cumprod_(1)" in msg
 
 
 # -- casts that keep the dtype ------------------------------------------------------------------------

@@ -54,8 +54,11 @@ def _pair(equation, template):
 
 def test_einsum_is_one_row_of_the_op_table():
     assert OPS["einsum"].targets == ("aten.einsum.default",) and set(OPS["einsum"].onnx) == {"aten.einsum.default"}
-    assert _einsum_plan("bhid,bhjd->bhij") == ([0, 1, 2, 3], [0, 1, 3, 2])
-    for bad in ("ii->i", "bij,bjk->bki", "ij,jk,kl->il", "...ij,...jk->...ik", "bij,bjk->bk", "ijk,jl->il"):
+    assert _einsum_plan("bhid,bhjd->bhij") == ([0, 1, 2, 3], [0, 1, 3, 2], list("bhij"))
+    # an output in another order is the product then a permute; a constant operand may broadcast (Funnel)
+    assert _einsum_plan("bij,bjk->bki") == ([0, 1, 2], [0, 1, 2], list("bik"))
+    assert _einsum_plan("binh,tnh->bnit") == ([0, 2, 1, 3], [1, 2, 0], list("bnit"))
+    for bad in ("ii->i", "ij,jk,kl->il", "...ij,...jk->...ik", "bij,bjk->bk", "ijk,jl->il", "bnih,bht->bnit"):
         assert _einsum_plan(bad) is None, bad
 
 

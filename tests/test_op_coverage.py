@@ -97,6 +97,11 @@ CASES = {
     "masked_fill": ("masked_fill", One(lambda x: x.masked_fill(x > 1, 0.0)), x4),
     "where": ("where", One(lambda a, b: torch.where(a > 0, a, b), n_inputs=2), lambda: (x4(), x4())),
     "float_functional": ("sub", One(lambda m, x: m.sub(x, 1), eq.FloatFunctional()), x4),
+    "slice_scatter": ("slice_scatter", One(lambda x: torch.slice_scatter(x, x[..., :2] * 0.5, -1, 0, 2)), x4),
+    "select_scatter": ("slice_scatter", One(lambda x: torch.select_scatter(x, x[:, 1] * 2, 1, 0)), x4),
+    "gather": ("gather", One(lambda x: torch.gather(x, -1, torch.tensor([3, 0, 5, 5]).expand(2, 4, 8, 4))), x4),
+    "cumsum": ("cumsum", One(lambda x: x.cumsum(2)), x4),
+    "atan2": ("atan2", One(lambda x: torch.atan2(x[:, :2], x[:, 2:])), x4),
 }
 
 

@@ -208,7 +208,7 @@ class _Cumsum(nn.Module):
 
     def forward(self, x):
         x = self.quant(x)
-        y = torch.cumsum(x, dim=1)
+        y = torch.cumprod(x, dim=1)
         return self.dequant(y)
 
 
@@ -216,7 +216,7 @@ def test_unsupported_op_names_op_and_source_line_and_suggests_wrap():
     with pytest.raises(eq.CaptureError) as err:
         eq.prepare(_Cumsum(), torch.randn(2, 5), qconfig_setter=(T8,))
     msg = str(err.value)
-    assert "cumsum" in msg and "test_prepare.py" in msg and "torch.cumsum(x, dim=1)" in msg and "wrap" in msg
+    assert "cumprod" in msg and "test_prepare.py" in msg and "torch.cumprod(x, dim=1)" in msg and "wrap" in msg
 
 
 class _DataDependent(nn.Module):

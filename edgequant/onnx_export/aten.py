@@ -57,6 +57,10 @@ def _binary(onnx_op):
             a, b = (c.scalar(a, b), b)
         if not isinstance(b, Ref):
             b = c.scalar(b, a)
+        floats = [t for t in (a, b) if isinstance(t, Ref) and c.dtype_of(t) in ("float32", "float64")]
+        if len(floats) == 1 and isinstance(a, Ref) and isinstance(b, Ref) and onnx_op in ("Add", "Sub", "Mul"):
+            # torch promotes an integer tensor to the float operand's dtype (DeBERTa's log buckets)
+            a, b = (t if t in floats else c.b.op("CastLike", [t, floats[0]]) for t in (a, b))
         alpha = kw.get("alpha", 1)
         if alpha != 1:
             b = c.b.op("Mul", [b, c.scalar(alpha, b)])
@@ -233,11 +237,13 @@ def to_copy(c: Ctx, out):
 
 def arange(c: Ctx, out):
     args, kw = c.args()
-    dt = (kw.get("dtype") or ("dtype", "int64"))[1]
     if len(args) == 1:
         start, end, step = 0, args[0], 1
     else:
         start, end, step = args[0], args[1], (args[2] if len(args) > 2 else 1)
+    # torch's default dtype: float32 when a bound or the step is a Python float, else int64
+    dt = (kw.get("dtype") or ("dtype", "float32" if any(isinstance(v, float) for v in (start, end, step))
+                              else "int64"))[1]
     np_dt = _NP[dt]
 
     def s(v):

@@ -393,8 +393,13 @@ def _floor_div(c: Ctx, a: str, b: str, out):
 
 
 def floor_divide(c: Ctx, out):
+    """``a // b``; a Python number on either side becomes a constant of the tensor side's dtype."""
     args, _ = c.args()
     a, b = args[0], args[1]
+    if not isinstance(a, Ref):
+        a = c.scalar(a, b)
+    if not isinstance(b, Ref):
+        b = c.scalar(b, a)
     if c.dtype_of(a) in ("float32", "float64"):
         return c.b.op("Floor", [c.b.op("Div", [a, b])], out)
     return _floor_div(c, a, b, out)
@@ -418,6 +423,14 @@ def silu(c: Ctx, out):
 def pow_scalar(c: Ctx, out):
     args, kw = c.args()
     return c.b.op("Pow", [args[0], c.scalar(arg(args, kw, 1, "exponent"), args[0])], out)
+
+
+def pow_scalar_base(c: Ctx, out):
+    """``pow.Scalar(base, exponent)``: a number raised to a tensor, ``Pow`` of a constant of the
+    exponent's dtype."""
+    args, kw = c.args()
+    e = arg(args, kw, 1, "exponent")
+    return c.b.op("Pow", [c.scalar(arg(args, kw, 0, "self"), e), e], out)
 
 
 ATEN_MORE = {
@@ -444,7 +457,7 @@ ATEN_MORE = {
     "aten.silu.default": silu, "aten.hardswish.default": _unary("HardSwish"),
     "aten.hardsigmoid.default": _unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5), "aten.erf.default": _unary("Erf"),
     "aten.pow.Tensor_Scalar": pow_scalar, "aten.cos.default": _unary("Cos"), "aten.sin.default": _unary("Sin"),
-    "aten.pow.Tensor_Tensor": _elementwise("Pow"),
+    "aten.pow.Tensor_Tensor": _elementwise("Pow"), "aten.pow.Scalar": pow_scalar_base,
     "_operator.add": _sym_operator("Add"), "_operator.sub": _sym_operator("Sub"), "_operator.mul": _sym_operator("Mul"),
     "_operator.floordiv": _sym_operator("FloorDiv"), "_operator.truediv": _sym_operator("TrueDiv"),
     "_operator.mod": _sym_operator("Mod", fmod=0), "_operator.neg": _sym_operator("Neg"),

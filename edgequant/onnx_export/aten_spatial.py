@@ -43,8 +43,33 @@ def avg_pool1d(c: Ctx, out):
                   count_include_pad=int(bool(arg(args, kw, 5, "count_include_pad", True))))
 
 
+def _adaptive_windows(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """torch's adaptive windows ``[floor(o n_in / n_out), ceil((o + 1) n_in / n_out))``."""
+    return [((o * n_in) // n_out, -((-(o + 1) * n_in) // n_out)) for o in range(n_out)]
+
+
+def _per_window(c: Ctx, x: str, axes: list[int], n_in: list[int], sizes: list[int], out):
+    """Adaptive average pooling as one ``ReduceMean`` per window and dim: ``Slice`` each window,
+    reduce it with ``keepdims``, ``Concat`` the windows; dim after dim (an average over a rectangle
+    is the average of its row averages: torch's divisor is the product of the windows' sizes). The
+    first dim's slices are moved copies of the input: the QDQ flavour puts them back on its grid."""
+    y = x
+    for i, (d, n, s) in enumerate(zip(axes, n_in, sizes)):
+        last = i == len(axes) - 1
+        if n == s:
+            y = c.b.op("Identity", [y], out) if last else y
+            continue
+        parts = []
+        for a, e in _adaptive_windows(n, s):
+            sl = c.b.op("Slice", [y, c.b.i64([a]), c.b.i64([e]), c.b.i64([d])])
+            parts.append(c.b.op("ReduceMean", [c.on_grid(sl, 0) if y == x else sl, c.b.i64([d])], keepdims=1))
+        y = c.b.op("Concat", parts, out if last else 1, axis=d)
+    return y
+
+
 def adaptive_avg_pool(c: Ctx, out):
-    """To 1 (``GlobalAveragePool``) or to a size dividing the input's (one fixed window, ``AveragePool``)."""
+    """To 1 (``GlobalAveragePool``), to a size dividing the input's (one fixed window, ``AveragePool``),
+    else one ``ReduceMean`` per window (``_per_window``; float values, the QDQ flavour)."""
     args, _ = c.args()
     x = args[0]
     k = 1 if c.node.attrs["target"].startswith("aten.adaptive_avg_pool1d") else 2
@@ -53,11 +78,47 @@ def adaptive_avg_pool(c: Ctx, out):
         return c.b.op("GlobalAveragePool", [x], out)
     r = c.rank_of(x)
     n_in = c.static_dims(x, list(range(r - k, r)), "adaptive average pooling")
-    if any(s <= 0 or n % s for n, s in zip(n_in, sizes)):
-        raise c.fail(f"adaptive average pooling from {n_in} to {sizes} has windows of different sizes; "
-                     "ONNX AveragePool takes one window (use sizes that divide the input's)")
+    if any(s <= 0 for s in sizes):
+        raise c.fail(f"adaptive average pooling to {sizes}: sizes must be positive")
+    if any(n % s for n, s in zip(n_in, sizes)):
+        return _per_window(c, x, list(range(r - k, r)), n_in, sizes, out)
     win = [n // s for n, s in zip(n_in, sizes)]
     return c.b.op("AveragePool", [x], out, kernel_shape=win, strides=win)
+
+
+def adaptive_max_pool(c: Ctx, out):
+    """``adaptive_max_pool2d``: per window (torch's windows) a ``Slice`` (a moved copy, put back on the
+    input's grid in the QDQ flavour), ``ReduceMax``; and, when the graph names the indices output,
+    ``ArgMax`` of the flattened window (the first maximum, as torch's kernel) mapped to the flat
+    ``h * W + w`` torch returns. Exact on a float carrier of the codes (the integer flavour's
+    ``max_pool`` form) as on float values."""
+    args, _ = c.args()
+    x = args[0]
+    sizes = [int(s) for s in as_list(args[1], 2)]
+    r = c.rank_of(x)
+    (n_h, n_w) = c.static_dims(x, [r - 2, r - 1], "adaptive max pooling")
+    with_idx = len(out) > 1 and bool(out[1])
+    rows_v, rows_i = [], []
+    for a, e in _adaptive_windows(n_h, sizes[0]):
+        vals, idxs = [], []
+        for b0, f in _adaptive_windows(n_w, sizes[1]):
+            sl = c.on_grid(c.b.op("Slice", [x, c.b.i64([a, b0]), c.b.i64([e, f]), c.b.i64([r - 2, r - 1])]), 0)
+            vals.append(c.b.op("ReduceMax", [sl, c.b.i64([r - 2, r - 1])], keepdims=1))
+            if with_idx:
+                flat = c.on_grid(c.b.op("Reshape", [sl, c.b.i64([0] * (r - 2) + [-1])]), 0)
+                li = c.b.op("ArgMax", [flat], axis=-1, keepdims=1)
+                wf = c.b.i64(f - b0)
+                h = c.b.op("Add", [c.b.op("Div", [li, wf]), c.b.i64(a)])
+                w = c.b.op("Add", [c.b.op("Mod", [li, wf]), c.b.i64(b0)])
+                g = c.b.op("Add", [c.b.op("Mul", [h, c.b.i64(n_w)]), w])
+                idxs.append(c.b.op("Unsqueeze", [g, c.b.i64([-1])]))
+        rows_v.append(c.b.op("Concat", vals, axis=r - 1))
+        if with_idx:
+            rows_i.append(c.b.op("Concat", idxs, axis=r - 1))
+    y = c.b.op("Concat", rows_v, out[:1], axis=r - 2)
+    if with_idx:
+        c.b.op("Concat", rows_i, out[1:2], axis=r - 2)
+    return y
 
 
 # -- resizing -----------------------------------------------------------------------------------------
@@ -156,7 +217,7 @@ ATEN_SPATIAL = {
     "aten.mean.dim": _reduce("ReduceMean"), "aten.mean.default": _reduce("ReduceMean"),
     "aten.sum.dim_IntList": _reduce("ReduceSum"), "aten.sum.default": _reduce("ReduceSum"),
     "aten.avg_pool1d.default": avg_pool1d, "aten.adaptive_avg_pool1d.default": adaptive_avg_pool,
-    "aten.adaptive_avg_pool2d.default": adaptive_avg_pool,
+    "aten.adaptive_avg_pool2d.default": adaptive_avg_pool, "aten.adaptive_max_pool2d.default": adaptive_max_pool,
     "aten.upsample_nearest1d.vec": upsample_nearest, "aten.upsample_nearest2d.vec": upsample_nearest,
     "aten.upsample_bilinear2d.vec": upsample_bilinear, "aten.conv_transpose2d.input": conv_transpose,
     "aten.batch_norm.default": batch_norm, "aten._native_batch_norm_legit_no_training.default": batch_norm,

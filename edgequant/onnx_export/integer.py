@@ -19,8 +19,10 @@ by its ``attrs["kernel"]`` when it has one, else by the writer of its op row's i
   and columns times fixed-point weights), ``grid_sample`` (``grid_sample.py``: gathered taps times
   fixed-point weights), ``interval`` and ``compare2`` (comparisons), embeddings
   (``Gather``) and table ops (``tables``): the kernels' int64 arithmetic op by op;
-- ``rescale_call`` (cat, stack, where, maximum, minimum, clamp with tensor bounds): each input's
-  ``affine`` rescale, then the recorded call on the codes (``aten_more``);
+- ``rescale_call`` (cat, stack, where, maximum, minimum, clamp with tensor bounds, slice writes,
+  index_put): each input's ``affine`` rescale, then the recorded call on the codes (``aten_more``,
+  ``ops/scatter.py``); ``scatter_add`` (index_put with accumulate): the recorded call on int64 terms,
+  one rounding; ``running_sum`` (cumsum): ``CumSum`` then (A7); ``angle`` (atan2: ``atan2.py``);
 - max pooling on a float carrier (exact: it only compares codes), shape and index ops through
   ``aten.translate``.
 
@@ -42,6 +44,7 @@ from . import aten, tables
 from .builder import Builder
 from .custom_ops import conv_accumulate
 from .errors import translate_nodes, unsupported
+from .atan2 import write_atan2
 from .grid_sample import write_grid_sample
 from .integer_types import storage_elem, storage_name, storage_np
 from .intmath import along, requantize, rounding_shift, saturate_cast, to_i64
@@ -179,8 +182,8 @@ def k_max_pool(w: IntWriter, node: Node, ins, out) -> None:
     shapes = [tuple(w.g.values[node.inputs[0]].shape)]
     raw = b.fresh(f"{out[0]}.carrier")
     aten.translate(aten.Ctx(b, node, [carrier], ["float64" if wide else "float32"], [len(shapes[0])], FLAVOUR,
-                            shapes, [tuple(w.g.values[o].shape) for o in node.outputs]), [raw])
-    b.op("Cast", [raw], out, to=storage_elem(w.g.values[out[0]].dtype))
+                            shapes, [tuple(w.g.values[o].shape) for o in node.outputs]), [raw] + out[1:])
+    b.op("Cast", [raw], out[:1], to=storage_elem(w.g.values[out[0]].dtype))   # out[1:]: indices, int64
 
 
 # -- conv / linear / matmul -----------------------------------------------------------------------------
@@ -331,6 +334,22 @@ def k_rescale_call(w: IntWriter, node: Node, ins, out) -> None:
                             [tuple(g.values[o].shape) for o in node.outputs]), out)
 
 
+def k_scatter_add(w: IntWriter, node: Node, ins, out) -> None:
+    """``scatter.k_scatter_add``: the canvas and the values as int64 terms, the recorded
+    ``index_put(accumulate=True)`` on them (``ScatterND``, reduction add: exact), one rounding."""
+    a, g = node.attrs, w.g
+    kc, kv = a["args"][0]["$in"], a["args"][2]["$in"]
+    xs, dtypes = list(ins), [storage_name(g.values[i].dtype) if i is not None else None for i in node.inputs]
+    for k, zp, m in ((kc, a["zp"][0], a["m"][0]), (kv, a["zp"][1], a["m"][1])):
+        xs[k], dtypes[k] = w.b.op("Mul", [to_i64(w.b, ins[k], zp), w.b.i64(m)]), "int64"
+    shapes = [tuple(g.values[i].shape) if i is not None else () for i in node.inputs]
+    acc = w.b.fresh(f"{out[0]}.acc")
+    aten.translate(aten.Ctx(w.b, node, xs, dtypes, [len(s) for s in shapes], FLAVOUR, shapes,
+                            [tuple(g.values[o].shape) for o in node.outputs]), [acc])
+    y = rounding_shift(w.b, acc, np.asarray(a["shift"], np.int64))
+    w.out_cast(node, w.b.op("Add", [y, w.b.i64(a["out_zp"])]), out, a["lo"], a["hi"])
+
+
 def k_interval(w: IntWriter, node: Node, ins, out) -> None:
     """A comparison with a number: ``lo <= q <= hi`` (negated for ``ne``), thresholds from convert."""
     b, a = w.b, node.attrs
@@ -402,6 +421,13 @@ def k_reduce_sum(w: IntWriter, node: Node, ins, out) -> None:
     w.out_cast(node, requantize(b, v, a["m0"], a["shift"], a["out_zp"]), out, a["lo"], a["hi"])
 
 
+def k_cumsum(w: IntWriter, node: Node, ins, out) -> None:
+    """``pool_reduce.k_cumsum``: ``CumSum`` of ``q - z`` in int64, then (A7)."""
+    b, a = w.b, node.attrs
+    v = b.op("CumSum", [to_i64(b, ins[0], a["zp"]), b.i64(a["dim"])])
+    w.out_cast(node, requantize(b, v, a["m0"], a["shift"], a["out_zp"]), out, a["lo"], a["hi"])
+
+
 @form("embedding")
 def k_embedding(w: IntWriter, node: Node, ins, out) -> None:
     b, a = w.b, node.attrs
@@ -424,8 +450,9 @@ def k_lut(w: IntWriter, node: Node, ins, out) -> None:
 
 
 _KERNELS = {"affine": k_affine, "product": k_product, "window_sum": k_window_sum, "reduce_sum": k_reduce_sum,
-            "rescale_call": k_rescale_call, "interval": k_interval, "compare2": k_compare2, "bilinear": k_bilinear,
-            "grid_sample": write_grid_sample}
+            "running_sum": k_cumsum, "rescale_call": k_rescale_call, "scatter_add": k_scatter_add,
+            "interval": k_interval, "compare2": k_compare2, "bilinear": k_bilinear,
+            "grid_sample": write_grid_sample, "angle": write_atan2}
 
 
 def build(g: Graph):

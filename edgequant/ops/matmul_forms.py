@@ -7,9 +7,12 @@ Stage: ``convert`` (the rows' ``lower``); the int-level nodes they write are ``l
 - ``addmm(bias, x, w)`` with a constant ``w`` of shape ``(in, out)`` (GPT-2's ``Conv1D``): the
   weight is fake-quantized per output column (``weight_ch_axis=1``) and lowers as a ``linear``
   with ``w.T``; ``beta``/``alpha`` other than 1 are refused. ONNX (QDQ): ``Gemm``.
-- ``einsum`` of two activations that is a batched matrix product (``"bhid,bhjd->bhij"``): its
-  operands are permuted to ``(batch..., i, k)`` and ``(batch..., k, j)`` and it lowers as
-  ``matmul``; any other equation is refused by node name. ONNX (QDQ): ``Einsum``.
+- ``einsum`` that is a batched matrix product (``"bhid,bhjd->bhij"``; Funnel's ``"binh,tnh->bnit"``
+  with a constant broadcast operand, ``"bnij,bjnd->bind"``): its operands are permuted to
+  ``(batch..., i, k)`` and ``(batch..., k, j)`` (a per-tensor quantized constant at convert time; an
+  operand without leading batch letters broadcasts), it lowers as ``matmul`` and a ``permute``
+  (codes moved) puts the product in the equation's output order; any other equation is refused by
+  node name. ONNX (QDQ): ``Einsum``.
 """
 from __future__ import annotations
 
@@ -61,9 +64,12 @@ def lower_addmm(ctx, node: Node) -> None:
 
 
 def _einsum_plan(eq: str):
-    """``(perm_a, perm_b)`` that make ``einsum(eq, a, b)`` the batched ``matmul(a', b')`` with
-    ``a' = (batch..., i, k)``, ``b' = (batch..., k, j)`` and the output ``(batch..., i, j)`` as ``eq``
-    writes it; None when ``eq`` is not such a product (one row, column and contracted letter)."""
+    """``(perm_a, perm_b, mm_order)`` that make ``einsum(eq, a, b)`` the batched ``matmul(a', b')`` with
+    ``a' = (batch_a..., i, k)``, ``b' = (batch_b..., k, j)`` (an operand without some leading batch
+    letters broadcasts over them, as ``matmul`` does) and the output ``(batch..., i, j)``, ``mm_order``
+    its letters (a permute to ``eq``'s output order follows when they differ); the row ``i`` and the
+    column ``j`` are the last output letters of one operand only. None when ``eq`` is not such a
+    product (one row, column and contracted letter)."""
     if not isinstance(eq, str) or "." in eq or "->" not in eq:
         return None
     ins, out = eq.replace(" ", "").split("->")
@@ -74,28 +80,44 @@ def _einsum_plan(eq: str):
     if any(len(set(t)) != len(t) for t in (a, b, out)):
         return None
     sa, sb, so = set(a), set(b), set(out)
-    i, j, k = sorted((sa & so) - sb), sorted((sb & so) - sa), sorted((sa & sb) - so)
-    batch = [c for c in out if c in sa and c in sb]
-    if len(i) != 1 or len(j) != 1 or len(k) != 1 or (sa | sb) != so | set(k) or out != "".join(batch) + i[0] + j[0]:
+    only_a, only_b = [c for c in out if c in sa and c not in sb], [c for c in out if c in sb and c not in sa]
+    k = sorted((sa & sb) - so)
+    if not only_a or not only_b or len(k) != 1 or (sa | sb) != so | set(k):
         return None
-    return [a.index(c) for c in batch + i + k], [b.index(c) for c in batch + k + j]
+    i, j = only_a[-1], only_b[-1]
+    batch = [c for c in out if c not in (i, j)]
+    batch_a, batch_b = [c for c in batch if c in sa], [c for c in batch if c in sb]
+    if batch_a != batch[len(batch) - len(batch_a):] or batch_b != batch[len(batch) - len(batch_b):]:
+        return None                   # a missing batch letter that is not leading: matmul cannot broadcast it
+    return [a.index(c) for c in batch_a + [i] + k], [b.index(c) for c in batch_b + k + [j]], batch + [i, j]
 
 
 def lower_einsum(ctx, node: Node) -> None:
-    """``einsum`` of two activations that is a batched matrix product (``"bhid,bhjd->bhij"``): the
-    operands are permuted (int-level ``permute`` nodes, codes moved) and the product lowers as
-    ``matmul``; any other equation is refused by node name."""
+    """``einsum`` that is a batched matrix product (``"bhid,bhjd->bhij"``, ``"binh,tnh->bnit"``): the
+    operands are permuted (int-level ``permute`` nodes, codes moved; a quantized constant operand is
+    permuted at convert time), the product lowers as ``matmul`` and a ``permute`` puts its output in
+    the equation's order; any other equation is refused by node name."""
     eq = arg(node, 0, "equation")
     plan = _einsum_plan(eq)
     ops_ = arg(node, 1, "tensors")
     if plan is None or not isinstance(ops_, list) or len(ops_) != 2 or not all(isinstance(o, dict) for o in ops_):
         raise ctx.error(node, f"einsum {eq!r} is not a product of two tensors with one row, one column and one "
-                              "contracted index (after batch indices, in the output's order); it has no integer form")
+                              "contracted index; it has no integer form")
+    values, constants = dict(ctx.q.values), dict(ctx.q.constants)
     names = []
     for which, o, perm in (("a", ops_[0], plan[0]), ("b", ops_[1], plan[1])):
         name = node.inputs[o["$in"]]
         if name in ctx.q.constants:
-            raise ctx.error(node, "einsum with a constant operand has no integer form here; use a linear or matmul")
+            v = ctx.q.values[name]
+            if v.qparams is None or (v.qparams.ch_axis is not None and len(v.qparams.scale) > 1):
+                raise ctx.error(node, f"its constant operand {name!r} is not quantized per tensor")
+            if perm != list(range(len(perm))):
+                moved = _fresh(ctx, f"{name}.{node.name}")
+                constants[moved] = ctx.q.constants[name].permute(perm).contiguous()
+                values[moved] = Value(moved, tuple(v.shape[p] for p in perm), v.dtype, v.qparams)
+                name = moved
+            names.append(name)
+            continue
         qp = _activation_qparams(ctx, node, name)
         if perm != list(range(len(perm))):
             moved = _fresh(ctx, f"{node.name}.{which}")
@@ -105,9 +127,24 @@ def lower_einsum(ctx, node: Node) -> None:
                                                                 "args": [{"$in": 0}, perm], "kwargs": {}}, node.source))
             name = moved
         names.append(name)
+    out_letters = eq.replace(" ", "").split("->")[1]
+    back = [plan[2].index(c) for c in out_letters]
+    out = node.outputs[0]
+    mm = out
+    if back != list(range(len(back))):
+        ov = ctx.q.values[out]
+        if ov.qparams is None:
+            raise ctx.error(node, f"einsum {eq!r} needs its output permuted, which takes a quantized output")
+        mm = _fresh(ctx, f"{node.name}.product")
+        values[mm] = Value(mm, tuple(ov.shape[out_letters.index(c)] for c in plan[2]), ov.dtype, ov.qparams)
+    q2 = Graph(ctx.q.level, ctx.q.inputs, ctx.q.outputs, values, ctx.q.nodes, constants, ctx.q.meta)
     attrs = {k: v for k, v in node.attrs.items() if k not in ("target", "args", "kwargs")}
-    lower_matmul(ctx, Node(node.name, "matmul", tuple(names), node.outputs, {
+    lower_matmul(replace(ctx, q=q2), Node(node.name, "matmul", tuple(names), (mm,) + tuple(node.outputs[1:]), {
         **attrs, "target": "aten.matmul.default", "args": [{"$in": 0}, {"$in": 1}], "kwargs": {}}, node.source))
+    if mm != out:
+        ctx.emit(Node(f"{node.name}.permute", "permute", (mm,), (out,), {
+            "target": "aten.permute.default", "args": [{"$in": 0}, back], "kwargs": {}}, node.source))
+        ctx.set_value(out, ctx.values[mm].dtype, ctx.values[mm].qparams)
 
 
 def onnx_einsum(c, outs):

@@ -25,6 +25,7 @@ from ..lut.kernel import lut_apply
 from ..lut.params import n_extra, unpack
 from ..qmath import dequantize, quantize
 from .call import call_target
+from .operands import operand
 from .spec import OpSpec
 
 
@@ -79,8 +80,10 @@ def lower_lut(ctx, node: Node) -> None:
     nq, ne = lut["n_quant"], n_extra(lut)
     qins = list(node.inputs[:nq])
     extras = list(node.inputs[len(node.inputs) - ne:])
-    for i in qins:
-        if ctx.qparams(i) is None:
+    for k, i in enumerate(qins):
+        if i in ctx.q.constants and ctx.q.values[i].qparams is not None:
+            operand(ctx, node, {"$in": k})    # a quantized constant (DeBERTa's 0-d divisor): its codes, once
+        elif ctx.qparams(i) is None:
             raise ctx.error(node, f"its input {i!r} is not quantized")
     for e in extras:
         ctx.add_const(e, ctx.q.constants[e])

@@ -9,6 +9,7 @@ kernels are integer only (int64), with qmath's half-to-even rounding.
 | max_pool, adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
 | avg_pool, adaptive avg_pool | exact window sums of ``q - z`` (prefix sums, int64), then (A7) with a multiplier per output position ``s_in / (count * s_out)`` (count: torch's divisor, incl. ``count_include_pad``, ``divisor_override``, clipped windows) | <= 1 |
 | mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
+| cumsum | running sums of ``q - z`` in int64 (exact), then (A7) with ``s_in / s_out`` | <= 1 |
 | bilinear (align_corners either way) | fixed-point weights, two roundings (below) | <= 1 |
 
 A 1-LSB difference happens only at (or within ~2^-20 LSB of) a rounding tie, which averages
@@ -175,6 +176,35 @@ def k_reduce_sum(g, node: Node, args):
     return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
 
 
+# == cumsum ===============================================================================================
+def lower_cumsum(ctx, node: Node) -> None:
+    """``cumsum(x, dim)``: exact int64 running sums of ``q - z``, then one (A7) with ``s_in / s_out``."""
+    x = _input(ctx, node)
+    out, qp, lo, hi, act = output_grid(ctx, node)
+    shape = ctx.value(x.name).shape
+    dim = int(arg(node, 1, "dim")) % max(len(shape), 1)
+    n = _static(ctx, node, shape, [dim])[0] if shape else 1
+    bits = requant_bits(ctx, node, x.bound * max(n, 1), qp.dtype, spare=2)
+    m0, sh = _mult(ctx, node, x.qp.scale[0] / qp.scale[0], bits)
+    attrs = {"kernel": "running_sum", "dim": dim, "zp": x.qp.zero_point[0], "m0": m0, "shift": sh,
+             "out_zp": qp.zero_point[0], "lo": lo, "hi": hi, "out_dtype": qp.dtype}
+    emit_op(ctx, node, [x.name], out, attrs, qp, act)
+
+
+def k_cumsum(g, node: Node, args):
+    a = node.attrs
+    v = (args[0].to(torch.int64) - a["zp"]).cumsum(a["dim"])
+    y = multiply_by_quantized_multiplier(v, a["m0"], a["shift"]) + a["out_zp"]
+    return saturate(y.clamp(a["lo"], a["hi"]), a["out_dtype"])
+
+
+def onnx_cumsum(c, outs):
+    """``cumsum(x, dim)`` of float values (the QDQ flavour): ``CumSum``."""
+    args, kw = c.args()
+    dim = args[1] if len(args) > 1 else kw.get("dim")
+    return c.b.op("CumSum", [args[0], c.b.i64(int(dim))], outs)
+
+
 # == bilinear =============================================================================================
 def _linear_taps(n_in: int, n_out: int, align: bool, scale):
     """torch's CPU ``compute_source_index_and_lambda`` in float32: ``(i0, i1, lambda1)``."""
@@ -250,6 +280,7 @@ _GRID_ATTRS = {"out_zp": "int", "lo": "int", "hi": "int", "out_dtype": "qdtype"}
 _AVG_POOL_ATTRS = {"kernel": ("window_sum",), "starts": "windows", "ends": "windows", "zp": "int", **_GRID_ATTRS}
 _REDUCE_SUM_ATTRS = {"kernel": ("reduce_sum",), "dims": "dims", "keepdim": "bool", "zp": "int", "m0": "int",
                      "shift": "shift", **_GRID_ATTRS}
+_CUMSUM_ATTRS = {"kernel": ("running_sum",), "dim": "dim", "zp": "int", "m0": "int", "shift": "shift", **_GRID_ATTRS}
 _BILINEAR_ATTRS = {"kernel": ("bilinear",), "taps": "taps", "drop": "right shift", "zp": "int", "m0": "int",
                    "shift": "shift", **_GRID_ATTRS}
 _ZP = dict(int_zero_points=(("zp", 0),))
@@ -267,6 +298,8 @@ SPECS = [
            int_attrs=_REDUCE_SUM_ATTRS, int_inputs=("x",), **_ZP),
     OpSpec("sum", ("aten.sum.dim_IntList", "aten.sum.default"), lower=lower_reduce, kernel=k_reduce_sum,
            int_attrs=_REDUCE_SUM_ATTRS, int_inputs=("x",), **_ZP),
+    OpSpec("cumsum", ("aten.cumsum.default",), lower=lower_cumsum, kernel=k_cumsum, int_attrs=_CUMSUM_ATTRS,
+           int_inputs=("x",), onnx={"aten.cumsum.default": onnx_cumsum}, **_ZP),
     OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec"), rule="shared",
            lower=lower_move, kernel=k_carrier),
     OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",), lower=lower_bilinear, kernel=k_bilinear,
