@@ -20,8 +20,10 @@ must be traced again (``ep.run_decompositions(table)``, a second or two) and wit
 An empty table still functionalizes; ops outside the table are kept. On the ``GraphModule``
 then: ``drop_noops`` (eval-mode dropout, aliasing ops, casts that keep the dtype, write-backs
 into inputs, empty 1-D ``cat`` inputs), ``batch_norm_as_one_node`` (the retrace's two-node
-batch norm back to one node) and ``fold_made_constants`` (tensors built from constants alone,
-such as Swin's window mask, become buffers) and ``expand_dynamic_fills`` (a one-value fill whose
+batch norm back to one node) and ``fold_made_constants`` (float or integer tensors built from
+factory ops, buffers and constants alone, such as Swin's window mask or BEiT's relative position
+index, become buffers; values computed from parameters stay, for QAT, until export evaluates
+them: ``param_subgraphs``) and ``expand_dynamic_fills`` (a one-value fill whose
 shape follows the batch, ``y.new_ones(y.shape)``, becomes a one-element buffer expanded to it).
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from torch import fx
 
 from .capture_decomp import decomp_table
+from .param_subgraphs import pure, static_tensors
 
 
 def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
@@ -244,22 +247,26 @@ def _static(node: fx.Node) -> bool:
 
 
 def fold_made_constants(gm: fx.GraphModule) -> None:
-    """Replace float tensors that the forward builds from constants alone (Swin's shifted-window
-    mask: ``x.new_zeros(H, W)``, then slice assignments of numbers) by a buffer holding their
-    value: they depend on no input value (``new_zeros`` only reads its input's dtype), so they
-    are constants, not ops to quantize. Only subgraphs that start at such a made tensor and have
-    static shapes are folded (weights and their transforms stay as they are)."""
-    made: dict[fx.Node, bool] = {}   # node -> value known at capture; True where a made tensor feeds it
+    """Replace tensors that the forward builds from constants alone by a buffer holding their
+    value, float or integer: subgraphs whose inputs are factory ops (``torch.zeros``, ``arange``,
+    ``full``, ``linspace``; ``x.new_zeros(H, W)`` and ``zeros_like``, which read only their
+    input's dtype and shape), buffers and lifted constant tensors (Swin's shifted-window mask,
+    BEiT's relative position index built by slice assignments, a sin-cos embedding's
+    ``10000 ** omega``). They depend on no input value, so they are constants, not ops to quantize.
+    Only pure ops with static shapes fold; values computed from trainable parameters stay (QAT
+    trains them; export evaluates them: ``param_subgraphs``), and so do buffers the forward writes."""
+    params = {id(p) for p in gm.parameters()}
+    known: set[fx.Node] = set()   # value known at capture
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            made[node] = False
-        elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and _static(node) \
-                and not node.target._schema.is_mutable and torch.Tag.nondeterministic_seeded not in node.target.tags:
-            if node.target in _SHAPE_ONLY:
-                if all(a in made for a in node.all_input_nodes[1:]):
-                    made[node] = True
-            elif node.all_input_nodes and all(a in made for a in node.all_input_nodes):
-                made[node] = any(made[a] for a in node.all_input_nodes)
+            v = _get_attr(gm, node.target)
+            if isinstance(v, torch.Tensor) and id(v) not in params and not any(
+                    isinstance(u.target, torch._ops.OpOverload) and u.target._schema.is_mutable for u in node.users):
+                known.add(node)
+        elif pure(node) and static_tensors(node.meta.get("val")):
+            shape_only = node.target in _SHAPE_ONLY   # reads its first input's dtype and shape only
+            if all(a in known or (shape_only and a is node.args[0]) for a in node.all_input_nodes):
+                known.add(node)
     env: dict[fx.Node, object] = {}
 
     def value(n: fx.Node):
@@ -269,7 +276,8 @@ def fold_made_constants(gm: fx.GraphModule) -> None:
             elif n.target in _SHAPE_ONLY:
                 fill = _SHAPE_ONLY[n.target]
                 fill = n.args[-1] if fill is None else fill
-                env[n] = torch.full(tuple(n.meta["val"].shape), fill, dtype=n.meta["val"].dtype)
+                val = n.meta["val"]
+                env[n] = torch.full(tuple(val.shape), fill, dtype=val.dtype, device=val.device)
             else:
                 args, kwargs = fx.map_arg((n.args, n.kwargs), value)
                 env[n] = n.target(*args, **kwargs)
@@ -277,7 +285,8 @@ def fold_made_constants(gm: fx.GraphModule) -> None:
 
     k = 0
     for node in list(gm.graph.nodes):
-        if not made.get(node) or not node.meta["val"].is_floating_point() or all(made.get(u) for u in node.users):
+        if node not in known or node.op != "call_function" or not isinstance(node.meta.get("val"), torch.Tensor) \
+                or all(u in known for u in node.users):
             continue
         while hasattr(gm, f"eq_const_{k}"):
             k += 1

@@ -102,6 +102,7 @@ def lower_quantize(ctx: LowerCtx, node: Node) -> None:
             ctx.emit(Node(node.name, "rescale", node.inputs, node.outputs,
                           rescale_attrs(ctx, node.inputs[0], node.outputs[0]), node.source))
         return
+    ctx.copy_const(node.inputs[0])   # a value export evaluated from parameters (param_subgraphs) is a constant
     ctx.emit(Node(node.name, "quantize", node.inputs, node.outputs, {}, node.source))
 
 

@@ -1940,3 +1940,5 @@ def _register_hf():
 
 
 _register_hf()
+
+from zoo import models_extra  # noqa: E402,F401

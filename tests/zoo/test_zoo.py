@@ -17,6 +17,18 @@ from zoo.harness import TEMPLATES, acceptance, run_case
 from zoo.models import ZOO
 
 KNOWN_FAILURES = {
+    ('lss_cumsum_scatter', 'int8'):
+        "export: IRCheckError: aten._assert_scalar: x[kept] with a constant boolean mask buffer traces to a "
+        "data-dependent size (torch.export's unbacked symbol)",
+    ('lss_cumsum_scatter', 'int16'):
+        "export: IRCheckError: aten._assert_scalar: x[kept] with a constant boolean mask buffer traces to a "
+        "data-dependent size (torch.export's unbacked symbol)",
+    ('pointpillars_pfn_scatter', 'int8'):
+        "prepare: CaptureError: could not trace the model at models_extra.py: for batch_idx in range(batch_size): "
+        "a tensor's value decides the Python code that runs (.item() on the voxel coordinates)",
+    ('pointpillars_pfn_scatter', 'int16'):
+        "prepare: CaptureError: could not trace the model at models_extra.py: for batch_idx in range(batch_size): "
+        "a tensor's value decides the Python code that runs (.item() on the voxel coordinates)",
 }
 
 
