@@ -31,6 +31,13 @@ every step's sync).
 
 Weight fake-quants are not synced: their qparams come from the current weights, which are
 identical on all ranks (same initial model; DDP keeps them identical).
+
+BatchNorm kept for QAT (a model prepared in train mode, ``edgequant.qat_bn``): gamma and beta are
+parameters used in every forward, so DDP averages their gradients and needs no
+``find_unused_parameters``; each rank normalises by its own batch statistics and DDP's
+``broadcast_buffers`` gives every rank rank 0's running statistics at each forward, as for
+``nn.BatchNorm`` under DDP (no SyncBatchNorm). After ``freeze_bn`` the running statistics are equal
+on all ranks and fixed, so the folded weights and their qparams are identical again.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ Takes a captured ``GraphModule`` (see ``capture``); returns it changed in place:
    ``weighted``) whose only user is an eval-mode batch norm gets the norm folded into its
    weight and bias (``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``,
    per output channel) and the batch-norm node disappears. The user's model is not touched: capture
-   traced a copy.
+   traced a copy. (For a model in train mode prepared with a QAT template, ``prepare`` first hands
+   conv1d/conv2d/linear + BN pairs to ``qat_bn.keep_batch_norms``, which keeps them training.)
 2. ``mark_fusions``: sets ``node.meta["eq_fused_into"]`` on every op whose output is consumed
    only by the next op of its group, so that output gets no fake-quant and stays at
    accumulator precision: an op whose row has ``fuse_activation`` (conv/linear/matmul/add)
@@ -80,15 +81,15 @@ def fold_batch_norms(gm: fx.GraphModule) -> int:
         if mean is None or var is None:
             continue
         c = var.numel()
-        gamma = gamma if gamma is not None else torch.ones(c)
-        beta = beta if beta is not None else torch.zeros(c)
+        gamma = gamma if gamma is not None else torch.ones(c, device=var.device)
+        beta = beta if beta is not None else torch.zeros(c, device=var.device)
         factor = (gamma / torch.sqrt(var + eps)).detach()
         shape = [1] * w.dim()
         shape[spec.weight_ch_axis] = -1
         if spec.transposed and w.shape[1] != c:  # grouped transpose: (in, out/g, ...)
             continue
         new_w = w.detach() * factor.reshape(shape)
-        new_b = ((b.detach() if b is not None else torch.zeros(c)) - mean) * factor + beta.detach()
+        new_b = ((b.detach() if b is not None else torch.zeros(c, device=var.device)) - mean) * factor + beta.detach()
         _set_param(gm, w_node.target, new_w)
         if b_node is None:
             b_target = w_node.target.rpartition(".")[0] + ".eq_folded_bias" if "." in w_node.target \

@@ -7,8 +7,10 @@
 Uses nccl and one GPU per process when CUDA is present, gloo on CPU otherwise. Each rank
 calibrates its share of the batches; leaving CALIBRATION synchronises the observers
 (edgequant/collectives.py), so every rank freezes bitwise identical qparams. QAT then runs
-under DDP: gradients (weights, learnable scales) are averaged by DDP, moving-average observers
-are synchronised in every forward. Rank 0 saves the checkpoint, every rank loads it with
+under DDP: gradients (weights, BatchNorm's gamma and beta, learnable scales) are averaged by DDP,
+moving-average observers are synchronised in every forward. The model is prepared in train mode,
+so each conv + BatchNorm pair stays a unit whose BN keeps learning (``edgequant.qat_bn``): every
+parameter gets a gradient and DDP needs no ``find_unused_parameters``. Rank 0 saves the checkpoint, every rank loads it with
 ``weights_only=True``. Data: random images (no download); swap in a DistributedSampler.
 """
 from __future__ import annotations
@@ -56,7 +58,7 @@ def main():
         torch.cuda.set_device(device)
 
     torch.manual_seed(0)  # same float model on every rank
-    model = Net().eval()
+    model = Net()  # train mode: prepare with a QAT template keeps BatchNorm training (eval mode folds it)
     g = torch.Generator().manual_seed(1000 + rank)  # each rank its own data
     batches = [torch.randn(args.batch, 1, 16, 16, generator=g) for _ in range(4)]
     labels = [torch.randint(0, 10, (args.batch,), generator=g) for _ in range(args.steps)]
@@ -71,13 +73,15 @@ def main():
             qm(x.to(device))
     eq.set_fake_quantize(qm, eq.FakeQuantState.QAT)  # syncs, then freezes identical qparams
 
-    # 2. QAT under DDP (switch states before wrapping; BN params folded by prepare get no
-    #    gradient, hence find_unused_parameters=True)
-    ddp = nn.parallel.DistributedDataParallel(qm, device_ids=[device.index] if cuda else None,
-                                              find_unused_parameters=True)
+    # 2. QAT under DDP (switch states before wrapping); BN kept, so every parameter gets a gradient.
+    #    Each rank normalises by its own batch statistics; DDP's broadcast_buffers gives every rank
+    #    rank 0's running statistics at each forward. freeze_bn for the last steps: running statistics.
+    ddp = nn.parallel.DistributedDataParallel(qm, device_ids=[device.index] if cuda else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     qm.train()
     for step, (x, y) in enumerate(zip(images, labels)):
+        if step == args.steps - 2:
+            eq.freeze_bn(qm)
         opt.zero_grad()
         loss = F.cross_entropy(ddp(x.to(device)), y.to(device))
         loss.backward()

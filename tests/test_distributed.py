@@ -115,6 +115,19 @@ def _worker(rank, port, out_dir):
         eq.set_fake_quantize(ma, eq.FakeQuantState.VALIDATION)
         res["ma"] = {k: v.clone() for k, v in ma.state_dict().items()}
 
+        # DDP QAT with BatchNorm kept (prepared in train mode): every parameter gets a gradient, so DDP
+        # runs without find_unused_parameters (it raises at the next step if one got none)
+        kept = calibrate(eq.prepare(_model().train(), calib[0][:2], qconfig_setter=(Q8,)), mine)
+        eq.set_fake_quantize(kept, eq.FakeQuantState.QAT)
+        ddp = torch.nn.parallel.DistributedDataParallel(kept)
+        kept.train()
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        for x, y in half:
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        res["bn_kept"] = {k: v.detach().clone() for k, v in kept.named_parameters()}
+
         # checkpoint: rank 0 saves, every rank loads (weights_only) into a fresh prepared model
         path = os.path.join(out_dir, "ckpt.pt")
         if rank == 0:
@@ -219,6 +232,12 @@ def test_ddp_qat_learnable_scales_equal_one_process_with_the_combined_batch(rank
             assert torch.equal(got[k], sd[k]), k
     assert moved > 0  # training did change weights and learned scales
     assert any(k.endswith("learned_scale") and not torch.equal(sd[k], init[k]) for k in sd)
+
+
+def test_ddp_qat_with_batch_norm_kept_needs_no_find_unused_parameters(ranks):
+    r0, r1 = ranks
+    assert any(k.startswith("eq_bn.") and k.endswith("bn_weight") for k in r0["bn_kept"])
+    _same(r0["bn_kept"], r1["bn_kept"])   # gamma, beta and weights: gradients averaged, identical on both ranks
 
 
 def test_checkpoint_saved_by_rank0_loads_on_every_rank(ranks):

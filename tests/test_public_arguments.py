@@ -55,6 +55,7 @@ CASES = [
     ("get_qconfig", "weight_observer", lambda: eq.get_qconfig(weight_observer=[])),
     ("prepare", "bias_correction", lambda: eq.prepare(Net().eval(), X, (T16,), bias_correction="no")),
     ("prepare", "qconfig_setter", lambda: eq.prepare(Net().eval(), X, qconfig_setter=torch.ones(2))),
+    ("freeze_bn", "model", lambda: eq.freeze_bn(Net().eval())),
     ("cosine", "b", lambda: analysis.cosine(X, None)),
     ("sqnr", "test", lambda: analysis.sqnr(X, torch.ones(3))),
     ("build_table", "in_scale", lambda: lut.build_table(torch.tanh, "qint8", float("nan"), 0, "qint8", 0.01, 0)),
@@ -76,6 +77,7 @@ def test_wrong_argument_is_named(fn, arg, call):
 MODEL_CASES = [
     ("prepare", "model", lambda m: eq.prepare(m, X, qconfig_setter=(T16,))),
     ("calibrate", "progress", lambda m: eq.calibrate(m, [X], progress=None)),
+    ("freeze_bn", "freeze", lambda m: eq.freeze_bn(m, freeze="yes")),
     ("activation_histograms", "bins", lambda m: analysis.activation_histograms(m, [X], bins=True)),
     ("QuantAnalysis", "metric", lambda m: analysis.QuantAnalysis(Net().eval(), m, [X], metric=[])),
     ("QuantAnalysis", "data", lambda m: analysis.QuantAnalysis(Net().eval(), m, np.zeros((2, 3, 4, 4)))),
