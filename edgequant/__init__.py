@@ -9,8 +9,9 @@ from .fake_quant import FakeQuantize, FakeQuantState, calibrate, set_fake_quanti
 from .march import March, get_march, set_march
 from .observers import (FixedScaleObserver, KLObserver, MinMaxObserver, MovingAverageMinMaxObserver,
                         MSEObserver, PercentileObserver, shrink_range)
-from .nn import DeQuantStub, FloatFunctional, QuantStub, SegmentLUT
+from .nn import DeQuantStub, FakeCast, FloatFunctional, QuantStub, SegmentLUT
 from .prepare import prepare
+from .qat_bn import freeze_bn
 from .qconfig import QConfig, get_qconfig
 from .qmath import dequantize, fake_quantize, quantize, quantize_multiplier, requantize
 from .export import export
@@ -27,8 +28,8 @@ __all__ = [
     "March", "set_march", "get_march",
     "quantize", "dequantize", "fake_quantize", "quantize_multiplier", "requantize",
     "FakeQuantize", "FakeQuantState", "set_fake_quantize", "calibrate", "QConfig", "get_qconfig",
-    "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "wrap", "CaptureError",
-    "prepare", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
+    "QuantStub", "DeQuantStub", "FloatFunctional", "SegmentLUT", "FakeCast", "wrap", "CaptureError",
+    "prepare", "freeze_bn", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
     "KLObserver", "FixedScaleObserver", "shrink_range",
     "export", "convert", "save", "load", "visualize", "export_onnx",
 ]

@@ -47,9 +47,10 @@ from .capture_markers import CaptureError, call_leaf, markers, recorded, rewrite
 from .capture_rnn import mark_states, unrolled_rnns
 from .capture_rewrite import batch_norm_as_one_node, drop_noops, expand_dynamic_fills, fold_made_constants, retrace_table
 from .inputs import shape_of
+from .nn.fake_cast import FakeCast
 from .nn.segment_lut import SegmentLUT
 from .nn.stubs import dequant_point, quant_point
-from .ops import SEGMENT_LUT, spec_for_target
+from .ops import FAKE_CAST, SEGMENT_LUT, spec_for_target
 
 
 # -- wrap: a function kept out of the graph (a leaf marker while exporting) ---------------------
@@ -336,7 +337,7 @@ def _annotate(gm: fx.GraphModule) -> None:
             if leaf is None:  # torch.export's own helpers (shape guards)
                 node.meta["eq_spec"] = None
                 continue
-            spec = SEGMENT_LUT if isinstance(leaf, SegmentLUT) else None
+            spec = SEGMENT_LUT if isinstance(leaf, SegmentLUT) else FAKE_CAST if isinstance(leaf, FakeCast) else None
             node.meta["eq_spec"] = spec
             base = node.meta["eq_path"] or getattr(leaf, "__name__", node.target)
         elif node.target in (quant_point, dequant_point):

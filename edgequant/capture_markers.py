@@ -3,7 +3,7 @@
 Takes the model being captured (a deep copy, its stubs and leaf modules patched for the duration
 of the trace by ``markers``) and, after the trace, the exported ``GraphModule``. During the trace
 every QuantStub / DeQuantStub (ours or torch.ao's) calls the ``edgequant::stub`` op and every
-leaf module (SegmentLUT, the ``leaf_modules`` of ``capture``) or wrapped function (``call_leaf``)
+leaf module (SegmentLUT, FakeCast, the ``leaf_modules`` of ``capture``) or wrapped function (``call_leaf``)
 the ``edgequant::leaf`` op, keyed by position in the lists that ``recorded`` returns; torch.export
 records them as opaque calls. ``rewrite_markers`` then turns stub markers into
 ``quant_point``/``dequant_point`` calls (``meta["eq_path"]``, ``meta["eq_stub"]``) and leaf markers
@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import fx, nn
 
+from .nn.fake_cast import FakeCast
 from .nn.segment_lut import SegmentLUT
 from .nn.stubs import DeQuantStub, QuantStub, dequant_point, quant_point
 
@@ -89,7 +90,7 @@ def markers(model: nn.Module, leaf_types: tuple):
             _STUB_KEYS[key] = path
             mod.forward = functools.partial(torch.ops.edgequant.stub, key=key)
             patched.append(mod)
-        elif isinstance(mod, (SegmentLUT, *leaf_types)) and path:
+        elif isinstance(mod, (SegmentLUT, FakeCast, *leaf_types)) and path:
             key = len(_LEAVES)
             _LEAVES.append(_unpatched(mod))
             mod.forward = lambda *xs, _k=key: torch.ops.edgequant.leaf(list(xs), _k)

@@ -16,7 +16,9 @@ integer kernel. ``convert`` is a pipeline:
 Each family's lowering computes the accumulator bound of its node from the integer weights
 and input ranges and refuses (``ConvertError`` naming the node) a node whose accumulator could
 overflow the march's widest accumulator; it never wraps silently. On NASH_P/NASH_H conv-like
-ops may output float32 directly, unless ``ir._integer_conv``. A ``quantize`` node given NaN
+ops may output float32 directly, unless ``ir._integer_conv``, and float16 ops (``FakeCast``, float16
+qconfigs: ``edgequant.float16``) run in float16 between a dequantize and a quantize; NASH_E and
+NASH_M have no float16 and ``convert`` refuses those nodes, naming each. A ``quantize`` node given NaN
 raises at run time (``edgequant.inputs``: +-Inf saturate).
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .argcheck import expect_graph
 from .check import check_graph
 from .ir import Graph, Node
 from .march import March, get_march, get_profile
-from .ops import ConvertError, LowerCtx, is_dequantize, is_quantize, lower_node
+from .ops import ConvertError, LowerCtx, is_dequantize, is_float16, is_quantize, lower_node
 from .ops.lowering import emit_dequantize, rescale_attrs
 from .qmath import ROUNDING
 
@@ -63,6 +65,24 @@ def prune(ctx: LowerCtx) -> tuple[dict, dict]:
     return values, constants
 
 
+def check_float16(ir: Graph, march: March, profile) -> None:
+    """Refuse, naming every one, the float16 nodes of ``ir`` on a march without float16."""
+    bad = [n for n in ir.nodes if is_float16(n)]
+    if not bad or profile.float16:
+        return
+    ops = tuple(n.name + "." for n in bad if n.attrs.get("float16"))
+    bad = [n for n in bad if n.attrs.get("float16") or not n.name.startswith(ops)]   # an op's casts: the op says it
+    lines = "\n".join(f"  {n.name!r} ({n.op}) from {n.source or '<unknown>'}" for n in bad[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    ok = [m.value for m in March if get_profile(m).float16]
+    raise ConvertError(
+        f"cannot convert for {march.value}: these nodes compute in float16, which {march.value} does not run "
+        f"(float16 runs on {', '.join(ok)}):\n{lines}{more}\nConvert for one of those marches "
+        "(convert(ir, March.NASH_P)), or make these ops integer: give them an integer qconfig "
+        "(qconfig_template.ModuleNameQconfigSetter({name: get_qconfig()}) instead of out_dtype=torch.float16 / "
+        "all_fp16_qconfig_setter) and remove FakeCast modules, then prepare and calibrate again.")
+
+
 # -- the pipeline -----------------------------------------------------------------------------------
 def convert(ir: Graph, march: March | str | None = None) -> Graph:
     """Lower ``ir`` (level ``"quant"``) to an integer-only graph for ``march``.
@@ -78,6 +98,7 @@ def convert(ir: Graph, march: March | str | None = None) -> Graph:
     if profile.rounding != ROUNDING:
         raise ConvertError(f"march {march.value} rounds {profile.rounding!r}; edgequant's integer kernels implement "
                            f"{ROUNDING!r} (qmath A6) only")
+    check_float16(ir, march, profile)
     integer_conv = (not profile.conv_float_output) or ir._integer_conv
     ctx = LowerCtx(ir, profile, integer_conv)
     ctx.values.update({name: ir.values[name] for name in ir.inputs})

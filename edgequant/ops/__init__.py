@@ -12,15 +12,15 @@ the table, not the op's name:
 - ``is_quantize``/``is_dequantize``/``calls_python``: the roles that graph walks need.
 
 Families: ``core`` (the IR's own ops), ``matmul_like``, ``elementwise``, ``shape``,
-``pool_reduce``, ``grid_sample``, ``norm_softmax``, ``nonlinear``. ``docs/adding-an-op.md`` walks
-one op through.
+``pool_reduce``, ``grid_sample``, ``norm_softmax``, ``nonlinear``, ``scatter``, ``atan2``.
+``docs/adding-an-op.md`` walks one op through.
 """
 from __future__ import annotations
 
 import operator
 
-from . import (core, elementwise, grid_sample, matmul_forms, matmul_like, nonlinear, norm_softmax, pool_reduce,
-               shape)
+from . import (atan2, core, elementwise, grid_sample, matmul_forms, matmul_like, nonlinear, norm_softmax, pool_reduce,
+               scatter, shape)
 from .call import call_target
 from .lowering import ConvertError, LowerCtx, lower_plain
 from .nonlinear import lower_lut
@@ -29,10 +29,11 @@ from .spec import OpSpec
 
 ALL_SPECS: list[OpSpec] = [
     *core.SPECS, *matmul_like.SPECS, *matmul_forms.SPECS, *elementwise.SPECS, *shape.SPECS, *pool_reduce.SPECS,
-    *grid_sample.SPECS, *norm_softmax.SPECS, *nonlinear.SPECS,
+    *grid_sample.SPECS, *norm_softmax.SPECS, *nonlinear.SPECS, *scatter.SPECS, *atan2.SPECS,
 ]
 OPS: dict[str, OpSpec] = {s.name: s for s in ALL_SPECS}
 SEGMENT_LUT: OpSpec = next(s for s in ALL_SPECS if s.python_call and s.table)   # a SegmentLUT leaf's row
+FAKE_CAST: OpSpec = next(s for s in ALL_SPECS if s.kernel is core.k_fake_cast)  # FakeCast's row (float16 round trip)
 set_table(ALL_SPECS)   # the allow-lists of ops.names: every row's name and targets
 
 _BY_TARGET: dict[object, OpSpec] = {}
@@ -72,6 +73,12 @@ def calls_python(op) -> bool:
     return s is not None and s.python_call
 
 
+def is_float16(node) -> bool:
+    """Whether an IR node computes in float16: a ``fake_cast``, or an op of a float16 island
+    (``attrs["float16"]``, written by export for an op whose qconfig is float16)."""
+    return bool(node.attrs.get("float16")) or spec_of(node.op) is FAKE_CAST
+
+
 def is_float_op(op) -> bool:
     """Whether nodes of ``op`` are kept float by the IR (a recorded aten call, float code)."""
     s = spec_of(op)
@@ -89,8 +96,8 @@ def _touches_quant(ctx: LowerCtx, node) -> bool:
 def lower_node(ctx: LowerCtx, node) -> None:
     """Lower one quant-level node through its row (``convert`` calls this for every node)."""
     spec = spec_of(node.op)
-    if spec is not None and spec.boundary is not None:
-        spec.lower(ctx, node)
+    if spec is not None and (spec.boundary is not None or spec.float_op) and spec.lower is not None:
+        spec.lower(ctx, node)   # the boundary; float rows (lower_plain, or fake_cast's own)
     elif node.attrs.get("float") or (spec is not None and spec.float_op) or not _touches_quant(ctx, node):
         lower_plain(ctx, node)
     elif "lut" in node.attrs:  # simulated with a table (edgequant.lut), tensor / tensor division included
@@ -119,4 +126,5 @@ def run_int_node(g, node, args, callables, reference: bool = False):
 
 
 __all__ = ["OPS", "ALL_SPECS", "OpSpec", "spec_for_target", "spec_of", "is_quantize", "is_dequantize",
-           "calls_python", "is_float_op", "lower_node", "run_int_node", "ConvertError", "LowerCtx"]
+           "calls_python", "is_float_op", "is_float16", "FAKE_CAST", "lower_node", "run_int_node", "ConvertError",
+           "LowerCtx"]

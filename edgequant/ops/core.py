@@ -4,17 +4,22 @@ Takes nothing at import; declares the table rows of the ops that no aten overloa
 ``quantize``/``dequantize`` (export writes them at stubs; the int level turns floats into codes
 and back, A1/A2), ``rescale`` (convert writes it where a dequantize feeds a quantize: codes
 onto another grid, A7), ``aten`` (an op recorded outside the quantized region, run as its torch
-call), ``float_call`` (a ``wrap``ped Python function, never saved), and ``yuv2rgb``
-(``deploy.insert_yuv2rgb``'s integer colour conversion). Each row names what it has of a
+call), ``float_call`` (a ``wrap``ped Python function, never saved), ``yuv2rgb``
+(``deploy.insert_yuv2rgb``'s integer colour conversion), and ``fake_cast`` (a float16 round trip:
+a user's ``FakeCast``, or the casts ``prepare`` puts around an op whose qconfig is float16;
+``edgequant.float16``). Each row names what it has of a
 lowering (ops convert writes itself have none) and an integer kernel (``float_call`` runs its
 Python callable instead), as the family files do for the captured ops.
 
 Agreement with the simulation, in LSB (``OpSpec.lsb``): ``quantize`` and ``dequantize`` 0 (the
 simulation's fake quantization is (A1) then (A2), the same float32 operations); ``rescale`` <= 1
 (one (A7) rounding, where the simulation rounds ``s_in (q - z) / s_out`` in float32: they can
-differ only at a tie); ``yuv2rgb`` has no simulated counterpart (``edgequant.deploy``).
+differ only at a tie); ``fake_cast`` 0 (both levels run the same ``x.half().float()``); ``yuv2rgb``
+has no simulated counterpart (``edgequant.deploy``).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -22,7 +27,7 @@ from ..inputs import check_quantizable, value_label
 from ..ir import Graph, Node
 from ..qmath import channel_vector, dequantize, quantize, requantize, rounding_shift_right
 from .call import call_target, k_call
-from .lowering import lower_dequantize, lower_plain, lower_quantize
+from .lowering import _float_inputs, lower_dequantize, lower_plain, lower_quantize
 from .spec import OpSpec
 
 
@@ -63,6 +68,37 @@ def k_yuv2rgb(g: Graph, node: Node, args):
                       a["out_dtype"], a["out_zero_point"])
 
 
+# a fake_cast node's recorded call: the cast to float16 (k_fake_cast returns it in the float32 carrier)
+FAKE_CAST_CALL = {"target": "aten._to_copy.default", "args": [{"$in": 0}], "kwargs": {"dtype": {"$dtype": "float16"}}}
+
+
+def fake_cast_node(name: str, src: str, out: str, source: str) -> Node:
+    """The quant-level ``fake_cast`` node that rounds the value ``src`` to float16 into ``out``."""
+    return Node(name, "fake_cast", (src,), (out,), copy.deepcopy(FAKE_CAST_CALL), source)
+
+
+def k_fake_cast(g: Graph, node: Node, args):
+    """Both levels: the recorded cast to float16 (``aten._to_copy``), back in the float32 carrier."""
+    return call_target(node, args).to(torch.float32)
+
+
+def onnx_fake_cast(c, outs):
+    """ONNX (both flavours): ``Cast`` to float16 and ``Cast`` back to float, the round trip itself."""
+    from onnx import TensorProto
+
+    args, _ = c.args()
+    return c.b.op("Cast", [c.b.op("Cast", [args[0]], to=TensorProto.FLOAT16)], outs, to=TensorProto.FLOAT)
+
+
+def lower_fake_cast(ctx, node: Node) -> None:
+    """A float16 round trip: a quantized input is dequantized first (the quant level hands it
+    the fake-quantized floats); the node is kept, run by ``k_fake_cast`` at the int level."""
+    node = _float_inputs(ctx, node)
+    for o in node.outputs:
+        ctx.set_value(o, "float32", None)
+    ctx.emit(Node(node.name, node.op, node.inputs, node.outputs, dict(node.attrs), node.source))
+
+
 # int-level attrs (read by edgequant.check_attrs): rescale's per-channel requantization, yuv2rgb's colour maths
 _RESCALE_ATTRS = {"m0": "ints", "shift": "shifts", "in_zero_point": "ints", "ch_axis": "axis", "out_zero_point": "int",
                   "out_dtype": "qdtype"}
@@ -76,6 +112,8 @@ SPECS = [
            int_attrs=_RESCALE_ATTRS, int_inputs=("x",), int_per_channel=("m0", "shift", "in_zero_point")),
     OpSpec("aten", (), rule="float", float_op=True, lower=lower_plain, kernel=k_call),
     OpSpec("float_call", (), rule="float", float_op=True, python_call=True, lower=lower_plain),
+    OpSpec("fake_cast", (), rule="float", float_op=True, lower=lower_fake_cast, kernel=k_fake_cast, lsb=0.0,
+           onnx={FAKE_CAST_CALL["target"]: onnx_fake_cast}),
     OpSpec("yuv2rgb", (), kernel=k_yuv2rgb, quant_level=False, int_attrs=_YUV2RGB_ATTRS,
            int_inputs=("yuv", "coef", "bias", "m0", "shift", "mean")),
 ]

@@ -18,9 +18,13 @@ conv/matmul on the centered codes in the carrier ``choose_carrier`` picks from t
 ``A``: every product and partial sum is an integer of magnitude <= ``A``, exact in float32 below
 2^24 and in float64 below 2^53, so any summation order gives the same integer
 (``"float32_limbs"`` splits the input so that each float32 partial sum stays below 2^24 and adds
-the bias after, in float64). NNPACK (Winograd/FFT) is switched off around the float calls, and
-float32 falls back to float64 if torch or oneDNN is set to compute float32 products in reduced
-precision. A matmul lowered for a dynamic reduction length (carrier ``"dynamic"``) checks the
+the bias after, in float64). NNPACK (Winograd/FFT) and, on CUDA, cuDNN (Winograd/FFT algorithms,
+TF32) are switched off around the float calls (CUDA convolutions then run torch's own im2col +
+cuBLAS GEMM, or its direct depthwise kernel), and float32 falls back to float64 if torch, oneDNN,
+cuBLAS or cuDNN is set to compute float32 products in reduced precision (``_float32_exact``:
+bf16/tf32 on the CPU, TF32 on CUDA, which PyTorch enables for cuDNN convolutions by default).
+The int64 carrier and the reference run on the CPU for CUDA tensors (CUDA has no int64
+matmul) and return to the tensor's device: the same integers. A matmul lowered for a dynamic reduction length (carrier ``"dynamic"``) checks the
 length it gets against ``max_reduction`` and picks its carrier per call. Requantization, most
 of the kernels' time, runs over rows of the output (``_CHUNK`` elements at a time) so that
 (A7)'s int64 temporaries stay in cache; the values are the same.
@@ -29,6 +33,7 @@ Embedding gathers the table's codes, requantized by (A7) when the output has its
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 
@@ -130,13 +135,66 @@ _FAST = {
 _CARRIERS = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
 
 
-def _float32_exact() -> bool:
-    """False if torch/oneDNN may multiply float32 in reduced precision (bf16/tf32 on CPU)."""
+_EXACT_FP32 = ("none", "ieee")   # fp32_precision settings that multiply float32 in float32
+
+
+def _fp32_precisions(*backends) -> list[str]:
+    """The ``fp32_precision`` settings (torch >= 2.9) of ``backends`` and their sub-backends."""
+    out = []
+    for b in backends:
+        for obj in (b, *(getattr(b, k, None) for k in ("conv", "matmul", "rnn"))):
+            v = getattr(obj, "fp32_precision", None) if obj is not None else None
+            if isinstance(v, str):
+                out.append(v.lower())
+    return out
+
+
+def _float32_exact(device: torch.device | str | None = None) -> bool:
+    """False if float32 products on ``device`` (default CPU) may be computed in reduced precision:
+    bf16/tf32 in torch or oneDNN on the CPU; TF32 in cuBLAS or cuDNN on CUDA
+    (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``, their
+    ``fp32_precision``, ``torch.set_float32_matmul_precision``). Settings torch cannot report
+    (it refuses a mix of its legacy and new precision APIs) count as reduced."""
+    try:
+        return _settings_exact(device)
+    except RuntimeError:
+        return False
+
+
+def _settings_exact(device) -> bool:
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    if not all(s in _EXACT_FP32 for s in _fp32_precisions(torch.backends)):   # the global default
+        return False
+    if torch.device(device or "cpu").type == "cuda":
+        cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        if getattr(cuda, "allow_tf32", False) or getattr(cudnn, "allow_tf32", False):
+            return False
+        return all(s in _EXACT_FP32 for s in _fp32_precisions(cuda, cudnn))
     mk = torch.backends.mkldnn
     settings = [getattr(getattr(mk, k, None), "fp32_precision", "none") for k in ("conv", "matmul")]
     fpmath = os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", os.environ.get("DNNL_DEFAULT_FPMATH_MODE", "strict"))
-    return torch.get_float32_matmul_precision() == "highest" and all(s in ("none", "ieee") for s in settings) \
-        and fpmath.lower() == "strict"
+    return all(s in _EXACT_FP32 for s in settings) and fpmath.lower() == "strict"
+
+
+def _exact_backends(device: torch.device):
+    """NNPACK (CPU) and, for CUDA tensors, cuDNN off: the float calls then use algorithms whose
+    every partial sum is an exact integer (no Winograd/FFT transforms, no TF32)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.backends.nnpack.flags(enabled=False))
+    if device.type == "cuda":   # only ``enabled``: cudnn.flags() would also reset TF32/precision settings
+        stack.enter_context(_cudnn_disabled())
+    return stack
+
+
+@contextlib.contextmanager
+def _cudnn_disabled():
+    prev = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = prev
 
 
 def _accumulate(op, attrs, x, w, b, reference):
@@ -145,8 +203,14 @@ def _accumulate(op, attrs, x, w, b, reference):
     On a float carrier the bias is the float kernel's own bias: every partial sum, bias
     included, is bounded by ``A`` (which counts ``|b_q|``), so it stays exact."""
     carrier = "int64" if reference else attrs["carrier"]
-    if carrier in ("float32", "float32_limbs") and not _float32_exact():
+    if carrier in ("float32", "float32_limbs") and not _float32_exact(x.device):
         carrier = "float64"
+    if carrier == "int64" and x.device.type != "cpu":   # CUDA has no int64 matmul: the same sums on the CPU
+        dev = x.device
+        with torch.device("cpu"):
+            acc = _accumulate(op, {**attrs, "carrier": "int64"}, x.cpu(), w.cpu(), None if b is None else b.cpu(),
+                              reference)
+        return acc.to(dev)
     if carrier == "float32_limbs":
         return _accumulate_limbs(op, attrs, x, w, b)
     dt = _CARRIERS[carrier]
@@ -160,7 +224,7 @@ def _accumulate(op, attrs, x, w, b, reference):
         if b is not None:
             acc = acc + channel_vector(b, acc.dim(), attrs["ch_axis"] + (1 if unbatched else 0))
     else:
-        with torch.backends.nnpack.flags(enabled=False):      # NNPACK's Winograd/FFT are not exact
+        with _exact_backends(xc.device):      # NNPACK's and cuDNN's Winograd/FFT are not exact
             acc = _FAST[op](xc, wc, None if b is None else b.to(dt), attrs)
     return acc.squeeze(0) if unbatched else acc
 
@@ -175,7 +239,7 @@ def _accumulate_limbs(op, attrs, x, w, b):
     unbatched = _unbatched(attrs, x, w)
     if unbatched:
         limbs = [t.unsqueeze(0) for t in limbs]
-    with torch.backends.nnpack.flags(enabled=False):
+    with _exact_backends(wc.device):
         acc = _FAST[op](limbs[0], wc, None, attrs).to(torch.float64)
         if s:
             acc.mul_(1 << s).add_(_FAST[op](limbs[1], wc, None, attrs))
@@ -196,7 +260,7 @@ def _finish(acc: torch.Tensor, attrs: dict, m0, shift) -> torch.Tensor:
         args = (attrs["out_dtype"], attrs["out_zero_point"], attrs.get("bound"))
         per_row = acc[0].numel() if nd > 1 and acc.shape[0] else acc.numel()  # acc[0]: not on an empty batch
         if nd > 1 and ch != 0 and acc.numel() > _CHUNK:      # rows of axis 0 at a time (same values)
-            y = torch.empty(acc.shape, dtype=get_dtype(attrs["out_dtype"]).storage)
+            y = torch.empty(acc.shape, dtype=get_dtype(attrs["out_dtype"]).storage, device=acc.device)
             step = max(1, _CHUNK // max(1, per_row))
             for i in range(0, acc.shape[0], step):
                 y[i:i + step] = requantize(acc[i:i + step], m0, shift, *args)
@@ -207,7 +271,7 @@ def _finish(acc: torch.Tensor, attrs: dict, m0, shift) -> torch.Tensor:
         return y
     if mode == "acc":
         return saturate(acc.to(torch.int64), attrs["out_dtype"])   # |acc| <= bound: never clamps
-    return dequantize(acc, torch.tensor(attrs["acc_scale"]), 0, ch)
+    return dequantize(acc, torch.tensor(attrs["acc_scale"], device=acc.device), 0, ch)
 
 
 def _dynamic_carrier(node: Node, x: torch.Tensor) -> dict:

@@ -187,8 +187,8 @@ class SensitiveOpQconfigSetter:
         out = dict(current)
         for name in self.names:
             qc = out.get(name)
-            if qc is None or qc.activation is None:
-                continue  # float op: nothing to raise
+            if qc is None or qc.activation is None or qc.float16:
+                continue  # float (or float16) op: nothing to raise
             if qc.activation.dtype.bits < self.dtype.bits:
                 out[name] = replace(qc, activation=_raised(qc.activation, self.dtype))
         return out
