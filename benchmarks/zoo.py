@@ -231,6 +231,7 @@ def torch_ao(entry, example, calib, evals, ref) -> dict:
 
 # ---- one model, in a forked child -------------------------------------------------------------------------
 def _child(name, calib_seeds, eval_seeds, conn):
+    os.dup2(2, 1)   # the child's stdout (the TorchScript exporter prints whole graphs on failure) goes to stderr
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     entry = ZOO[name]
