@@ -241,9 +241,20 @@ _SHAPE_ONLY = {_A.new_zeros.default: 0.0, _A.new_ones.default: 1.0, _A.new_full.
                _A.zeros_like.default: 0.0, _A.ones_like.default: 1.0, _A.full_like.default: None}
 
 
-def _static(node: fx.Node) -> bool:
-    val = node.meta.get("val")
-    return isinstance(val, torch.Tensor) and all(isinstance(d, int) for d in val.shape)
+def _fill_value(node: fx.Node):
+    """The value a ``_SHAPE_ONLY`` call fills its tensor with (``new_full``/``full_like``: its last argument)."""
+    fill = _SHAPE_ONLY[node.target]
+    return node.args[-1] if fill is None else fill
+
+
+def _buffer_node(gm: fx.GraphModule, prefix: str, value: torch.Tensor, before: fx.Node) -> fx.Node:
+    """Register ``value`` as the first free buffer ``{prefix}_{k}`` of ``gm``; its ``get_attr`` node before ``before``."""
+    k = 0
+    while hasattr(gm, f"{prefix}_{k}"):
+        k += 1
+    gm.register_buffer(f"{prefix}_{k}", value)
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(f"{prefix}_{k}")
 
 
 def fold_made_constants(gm: fx.GraphModule) -> None:
@@ -274,29 +285,23 @@ def fold_made_constants(gm: fx.GraphModule) -> None:
             if n.op == "get_attr":
                 env[n] = _get_attr(gm, n.target)
             elif n.target in _SHAPE_ONLY:
-                fill = _SHAPE_ONLY[n.target]
-                fill = n.args[-1] if fill is None else fill
                 val = n.meta["val"]
-                env[n] = torch.full(tuple(val.shape), fill, dtype=val.dtype, device=val.device)
+                env[n] = torch.full(tuple(val.shape), _fill_value(n), dtype=val.dtype, device=val.device)
             else:
                 args, kwargs = fx.map_arg((n.args, n.kwargs), value)
                 env[n] = n.target(*args, **kwargs)
         return env[n]
 
-    k = 0
+    folded = 0
     for node in list(gm.graph.nodes):
         if node not in known or node.op != "call_function" or not isinstance(node.meta.get("val"), torch.Tensor) \
                 or all(u in known for u in node.users):
             continue
-        while hasattr(gm, f"eq_const_{k}"):
-            k += 1
-        gm.register_buffer(f"eq_const_{k}", value(node).detach().clone())
-        with gm.graph.inserting_before(node):
-            const = gm.graph.get_attr(f"eq_const_{k}")
+        const = _buffer_node(gm, "eq_const", value(node).detach().clone(), node)
         const.meta.update(node.meta)
         node.replace_all_uses_with(const)
-        k += 1
-    if k:
+        folded += 1
+    if folded:
         gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()
@@ -306,23 +311,19 @@ def expand_dynamic_fills(gm: fx.GraphModule) -> None:
     """A float tensor filled with one value whose shape follows a dynamic dim (``y.new_ones(y.shape)``,
     ``torch.zeros_like(x)`` with a free batch): a one-element buffer holding the value, expanded to
     the shape (``expand`` moves codes, so the fill quantizes as a constant of one value)."""
-    k = 0
+    replaced = 0
     for node in list(gm.graph.nodes):
         val = node.meta.get("val")
-        if node.op != "call_function" or node.target not in _SHAPE_ONLY or _static(node) \
-                or not isinstance(val, torch.Tensor) or not val.is_floating_point():
+        if node.op != "call_function" or node.target not in _SHAPE_ONLY or not isinstance(val, torch.Tensor) \
+                or static_tensors(val) or not val.is_floating_point():
             continue
-        fill = _SHAPE_ONLY[node.target]
-        fill = node.args[-1] if fill is None else fill
+        fill = _fill_value(node)
         if not isinstance(fill, (int, float)):
             continue
-        while hasattr(gm, f"eq_fill_{k}"):
-            k += 1
         one = torch.full([1] * val.dim(), float(fill), dtype=val.dtype)
-        gm.register_buffer(f"eq_fill_{k}", one)
+        const = _buffer_node(gm, "eq_fill", one, node)
+        const.meta["val"] = one.clone()
         with gm.graph.inserting_before(node):
-            const = gm.graph.get_attr(f"eq_fill_{k}")
-            const.meta["val"] = one.clone()
             if node.target in (_A.new_zeros.default, _A.new_ones.default, _A.new_full.default):
                 sizes = list(node.args[1])
             else:   # *_like: the sizes of the input, dynamic ones read at run time
@@ -337,8 +338,8 @@ def expand_dynamic_fills(gm: fx.GraphModule) -> None:
         out.meta.update(node.meta)
         node.replace_all_uses_with(out)
         gm.graph.erase_node(node)
-        k += 1
-    if k:
+        replaced += 1
+    if replaced:
         gm.graph.lint()
         gm.recompile()
 

@@ -314,10 +314,11 @@ def export_lut_op(ex, node: fx.Node, mod: LutOp):
 
 
 # -- prepare's hook --------------------------------------------------------------------------------
-def _fq_module(gm: fx.GraphModule, node) -> FakeQuantize | None:
+def _fq_module(gm: fx.GraphModule, node, weight: bool = False) -> FakeQuantize | None:
+    """The activation FakeQuantize ``node`` calls (a weight's, with ``weight=True``), else None."""
     if isinstance(node, fx.Node) and node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        if isinstance(mod, FakeQuantize) and not mod.is_weight:
+        if isinstance(mod, FakeQuantize) and mod.is_weight == weight:
             return mod
     return None
 
@@ -331,9 +332,7 @@ def _input_fq(gm: fx.GraphModule, node) -> FakeQuantize | None:
         spec = node.meta.get("eq_spec")
         if node.op == "call_function" and spec is not None and spec.rule == "source" and spec.weight_arg is not None \
                 and len(node.args) > spec.weight_arg:
-            table = node.args[spec.weight_arg]   # an embedding's rows lie on its quantized table's grid
-            mod = gm.get_submodule(table.target) if isinstance(table, fx.Node) and table.op == "call_module" else None
-            return mod if isinstance(mod, FakeQuantize) else None
+            return _fq_module(gm, node.args[spec.weight_arg], weight=True)   # an embedding's rows: its table's grid
         if node.op != "call_function" or spec is None or spec.rule != "shared" or not node.args:
             return None
         node = node.args[0]
