@@ -1262,7 +1262,7 @@ def sr_unshuffle():
     return UnshuffleSR()
 
 
-class MixerBlock(nn.Module):
+class SwapaxesMixerBlock(nn.Module):
     """MLP-Mixer's block as its public code writes it: token mixing on swapped axes."""
 
     def __init__(self, tokens, dim):
@@ -1276,12 +1276,12 @@ class MixerBlock(nn.Module):
         return x + self.channel_mlp(self.norm2(x))
 
 
-class Mixer(nn.Module):
+class SwapaxesMixer(nn.Module):
     def __init__(self, dim=32, patch=8, classes=10):
         super().__init__()
         self.stem = nn.Conv2d(3, dim, patch, patch)
         tokens = (IMG // patch) ** 2
-        self.blocks = nn.Sequential(MixerBlock(tokens, dim), MixerBlock(tokens, dim))
+        self.blocks = nn.Sequential(SwapaxesMixerBlock(tokens, dim), SwapaxesMixerBlock(tokens, dim))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -1292,7 +1292,7 @@ class Mixer(nn.Module):
 
 @register("mlp_mixer_swapaxes", "mixer")
 def mlp_mixer():
-    return Mixer()
+    return SwapaxesMixer()
 
 
 # ---------------------------------------------------------------- BEV: grid_sample view transform
@@ -1659,10 +1659,10 @@ class ShiftedWindowAttention(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    def __init__(self, dim, heads, window_size, shift_size, sd_prob=0.1):
+    def __init__(self, dim, heads, window_size, shift_size, sd_prob=0.1, attn_layer=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = ShiftedWindowAttention(dim, window_size, shift_size, heads)
+        self.attn = (attn_layer or ShiftedWindowAttention)(dim, window_size, shift_size, heads)
         self.stochastic_depth = StochasticDepth(sd_prob, "row")
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = MLPBlock(dim, 2 * dim, 0.0)
@@ -1689,15 +1689,19 @@ class PatchMerging(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    def __init__(self, dim=16, depths=(2, 2), heads=(2, 4), window=(4, 4), classes=10):
+    """torchvision's SwinTransformer; ``block``/``downsample_layer`` give its V2 (as torchvision does)."""
+
+    def __init__(self, dim=16, depths=(2, 2), heads=(2, 4), window=(4, 4), classes=10, block=None,
+                 downsample_layer=None):
         super().__init__()
+        block, downsample_layer = block or SwinBlock, downsample_layer or PatchMerging
         layers = [nn.Sequential(nn.Conv2d(3, dim, kernel_size=4, stride=4), Permute([0, 2, 3, 1]), nn.LayerNorm(dim))]
         for i, (d, h) in enumerate(zip(depths, heads)):
             c = dim * 2 ** i
-            layers.append(nn.Sequential(*[SwinBlock(c, h, list(window), [0 if k % 2 == 0 else w // 2 for w in window])
+            layers.append(nn.Sequential(*[block(c, h, list(window), [0 if k % 2 == 0 else w // 2 for w in window])
                                           for k in range(d)]))
             if i + 1 < len(depths):
-                layers.append(PatchMerging(c))
+                layers.append(downsample_layer(c))
         self.features = nn.Sequential(*layers)
         c = dim * 2 ** (len(depths) - 1)
         self.norm = nn.LayerNorm(c)

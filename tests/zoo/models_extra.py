@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo.models import (BATCH, IMG, C2f, Conv2dNormActivation, Detect, EncoderBlock, InvertedResidualV3, MLPBlock,
-                        Permute, SqueezeExcitation, SPPF, StochasticDepth, YBottleneck, YConv, YOLOv8, _hf, _image,
-                        _make_divisible, _tokens, conv1x1, conv3x3, register, tf)
+                        Permute, SqueezeExcitation, SPPF, StochasticDepth, SwinBlock, SwinTransformer, YBottleneck,
+                        YConv, YOLOv8, _hf, _image, _make_divisible, _tokens, conv1x1, conv3x3, register, tf)
 
 
 def _images(seed, size=32, cams=2):
@@ -1064,16 +1064,11 @@ class ShiftedWindowAttentionV2(nn.Module):
                                            logit_scale=self.logit_scale, training=self.training)
 
 
-class SwinTransformerBlockV2(nn.Module):
-    """Res-post-norm: x + sd(norm1(attn(x)))."""
+class SwinTransformerBlockV2(SwinBlock):
+    """Res-post-norm: x + sd(norm1(attn(x))) (torchvision subclasses the V1 block the same way)."""
 
     def __init__(self, dim, heads, window_size, shift_size, sd_prob=0.1):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = ShiftedWindowAttentionV2(dim, window_size, shift_size, heads)
-        self.stochastic_depth = StochasticDepth(sd_prob, "row")
-        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
-        self.mlp = MLPBlock(dim, 2 * dim, 0.0)
+        super().__init__(dim, heads, window_size, shift_size, sd_prob, attn_layer=ShiftedWindowAttentionV2)
 
     def forward(self, x):
         x = x + self.stochastic_depth(self.norm1(self.attn(x)))
@@ -1096,34 +1091,9 @@ class PatchMergingV2(nn.Module):
         return self.norm(self.reduction(x))
 
 
-class SwinTransformerV2(nn.Module):
-    def __init__(self, dim=16, depths=(2, 2), heads=(2, 4), window=(4, 4), classes=10):
-        super().__init__()
-        layers = [nn.Sequential(nn.Conv2d(3, dim, kernel_size=4, stride=4), Permute([0, 2, 3, 1]), nn.LayerNorm(dim))]
-        for i, (d, h) in enumerate(zip(depths, heads)):
-            c = dim * 2 ** i
-            layers.append(nn.Sequential(*[SwinTransformerBlockV2(c, h, list(window),
-                                                                 [0 if k % 2 == 0 else w // 2 for w in window])
-                                          for k in range(d)]))
-            if i + 1 < len(depths):
-                layers.append(PatchMergingV2(c))
-        self.features = nn.Sequential(*layers)
-        c = dim * 2 ** (len(depths) - 1)
-        self.norm = nn.LayerNorm(c)
-        self.permute = Permute([0, 3, 1, 2])
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.head = nn.Linear(c, classes)
-
-    def forward(self, x):
-        x = self.norm(self.features(x))
-        x = self.flatten(self.avgpool(self.permute(x)))
-        return self.head(x)
-
-
 @register("swin_v2_t", "swin")
 def swin_v2():
-    return SwinTransformerV2()
+    return SwinTransformer(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
 
 
 # ---------------------------------------------------------------- ViT (torchvision, Encoder module)
