@@ -246,6 +246,12 @@ class BiasCorrection(nn.Module):
         self.register_buffer("input_sum", torch.empty(0, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("trained", torch.zeros((), dtype=torch.bool))
+        # the rest of the mean output shift, measured on calibration batches against the float model
+        # (``edgequant.empirical_bias``): per output channel, empty until measured
+        self.register_buffer("empirical", torch.empty(0))
+        # False: leave the empirical shift out (``ptq.op_sensitivity`` measures each op on its own, and the
+        # shift also compensates what the quantized ops before it do)
+        self.use_empirical = True
 
     def extra_repr(self) -> str:
         return f"{self.op}, state={self.state.value}, active={self.active()}"
@@ -262,6 +268,7 @@ class BiasCorrection(nn.Module):
     def reset(self) -> None:
         self.input_sum = torch.empty(0, dtype=torch.float64, device=self.input_sum.device)
         self.count.zero_()
+        self.empirical = torch.empty(0, device=self.empirical.device)
 
     @torch.no_grad()
     def _record(self, x: torch.Tensor, ksize: tuple[int, ...]) -> None:
@@ -318,6 +325,12 @@ class BiasCorrection(nn.Module):
         not submodules (no second copy in the state dict)."""
         self._grid = (x_fq, w_fq)
 
+    def _weight_quantized(self) -> bool:
+        """Whether the op's weight fake-quant (``bind_grid``) quantizes now: the empirical shift belongs
+        to the quantized op, not to the float one a sweep may run (``ptq.sensitivity``)."""
+        grid = getattr(self, "_grid", None)
+        return grid is None or grid[1].state != FakeQuantState.FLOAT
+
     def grid_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """``bias`` rounded by (A1) to the accumulator grid ``s_acc = s_x * s_w`` (float32 product,
         per output channel), as export stores it (both by ``qmath.accumulator_scale`` and
@@ -343,6 +356,12 @@ class BiasCorrection(nn.Module):
             return bias
         if self.active():
             delta = self.shift(w, wq)
+            if self.empirical.numel() and self.use_empirical and self._weight_quantized():
+                if self.empirical.shape != delta.shape:
+                    raise ValueError(f"BiasCorrection of a {self.op}: its empirical shift has shape "
+                                     f"{tuple(self.empirical.shape)}, the op has {delta.shape[0]} output channels; "
+                                     "the state dict loaded was saved for another model: calibrate again")
+                delta = delta + self.empirical.to(delta.dtype)
             bias = -delta if bias is None else bias - delta
         return self.grid_bias(bias)
 
@@ -350,6 +369,12 @@ class BiasCorrection(nn.Module):
         saved = state_dict.get(prefix + "input_sum")
         if saved is not None and saved.shape != self.input_sum.shape:
             self.input_sum = torch.empty(saved.shape, dtype=self.input_sum.dtype, device=self.input_sum.device)
+        if prefix + "empirical" not in state_dict:   # saved before the empirical shift existed
+            state_dict = dict(state_dict)
+            state_dict[prefix + "empirical"] = torch.empty(0)
+        saved = state_dict[prefix + "empirical"]
+        if isinstance(saved, torch.Tensor) and saved.shape != self.empirical.shape:
+            self.empirical = torch.empty(saved.shape, dtype=self.empirical.dtype, device=self.empirical.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -405,6 +430,9 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     if is_distributed() and any(fq.state != state and fq.state in (FakeQuantState.CALIBRATION, FakeQuantState.QAT)
                                 for _, fq in fake_quant_modules(model)):
         sync_modules(shared_statistics(model))  # every rank freezes the same statistics (edgequant.collectives)
+    from . import empirical_bias
+
+    calibrating = any(fq.state == FakeQuantState.CALIBRATION for _, fq in fake_quant_modules(model))
     for _, fq in fake_quant_modules(model):
         fq.set_state(state)
     for m in model.modules():
@@ -412,7 +440,23 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
             m.set_state(state)
     if state in (FakeQuantState.CALIBRATION, FakeQuantState.VALIDATION):
         model.eval()
+    if state == FakeQuantState.CALIBRATION:
+        empirical_bias.record_inputs(model)   # the batches the empirical bias correction runs on
+    elif calibrating and state == FakeQuantState.VALIDATION and not is_distributed():
+        empirical_bias.correct_after_calibration(model)
+    else:
+        empirical_bias.stop_recording(model)
     return model
+
+
+def run_batch(model: nn.Module, b):
+    """``model`` called on one batch: a dict as keyword inputs, a tuple/list as positional ones,
+    anything else as the one input."""
+    if isinstance(b, dict):
+        return model(**b)
+    if isinstance(b, (tuple, list)):
+        return model(*b)
+    return model(b)
 
 
 def calibrate(model: nn.Module, batches, progress: bool | str = False) -> nn.Module:
@@ -439,12 +483,7 @@ def calibrate(model: nn.Module, batches, progress: bool | str = False) -> nn.Mod
         with torch.no_grad():
             for b in batches:
                 check_batch(b, seen, "calibrate")
-                if isinstance(b, dict):
-                    model(**b)
-                elif isinstance(b, (tuple, list)):
-                    model(*b)
-                else:
-                    model(b)
+                run_batch(model, b)
                 seen += 1
                 if progress:
                     bar.update(1)

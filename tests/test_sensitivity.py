@@ -29,16 +29,22 @@ def cnn():
 
 
 def only_op_quantized(cm, site, batches):
-    """The model's outputs with the fake quantization of ``site`` alone on (a plain forward)."""
+    """The model's outputs with the fake quantization of ``site`` alone on (a plain forward), and the
+    bias corrections without their empirical part (measured for the whole quantized model)."""
     mine = re.compile(re.escape(site) + r"(\.weight|\.input\d+)?$")
     fqs = {n.target: bool(mine.match(n.meta["eq_fq"])) for n in cm.graph.nodes if "eq_fq" in n.meta}
     eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
     for target, on in fqs.items():
         cm.get_submodule(target).state = eq.FakeQuantState.VALIDATION if on else eq.FakeQuantState.FLOAT
+    saved = {k: bc.empirical for k, bc in cm.eq_bc.items()}
+    for bc in cm.eq_bc.values():
+        bc.empirical = torch.empty(0)
     try:
         with torch.no_grad():
             return torch.cat([cm(b) for b in batches])
     finally:
+        for k, bc in cm.eq_bc.items():
+            bc.empirical = saved[k]
         eq.set_fake_quantize(cm, eq.FakeQuantState.VALIDATION)
 
 

@@ -20,7 +20,9 @@ regulariser is off for the first ``warm_up`` fraction of the steps; then ``beta`
 linearly from ``b_range[0]`` to ``b_range[1]``. Finally ``h = [V >= 0]``, the weight parameter is
 overwritten with ``s * (floor(w / s) + z + h - z)`` and the weight FakeQuantize gets a fixed
 scale (a ``FixedScaleObserver`` with the scale it had), so it reproduces the written weights
-exactly in every state, and bias correction sees no rounding shift for that layer.
+exactly in every state, and bias correction sees no rounding shift for that layer. The empirical
+bias correction that calibration measured (``edgequant.empirical_bias``) is cleared first and
+measured again on the first batches once every layer is rounded.
 
 ``custom_config_dict`` keys (defaults): ``num_batches`` (10) batches of ``data`` used,
 ``num_step`` (1000) optimiser steps per layer, ``exclude_prefix`` (()) site names (a string or
@@ -39,6 +41,7 @@ import torch
 from torch import fx, nn
 
 from ..argcheck import describe, expect_batches, expect_prepared
+from ..empirical_bias import CACHE_BATCHES, clear_empirical, correct_biases
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..observers import FixedScaleObserver
 from ..qmath import _as_param
@@ -129,6 +132,7 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     report = {}
     was_training = gm.training
     gm.eval()
+    clear_empirical(gm)   # measured for round-to-nearest weights; measured again at the end
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(layers) * int(cfg["num_step"]), desc="adaround", disable=not cfg["progress"])
@@ -151,6 +155,7 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     finally:
         bar.close()
         gm.train(was_training)
+    correct_biases(gm, batches[:CACHE_BATCHES])   # the mean shifts left with the learned rounding
     gm.meta.setdefault("eq_adaround", {}).update(report)
     return gm
 

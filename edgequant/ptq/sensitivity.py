@@ -5,7 +5,8 @@ it quantizes one op at a time (its weight, inputs and output, with the calibrate
 while every other op computes in float, and measures how far the model's final outputs move
 from the float ones. It returns a ``SensitivityTable``: one row per op (``name`` as qconfig
 setters and ``prepare`` name it, ``op`` type, ``value`` of the metric), most sensitive first.
-Metrics, over the float outputs of all batches concatenated: ``"sqnr"`` (dB, lower is worse),
+The empirical bias corrections (``edgequant.empirical_bias``) are left out: they are measured for the
+whole quantized model, and part of each compensates for the ops before it. Metrics, over the float outputs of all batches concatenated: ``"sqnr"`` (dB, lower is worse),
 ``"cosine"`` (lower is worse), ``"mse"`` (higher is worse). Each op's run starts where that op
 first acts (``sweep.Sweep``): the float values before it are computed once for all ops.
 
@@ -29,7 +30,7 @@ from torch import fx
 
 from ..argcheck import describe, expect_batches, expect_choice, expect_flag, expect_int, expect_prepared, expect_real
 from ..dtype import get_dtype, qint16
-from ..fake_quant import FakeQuantState
+from ..fake_quant import BiasCorrection, FakeQuantState
 from ..metrics import cosine, sqnr
 from ..observers import KLObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from ..qconfig_template import OpSite
@@ -139,6 +140,9 @@ def op_sensitivity(calib_model: fx.GraphModule, data, metric: str = "sqnr", num_
     was_training = gm.training
     gm.eval()
     saved = set_states(gm, FakeQuantState.FLOAT, FakeQuantState.VALIDATION)
+    bcs = [m for m in gm.modules() if isinstance(m, BiasCorrection)]
+    for bc in bcs:   # each op on its own: no shift measured for the whole quantized model
+        bc.use_empirical = False
     rows = []
     try:
         for u in units:
@@ -156,6 +160,8 @@ def op_sensitivity(calib_model: fx.GraphModule, data, metric: str = "sqnr", num_
             rows.append(SensitivityRow(u.name, u.op, measure(ref, out)))
     finally:
         restore(saved)
+        for bc in bcs:
+            bc.use_empirical = True
         gm.train(was_training)
     return SensitivityTable(metric, rows)
 
