@@ -50,6 +50,7 @@ from .capture import CaptureError, capture, is_float_value, unsupported_ops
 from .dtype import qint16
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
 from .float16 import follow_float_inputs, insert_float16_site, left_quant, reset_casts, unfuse_mixed
+from .gemm_inputs import reader_ops, split_gemm_inputs
 from .fuse import fold_batch_norms, mark_fusions
 from .inputs import add_call_check, guard_entry
 from .lut.sim import attach_tables
@@ -100,6 +101,7 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     fold_batch_norms(gm)
     mark_fusions(gm)
     mark_high_precision(gm)
+    split_gemm_inputs(gm, qconfig_setter)    # GEMM-int8 templates: GEMMs read their own int8 copy
     sites = op_sites(gm)
     qconfigs = apply_setters(qconfig_setter, sites)
     insert_fake_quant(gm, qconfigs, bias_correction=bias_correction)
@@ -261,6 +263,7 @@ def op_sites(gm: fx.GraphModule) -> list[OpSite]:
             nonnegative=_nonnegative(node),
             recurrent_state=bool(node.meta.get("eq_rnn_state")),
             feeds_int16=_feeds_int16(_output_node(node)),
+            feeds=reader_ops(_output_node(node)),
         ))
         node.meta["eq_site"] = True
     return sites

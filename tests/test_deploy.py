@@ -90,8 +90,8 @@ def test_yuv2rgb_inserted_classifier_agrees(rgb_classifier, tmp_path):
     assert agree >= 0.99, agree
     # integer op against its float reference; codes in int8 also as an integer tensor input
     _, env = h(yuv, return_intermediates=True)
-    s = g.values[g.nodes[0].outputs[0]].qparams.scale[0]
-    ref = centered_yuv2rgb(yuv, "full", MEAN, STD, s)
+    qp = g.values[g.nodes[0].outputs[0]].qparams   # the stub's qparams: affine int8, so a zero point
+    ref = centered_yuv2rgb(yuv, "full", MEAN, STD, qp.scale[0], zero_point=qp.zero_point[0])
     assert (env[g.nodes[0].outputs[0]].float() - ref).abs().max() <= 1
     assert torch.equal(h(yuv.to(torch.int8)), h(yuv))
     eq.save(h, tmp_path / "yuv.eqm")

@@ -805,7 +805,13 @@ def test_dynamic_reduction_length(setter):
     ir = export(cm, ids)
     qg = convert(ir, "nash-m")
     node = [n for n in qg.nodes if n.op == "matmul"][-1]
-    per_term = 32768 * 32768 if setter is T16 else 128 * 128
+
+    def largest_code(value):   # of |q - zero point| (the int8 templates' signed activations are affine)
+        qp = qg.values[value].qparams
+        lo, hi = eq.dtype.get_dtype(qp.dtype).qmin, eq.dtype.get_dtype(qp.dtype).qmax
+        return max(hi - qp.zero_point[0], qp.zero_point[0] - lo)
+    per_term = largest_code(node.inputs[0]) * largest_code(node.inputs[1])
+    assert per_term == (32768 * 32768 if setter is T16 else per_term)
     assert node.attrs["carrier"] == "dynamic" and node.attrs["output"] == "requant"
     if setter is T16:     # 48-bit accumulator, 16 multiplier bits left for the int16 output
         assert node.attrs["acc_bits"] == 48 and node.attrs["max_reduction"] == (2**47 - 1) // per_term

@@ -122,12 +122,13 @@ def bgr2centered_yuv(x: torch.Tensor, swing: str = "full") -> torch.Tensor:
 
 
 def centered_yuv2rgb(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, q_scale=1.0,
-                     qmin: int = -128, qmax: int = 127, bgr: bool = False) -> torch.Tensor:
+                     qmin: int = -128, qmax: int = 127, bgr: bool = False, zero_point: int = 0) -> torch.Tensor:
     """Centered YUV444 -> normalised, quantized RGB codes (deployment only).
 
     1. ``rgb = clamp(round(M_inv @ (yuv + 128 - offset)), 0, 255)`` (the 8-bit RGB image);
     2. ``(rgb - mean) / std`` with the training normalisation (one or three values, list or tensor);
-    3. ``clamp(round(. / q_scale), qmin, qmax)`` with the input QuantStub's scale ``q_scale``.
+    3. ``clamp(round(. / q_scale) + zero_point, qmin, qmax)`` with the input QuantStub's scale
+       ``q_scale`` and zero point ``zero_point`` (an affine int8 stub's, 0 for a symmetric one).
 
     Returns the integer codes as a float32 tensor (the float simulation of the integer op;
     a ``quantize`` with scale 1 passes them through unchanged, which is why the QuantStub's
@@ -142,13 +143,15 @@ def centered_yuv2rgb(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, 
     q_scale = torch.tensor(check_q_scale(q_scale), dtype=torch.float64)
     if not all(isinstance(q, Integral) and not isinstance(q, bool) for q in (qmin, qmax)) or qmin > qmax:
         raise ValueError(f"qmin and qmax must be integers with qmin <= qmax, got qmin={qmin!r}, qmax={qmax!r}")
+    if not isinstance(zero_point, Integral) or isinstance(zero_point, bool) or not qmin <= zero_point <= qmax:
+        raise ValueError(f"zero_point must be an integer in [qmin, qmax], got {zero_point!r}")
     _check_image(x)
     rgb = torch.round(_mix(x + 128.0, minv) - (minv @ off).reshape(3, 1, 1)).clamp_(0, 255)
     norm = (rgb - mean_t) / std_t
-    return torch.round(norm / q_scale).clamp_(qmin, qmax).to(torch.float32)
+    return (torch.round(norm / q_scale) + int(zero_point)).clamp_(qmin, qmax).to(torch.float32)
 
 
 def centered_yuv2bgr(x: torch.Tensor, swing: str = "full", mean=128.0, std=1.0, q_scale=1.0,
-                     qmin: int = -128, qmax: int = 127) -> torch.Tensor:
+                     qmin: int = -128, qmax: int = 127, zero_point: int = 0) -> torch.Tensor:
     """As ``centered_yuv2rgb`` for a model trained on BGR (``mean``/``std`` in BGR order)."""
-    return centered_yuv2rgb(x, swing, mean, std, q_scale, qmin, qmax, bgr=True)
+    return centered_yuv2rgb(x, swing, mean, std, q_scale, qmin, qmax, bgr=True, zero_point=zero_point)

@@ -1,7 +1,8 @@
 """Post-training quantization algorithms: ``adaround`` (learned weight rounding), a 4-bit
 weight calibration template to use it with, ``auto_calibrate`` (per tensor, the calibration
-strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a per-op sensitivity table) and
-``get_sensitive_op_qconfig_setter`` (int16 for the most sensitive ops).
+strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a per-op sensitivity table),
+``get_sensitive_op_qconfig_setter`` (int16 for the most sensitive ops) and ``smooth_quant``
+(SmoothQuant-style scale migration into the weights of the linears that read a LayerNorm).
 
 | template | activations | weights | observer |
 |---|---|---|---|
@@ -18,6 +19,7 @@ from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
 from .adaround import adaround
 from .auto_calibrate import auto_calibrate
 from .sensitivity import SensitivityTable, get_sensitive_op_qconfig_setter, op_sensitivity
+from .smooth_quant import SmoothedLinear, smooth_quant
 
 
 def _calibration_4bit_weight(site: OpSite):
@@ -32,4 +34,4 @@ calibration_4bit_weight_8bit_act_qconfig_setter = TemplateSetter(
     "(min-max); the weights are meant to be rounded by edgequant.ptq.adaround.")
 
 __all__ = ["adaround", "auto_calibrate", "calibration_4bit_weight_8bit_act_qconfig_setter", "op_sensitivity", "SensitivityTable",
-           "get_sensitive_op_qconfig_setter"]
+           "get_sensitive_op_qconfig_setter", "smooth_quant", "SmoothedLinear"]
