@@ -1,14 +1,21 @@
-"""Auto-calibration (edgequant.ptq.auto_calibrate): the layer-by-layer search of SPEC section 7.
+"""Auto-calibration (edgequant.ptq.auto_calibrate): the cross-validated per-tensor search.
 
-Independent checks: every candidate's error in the report equals the L2 distance to the float
-outputs of a plain forward with the earlier ops quantized as chosen, the op itself quantized
-with the qparams that an ordinary calibration with that strategy's observer gives, and the
-later ops float; the result survives state_dict, export and convert. On EfficientNet-Lite0 the
-searched model's logits, on its 32 calibration crops and on 16 held-out crops, are at least as
-close to float (SQNR) as those of the best single strategy calibrated the ordinary way for every
-layer.
+Independent checks, on the residual CNN: every single-strategy model in the whole-model
+comparison has, fold by fold, the output error of the model an ordinary calibration with that
+observer gives (prepare with the int8 template, every searched activation's observer replaced,
+``calibrate``); every option's reported fold error is the output error of a plain forward with
+the earlier tensors as chosen, the tensor itself with that option's qparams (those of the
+ordinary single-strategy calibration) and the later ones as the starting model; each choice
+follows the validation rule (``pick``); the result survives state_dict, export and convert, and
+it is at least as close to float as every single-strategy model on the calibration images and
+on held-out test images. The validation rule on its own: a change that lowers the calibration
+data's total error but raises one fold's is refused (``pick`` on given errors, and a search on a
+small model built so). On EfficientNet-Lite0 (slow) the searched model is, on its 32
+calibration crops and on 16 held-out crops of other photographs, at least as close to float as
+the best single strategy.
 """
 import copy
+import math
 
 import pytest
 import torch
@@ -16,7 +23,8 @@ import torch
 import edgequant as eq
 from edgequant.observers import KLObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from edgequant.ptq import auto_calibrate
-from edgequant.qconfig_template import TemplateSetter, default_calibration_qconfig_setter as T8
+from edgequant.ptq.auto_calibrate import DEFAULT, pick
+from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
 
 from models import calibrate, trained_cnn
 
@@ -25,12 +33,22 @@ STRATEGIES = {"minmax": (MinMaxObserver, {}), "percentile": (PercentileObserver,
               "kl": (KLObserver, {})}
 
 
-def template(strategy):
-    """T8's dtypes (quint8 on ReLU outputs) with ``strategy``'s observer on every activation."""
-    cls, kwargs = STRATEGIES[strategy]
-    return TemplateSetter(strategy, lambda site: eq.get_qconfig(observer=cls, observer_kwargs=kwargs,
-                                                                out_dtype=T8([site], {})[site.name].out_dtype),
-                          f"every activation calibrated by {strategy}")
+def searched(fq):
+    return not fq.is_weight and not fq.fixed_scale and fq.ch_axis is None
+
+
+def single(base, strategy, batches):
+    """``base`` (prepared with T8) calibrated the ordinary way with ``strategy``'s observer on every
+    searched activation (``DEFAULT``: T8's own observers)."""
+    m = copy.deepcopy(base)
+    if strategy != DEFAULT:
+        cls, kwargs = STRATEGIES[strategy]
+        for fq in m.eq_fq.values():
+            if searched(fq):
+                name, symmetric = fq.observer.name, getattr(fq.observer, "symmetric", True)
+                fq.observer = cls(dtype=fq.dtype, symmetric=symmetric, **kwargs)
+                fq.observer.name = name
+    return calibrate(m, batches)
 
 
 def sqnr(ref, test):
@@ -48,71 +66,146 @@ def key_of(site):
 
 # the residual CNN's op sites in topological order (tests/models.py)
 CNN_ORDER = ["quant", "stem.0", "dw", "pw", "add", "down.0", "down.3", "avg_pool", "head"]
+# 64 calibration images in two batches of 32, three folds of samples 0-21, 22-42, 43-63: the search
+# runs the batches cut where folds meet, and the fold errors below are computed on the same pieces
+FOLD_PIECES = [[(0, 22)], [(22, 32), (32, 43)], [(43, 64)]]
 
 
 @pytest.fixture(scope="module")
 def cnn():
     model, (xtr, _, xte, _) = trained_cnn()
     batches = xtr[:64].split(32)
-    cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
-    auto_calibrate(cm, batches, progress=False)  # not calibrated before: it calibrates first
-    singles = {s: calibrate(eq.prepare(model, xtr[:2], qconfig_setter=(template(s),)), batches) for s in STRATEGIES}
-    return model, cm, singles, batches, xte[:256].split(128)
+    base = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    cm = auto_calibrate(copy.deepcopy(base), batches, progress=False)  # not calibrated before: it calibrates first
+    singles = {s: single(base, s, batches) for s in (DEFAULT, *STRATEGIES)}
+    return model, cm, singles, xtr[:64], xte[:256].split(128)
 
 
-def test_every_candidate_error_is_the_partially_quantized_model_output_error(cnn):
-    model, cm, singles, batches, _ = cnn
-    report = cm.meta["eq_auto_calibrate"]
-    assert list(report) == [s for s in CNN_ORDER if s in report] and len(report) == 7
+def fold_errors(m, ref_model, x):
+    with torch.no_grad():
+        return [sum(float((m(x[a:b]) - ref_model(x[a:b])).double().pow(2).sum()) for a, b in pieces)
+                for pieces in FOLD_PIECES]
+
+
+def test_whole_models_are_the_ordinary_single_strategy_calibrations(cnn):
+    _, cm, singles, x, _ = cnn
+    record = cm.meta["eq_auto_calibrate_models"]
+    assert record["folds"] == 3 and set(record["models"]) == {DEFAULT, *STRATEGIES}
     floating = copy.deepcopy(cm)  # the float reference is the prepared graph (batch norms folded)
     eq.set_fake_quantize(floating, eq.FakeQuantState.FLOAT)
-    ref = run(floating, batches).double()
-    for k, site in enumerate(CNN_ORDER):
-        if site not in report:
-            continue
-        for strategy, error in report[site]["errors"].items():
-            m = copy.deepcopy(cm)
-            for fq in m.eq_fq.values():
-                name = fq.name
-                owner = name[: -len(".weight")] if name.endswith(".weight") else name
-                earlier = CNN_ORDER.index(owner) < k
-                fq.state = eq.FakeQuantState.VALIDATION if earlier or owner == site else eq.FakeQuantState.FLOAT
-            single = singles[strategy].eq_fq[key_of(site)]
-            m.eq_fq[key_of(site)]._set_qparams(single.scale, single.zero_point)
-            expected = float((run(m, batches).double() - ref).pow(2).sum())
-            assert error == pytest.approx(expected, rel=1e-5), (site, strategy)
+    for name, entry in record["models"].items():
+        expected = fold_errors(singles[name], floating, x)
+        for got, want in zip(entry["fold_errors"], expected):
+            assert got is None or got == pytest.approx(want, rel=1e-6), name
+        if entry["error"] is None:  # stopped early: a fold was not below the default model's
+            done = [e for e in entry["fold_errors"] if e is not None]
+            assert not all(a < b for a, b in zip(done, record["models"][DEFAULT]["fold_errors"]))
+    # the start follows the validation rule from the qconfig's own observers
+    as_tensors = {k: torch.tensor([math.nan if v is None else v for v in e["fold_errors"]], dtype=torch.float64)
+                  for k, e in record["models"].items()}
+    assert record["start"] == pick(as_tensors, DEFAULT)
+    final = fold_errors(cm, floating, x)
+    assert record["searched"]["fold_errors"] == pytest.approx(final, rel=1e-6)
+    assert all(a <= b for a, b in zip(final, record["models"][record["start"]]["fold_errors"]))
+
+
+def test_every_option_error_is_the_model_output_error_and_follows_the_rule(cnn):
+    _, cm, singles, x, _ = cnn
+    report, start = cm.meta["eq_auto_calibrate"], cm.meta["eq_auto_calibrate_models"]["start"]
+    assert list(report) == [s for s in CNN_ORDER if s in report] and len(report) == 7
+    floating = copy.deepcopy(cm)
+    eq.set_fake_quantize(floating, eq.FakeQuantState.FLOAT)
+    for site in report:
+        m = copy.deepcopy(singles[start])  # the starting model (its qparams and bias corrections)
+        for other in report:
+            if CNN_ORDER.index(other) < CNN_ORDER.index(site):  # earlier tensors as chosen
+                m.eq_fq[key_of(other)]._set_qparams(cm.eq_fq[key_of(other)].scale, cm.eq_fq[key_of(other)].zero_point)
+        options = report[site]["fold_errors"]
+        assert set(options) == {DEFAULT, *STRATEGIES}
+        for option, errors in options.items():
+            fq = singles[option].eq_fq[key_of(site)]
+            m.eq_fq[key_of(site)]._set_qparams(fq.scale, fq.zero_point)
+            expected = fold_errors(m, floating, x)
+            for got, want in zip(errors, expected):
+                assert got is None or got == pytest.approx(want, rel=1e-6), (site, option)
+        as_tensors = {k: torch.tensor([math.nan if e is None else e for e in v], dtype=torch.float64)
+                      for k, v in options.items()}
         chosen = report[site]["strategy"]
-        assert report[site]["errors"][chosen] == min(report[site]["errors"].values())
+        assert chosen == pick(as_tensors, start)  # each tensor is visited once, from the start's option
+        if chosen != start:  # a change lowers every fold's error
+            assert all(a < b for a, b in zip(options[chosen], options[start]))
         assert torch.equal(cm.eq_fq[key_of(site)].scale, singles[chosen].eq_fq[key_of(site)].scale), site
 
 
 def test_result_is_ordinary_qparams(cnn):
-    model, cm, _, batches, test = cnn
-    report = cm.meta["eq_auto_calibrate"]
-    for site, r in report.items():
+    model, cm, singles, x, test = cnn
+    for site, r in cm.meta["eq_auto_calibrate"].items():
         fq = cm.eq_fq[key_of(site)]
         assert fq.state == eq.FakeQuantState.VALIDATION
-        assert type(fq.observer) is STRATEGIES[r["strategy"]][0]
-        assert torch.equal(fq.observer.calculate_qparams()[0], fq.scale), site  # recalibration keeps it
-    again = eq.prepare(model, batches[0][:2], qconfig_setter=(T8,))
+        if r["strategy"] == DEFAULT:
+            assert type(fq.observer) is type(singles[DEFAULT].eq_fq[key_of(site)].observer)
+        else:
+            assert type(fq.observer) is STRATEGIES[r["strategy"]][0]
+            assert torch.equal(fq.observer.calculate_qparams()[0], fq.scale), site  # recalibration keeps it
+    again = eq.prepare(model, x[:2], qconfig_setter=(T8,))
     again.load_state_dict(cm.state_dict())
     eq.set_fake_quantize(again, eq.FakeQuantState.VALIDATION)
-    x = test[0]
-    assert torch.equal(run(cm, [x]), run(again, [x]))
-    qg = eq.convert(eq.export(cm, x[:2]), eq.March.NASH_M)
+    t = test[0]
+    assert torch.equal(run(cm, [t]), run(again, [t]))
+    qg = eq.convert(eq.export(cm, t[:2]), eq.March.NASH_M)
     with torch.no_grad():
-        y_int, y_sim = qg(x), cm(x)
+        y_int, y_sim = qg(t), cm(t)
     assert sqnr(y_sim, y_int) > 30  # the integer model follows the searched simulation
 
 
-def test_cnn_search_beats_every_single_strategy_on_its_data(cnn):
-    model, cm, singles, batches, test = cnn
-    ref = run(model, batches)
-    scores = {s: sqnr(ref, run(m, batches)) for s, m in singles.items()}
-    auto = sqnr(ref, run(cm, batches))
-    print(f"\nCNN logit SQNR on the calibration images: auto {auto:.2f} dB, single strategies "
-          + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    assert auto >= max(scores.values())
+def test_cnn_search_is_at_least_as_close_to_float_as_every_single_strategy(cnn):
+    model, cm, singles, x, test = cnn
+    pieces = [x[a:b] for fold in FOLD_PIECES for a, b in fold]  # the batches as the search ran them
+    ref_calib, ref_test = run(model, pieces), run(model, test)
+    scores = {s: (sqnr(ref_calib, run(m, pieces)), sqnr(ref_test, run(m, test))) for s, m in singles.items()}
+    auto = sqnr(ref_calib, run(cm, pieces)), sqnr(ref_test, run(cm, test))
+    print(f"\nCNN logit SQNR (dB) on 64 calibration / 256 held-out images: auto {auto[0]:.2f} / {auto[1]:.2f}; "
+          + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in scores.items()))
+    assert auto[0] >= max(a for a, _ in scores.values())
+    assert auto[1] >= max(b for _, b in scores.values())
+
+
+def test_the_rule_refuses_a_change_that_helps_the_total_but_hurts_a_fold():
+    f = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    errors = {"default": f(10, 10, 10), "minmax": f(4, 4, 11), "mse": f(9, 9.9, 9.99), "kl": f(1, math.nan, math.nan)}
+    assert pick(errors, "default") == "mse"       # minmax: total 19 < 30, but fold 3 grows; kl: lost a fold
+    assert pick(errors, "default", min_gain=0.05) == "default"  # mse's third fold gains only 0.1 %
+    assert pick({**errors, "mse": f(11, 11, 11)}, "default") == "default"
+    assert pick({"default": f(10, 10), "a": f(5, 5), "b": f(5, 5)}, "default") == "a"  # the first on a tie
+    assert pick({"default": f(30), "minmax": f(19)}, "default") == "minmax"  # one fold: the total decides
+
+
+class _Outlier(torch.nn.Module):
+    def forward(self, a, d, c):
+        return a * 2 + d, c * 2
+
+
+def test_a_change_that_fits_the_calibration_data_but_hurts_a_fold_is_refused():
+    # ``add`` = 2a + d: a uniform in [0, 1], d zero but for one outlier (8) in the last fold, so
+    # min-max spreads add's grid over [0, 10] for one value. The percentile clips it: every
+    # other value gets a 5x finer grid, which lowers the total error but raises the last fold's.
+    # (c: heavy tails everywhere, so that the all-percentile model loses and "default" starts.)
+    g = torch.Generator().manual_seed(0)
+    a, d, c = torch.rand(30, 10000, generator=g), torch.zeros(30, 10000), torch.randn(30, 10000, generator=g) ** 3
+    d[-1, 0] = 8.0
+    minmax = lambda sites, current: {s.name: eq.get_qconfig(observer=MinMaxObserver) for s in sites}  # noqa: E731
+    chosen = {}
+    for folds in (1, 3):
+        cm = eq.prepare(_Outlier(), (a[:2], d[:2], c[:2]), qconfig_setter=(minmax,))
+        auto_calibrate(cm, [(a, d, c)], candidates=("percentile",), folds=folds, progress=False)
+        assert cm.meta["eq_auto_calibrate_models"]["start"] == DEFAULT
+        chosen[folds] = cm.meta["eq_auto_calibrate"]["add"]
+    assert chosen[1]["strategy"] == "percentile"  # one fold: the total error decides
+    assert chosen[1]["errors"]["percentile"] < chosen[1]["errors"][DEFAULT]
+    three = chosen[3]["fold_errors"]
+    assert chosen[3]["strategy"] == DEFAULT
+    assert three["percentile"][0] < three[DEFAULT][0] and three["percentile"][1] < three[DEFAULT][1]
+    assert three["percentile"][2] > three[DEFAULT][2]
 
 
 @pytest.mark.slow
@@ -120,30 +213,23 @@ def test_efficientnet_lite0_search_is_at_least_as_close_to_float_as_the_best_sin
     import real_data as data
 
     model = data.load_efficientnet_lite0()
-    # 32 crops: once ReLU outputs became quint8 the search overfit 12 crops (auto 23.21 / 22.50 dB vs
-    # MSE 21.86 / 22.70 on calibration / held-out crops) and 24 (22.95 / 22.59 vs 22.21 / 22.61)
-    calib, test = data.calibration_images(32), data.held_out_images(16)
+    calib, test = data.calibration_images(32), data.held_out_images(16).split(8)
+    # batches of 8: a 32-crop batch's activations (up to 150 MB) cost more in page faults than in
+    # arithmetic here. The search cuts them where its three folds meet (crops 0-10, 11-21, 22-31);
+    # the calibration crops are scored on the same pieces
+    batches, pieces = list(calib.split(8)), calib.split([8, 3, 5, 6, 2, 8])
     with torch.no_grad():
-        ref_calib, ref_test = model(calib), model(test)
+        ref_calib, ref_test = run(model, pieces), run(model, test)
     base = eq.prepare(model, calib[:1], qconfig_setter=(T8,))
-    singles = {}
-    for strategy, (cls, kwargs) in STRATEGIES.items():  # the ordinary calibration, one observer everywhere
-        m = copy.deepcopy(base)
-        for fq in m.eq_fq.values():
-            if not fq.is_weight:
-                name, fq.observer = fq.observer.name, cls(dtype=fq.dtype, **kwargs)
-                fq.observer.name = name
-        singles[strategy] = calibrate(m, [calib])
-    searched = auto_calibrate(copy.deepcopy(base), [calib], progress=False)
-    score = lambda m: (sqnr(ref_calib, run(m, [calib])), sqnr(ref_test, run(m, [test])))  # noqa: E731
+    singles = {s: single(base, s, batches) for s in (DEFAULT, *STRATEGIES)}
+    searched_model = auto_calibrate(copy.deepcopy(base), batches, progress=False)
+    score = lambda m: (sqnr(ref_calib, run(m, pieces)), sqnr(ref_test, run(m, test)))  # noqa: E731
     scores = {s: score(m) for s, m in singles.items()}
-    auto = score(searched)
-    print(f"\nEfficientNet-Lite0 logit SQNR (dB) on the {len(calib)} calibration crops / {len(test)} held-out crops: "
-          f"auto {auto[0]:.2f} / {auto[1]:.2f}; " + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in scores.items()))
-    # the search minimises the output error on the data it is given: there it must not lose. On
-    # crops it never saw it over-fits a little: measured with quint8 ReLU outputs and biases on the
-    # accumulator grid, auto 22.99 / 22.08 dB against MSE 22.22 / 22.50 and min-max 21.79 / 22.27
-    # (with float biases it won there by 0.03 dB: 22.42 against min-max 22.39). It must stay within
-    # 0.5 dB of the best single strategy there.
+    auto = score(searched_model)
+    record = searched_model.meta["eq_auto_calibrate_models"]
+    changed = sum(r["strategy"] != record["start"] for r in searched_model.meta["eq_auto_calibrate"].values())
+    print(f"\nEfficientNet-Lite0 logit SQNR (dB) on the {len(calib)} calibration crops / {len(ref_test)} held-out crops: "
+          f"auto {auto[0]:.2f} / {auto[1]:.2f} (start {record['start']}, {changed} tensors changed); "
+          + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in scores.items()))
     assert auto[0] >= max(a for a, _ in scores.values())
-    assert auto[1] >= max(b for _, b in scores.values()) - 0.5
+    assert auto[1] >= max(b for _, b in scores.values())

@@ -8,7 +8,8 @@ cursor (``execution_order``), keeping only the values still needed after it (eac
 use), so that the rest of the graph can be run from the cursor as often as a search needs
 without recomputing what lies before it; ``advance`` moves the cursor forward (with whatever
 fake-quant states are set at that time), ``inputs_of`` gives one node's evaluated arguments
-per batch, ``outputs`` runs the rest and returns the model's float outputs per batch.
+per batch, ``outputs`` runs the rest and returns the model's float outputs per batch (of all
+batches or of some).
 ``set_states`` / ``restore`` save and set the states of every FakeQuantize and BiasCorrection;
 ``batches_of`` / ``model_device`` read calibration data onto the model's device.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import fx
@@ -261,7 +263,8 @@ class Sweep:
             out.append(self.interp.fetch_args_kwargs_from_env(node))
         return out
 
-    def outputs(self) -> list[list[torch.Tensor]]:
-        """Run the rest of the graph from the cursor for every batch (the cursor stays);
-        returns each batch's float output tensors (``float_leaves``)."""
-        return [float_leaves(self._run(dict(env), self.cursor, len(self.nodes))) for env in self.envs]
+    def outputs(self, batches: Sequence[int] | None = None) -> list[list[torch.Tensor]]:
+        """Run the rest of the graph from the cursor for every batch, or for the batches of
+        these indices (the cursor stays); returns each one's float output tensors (``float_leaves``)."""
+        envs = self.envs if batches is None else [self.envs[i] for i in batches]
+        return [float_leaves(self._run(dict(env), self.cursor, len(self.nodes))) for env in envs]
