@@ -6,7 +6,8 @@ ONNX input names and dynamic axes, a function turning model outputs into what is
 a score that compares a quantized model's outputs with float's (or with the labels). The loaders
 are the tests' (``tests/real_data.py``, ``tests/models.py``); nothing is downloaded.
 
-The peers, each given the float model and the same batches:
+The peers, each given the float model and the same batches (torchao's PT2E flow and AIMET-torch,
+installed by ``make bench`` only, are in ``peers.py``):
 
 - ``torch_ao_fx(workload, observer)``: torch.ao.quantization FX PTQ, per-channel int8 weights,
   quint8 activations with ``reduce_range=True`` (7 bits, torch.ao's x86 default), run as torch's
@@ -58,6 +59,8 @@ import models as test_models  # noqa: E402
 import real_data  # noqa: E402
 
 import edgequant as eq  # noqa: E402
+from edgequant import qconfig_template  # noqa: E402
+from edgequant.ptq import smooth_quant  # noqa: E402
 from edgequant.qconfig_template import (  # noqa: E402
     calibration_8bit_weight_16bit_act_qconfig_setter,
     default_calibration_qconfig_setter,
@@ -66,6 +69,11 @@ from edgequant.qconfig_template import (  # noqa: E402
 logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer warns through the root logger
 
 TEMPLATES = {"int8": default_calibration_qconfig_setter, "int8 w / int16 act": calibration_8bit_weight_16bit_act_qconfig_setter}
+# GEMM inputs and weights int8, every other activation int16; its rows are compared with the peers that
+# quantize only GEMM inputs (accuracy.py's acceptance check).
+GEMM_TEMPLATE = "gemm int8 / int16 rest"
+TEMPLATES[GEMM_TEMPLATE] = qconfig_template.gemm_int8_calibration_qconfig_setter
+SMOOTHED = " + smooth_quant"   # the suffix of a template's rows run on ``ptq.smooth_quant``'s model
 
 
 @dataclass
@@ -83,6 +91,13 @@ class Workload:
     notes: dict = field(default_factory=dict)
     onnx_model: torch.nn.Module | None = None  # what is exported to ONNX when not ``model`` itself
     ort_op_types: tuple = ()               # an extra ONNX Runtime setting quantizing only these op types
+    smooth: bool = False                   # a transformer: the templates run on ``ptq.smooth_quant``'s model too
+
+    @property
+    def capture_model(self) -> torch.nn.Module:
+        """What the graph-capturing peers get (the ONNX export, torchao's ``torch.export``, AIMET):
+        ``onnx_model`` when set (MiniLM: BertModel called by name, returning ``last_hidden_state``)."""
+        return self.onnx_model or self.model
 
     def run(self, fn, batches=None) -> torch.Tensor:
         """``features`` of ``fn(*inputs)`` over ``batches`` (default: the held-out ones), concatenated."""
@@ -143,10 +158,8 @@ def minilm() -> Workload:
     transformers.utils.logging.disable_progress_bar()  # its weight-loading bar is not a result
     st = real_data.load_minilm()
     bert = st[0].auto_model.eval()
-    tok = lambda s: tuple(real_data.tokenize(st, s))  # noqa: E731
+    calib, test = real_data.minilm_batches(st)
     cal, tst = real_data.CALIBRATION_SENTENCES, real_data.TEST_SENTENCES
-    calib = [tok(cal[i:i + 8]) for i in range(0, len(cal), 8)]
-    test = [tok(tst[i:i + 12]) for i in range(0, len(tst), 12)]
 
     def score(ref, q):
         cos = F.cosine_similarity(ref, q, dim=1)
@@ -156,7 +169,7 @@ def minilm() -> Workload:
     return Workload("all-MiniLM-L6-v2", bert, calib, test, ["input_ids", "attention_mask"], dyn,
                     lambda out, b: real_data.sentence_embeddings(_first(out).float(), b[1]), score, "mean cosine",
                     notes={"data": f"{len(cal)} calibration sentences, {len(tst)} held-out sentences"},
-                    onnx_model=BertByName(bert).eval(), ort_op_types=("MatMul", "Gemm"))
+                    onnx_model=BertByName(bert).eval(), ort_op_types=("MatMul", "Gemm"), smooth=True)
 
 
 def mnist_cnn() -> Workload:
@@ -179,10 +192,13 @@ WORKLOADS = {"efficientnet": efficientnet_lite0, "minilm": minilm, "cnn": mnist_
 
 
 # ---- edgequant ---------------------------------------------------------------------------------------
-def edgequant_calibrated(w: Workload, setter) -> torch.nn.Module:
-    """``prepare`` with a template, calibration on ``w.calib``, VALIDATION (the simulation)."""
+def edgequant_calibrated(w: Workload, setter, smooth: bool = False) -> torch.nn.Module:
+    """``prepare`` with a template, calibration on ``w.calib``, VALIDATION (the simulation); with
+    ``smooth``, of ``ptq.smooth_quant``'s model (outliers of the linears' inputs moved into the
+    weights, measured on the same calibration batches)."""
+    model = smooth_quant(w.model, w.calib) if smooth else w.model
     with torch.no_grad():
-        cm = eq.prepare(w.model, w.calib[0], qconfig_setter=(setter,))
+        cm = eq.prepare(model, w.calib[0], qconfig_setter=(setter,))
     return test_models.calibrate(cm, w.calib)
 
 

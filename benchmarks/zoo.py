@@ -46,6 +46,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import peers as P  # noqa: E402  (torchao's PT2E flow and AIMET-torch, as accuracy.py runs them)
 import workloads as W  # noqa: E402  (ONNX Runtime's pre-processing and quiet context, as accuracy.py uses them)
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # ahead of benchmarks/: `zoo` is tests/zoo, not this script
@@ -56,7 +57,11 @@ import edgequant as eq  # noqa: E402
 
 EQ_TEMPLATES = ("int8", "int16")
 ORT_METHODS = ("MinMax", "Percentile")
-TOOLS = ("eq int8", "eq int16", "ORT MinMax", "ORT Percentile", "torch.ao")
+NEW_PEERS = ("torchao X86", "torchao XNNPACK", "AIMET")
+TOOLS = ("eq int8", "eq int16", "ORT MinMax", "ORT Percentile", "torch.ao") + NEW_PEERS
+PEERS = tuple(t for t in TOOLS if not t.startswith("eq "))
+BEHIND_DB = 1.0
+FULL_COVERAGE = 0.9  # a torchao cell notes its coverage below this share of ops with a quantized input or output
 EQ_STAGES = ("prepare", "calibrate", "export", "convert", "run", "qdq")
 EVAL_SEED, N_EVAL = 99, 4
 QUICK_MODELS = ("resnet18_basic", "mobilenet_v3_small", "yolov8n", "unet_bilinear", "vit_b16_mha", "hf_bert",
@@ -229,8 +234,81 @@ def torch_ao(entry, example, calib, evals, ref) -> dict:
     return res
 
 
+class _Flat(torch.nn.Module):
+    """The model with its output as a flat tuple of tensors (``H.tensors`` order): AIMET takes only a
+    tensor or a tuple/list/dict of tensors, and Hugging Face models return ``ModelOutput``s."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return tuple(H.tensors(self.model(*args)))
+
+
+def _capturable(entry, example) -> torch.nn.Module:
+    """A fresh float model, wrapped in ``_Flat`` unless it returns a tensor or a (nested) tuple/list of them."""
+    model = fresh(entry, example)
+    with torch.no_grad():
+        out = model(*example)
+
+    def plain(o):
+        return isinstance(o, torch.Tensor) or type(o) in (tuple, list) and all(plain(x) for x in o)
+
+    return model if plain(out) else _Flat(model).eval()
+
+
+def _peer_result(peer: P.Peer, evals, ref, secs) -> dict:
+    with timed(secs, "run"):
+        y = outputs(peer, evals)
+    return {"sqnr": H.sqnr(y, ref), "error": None, "seconds": secs, "scope": peer.scope,
+            "weighted": peer.weighted(), "coverage": peer.coverage(), "setting": peer.setting, "ops": peer.ops}
+
+
+def torchao(entry, example, calib, evals, ref, kind: str) -> dict:
+    """torchao PT2E (``peers.torchao_pt2e``) with ``kind``'s quantizer ("x86" or "xnnpack")."""
+    secs = {}
+    try:
+        with timed(secs, "quantize"):
+            peer = P.torchao_pt2e(_capturable(entry, example), example, calib, kind)
+        return _peer_result(peer, evals, ref, secs)
+    except Exception as exc:  # noqa: BLE001
+        return {"sqnr": None, "error": f"fails: {why(exc)}", "seconds": secs}
+
+
+def aimet(entry, example, calib, evals, ref) -> dict:
+    """AIMET QuantizationSimModel (``peers.aimet_sim``), tf (min-max) and tf_enhanced: the closer of the
+    two. Without ``prepare_model`` (modules only) when torch.fx cannot trace the model."""
+    secs, results, errors, note = {}, [], [], None
+    try:
+        with timed(secs, "prepare"):
+            try:
+                ready = P.aimet_ready(_capturable(entry, example), example)
+            except P.PrepareFails as exc:
+                note = why(exc, 80).removeprefix("PrepareFails: ")
+                ready = P.aimet_ready(_capturable(entry, example), example, prepare=False)
+    except Exception as exc:  # noqa: BLE001
+        return {"sqnr": None, "error": f"fails: {why(exc)}", "seconds": secs}
+    for scheme in ("tf", "tf_enhanced"):
+        s = {}
+        try:
+            with timed(s, f"quantize {scheme}"):
+                peer = P.aimet_sim(ready, example, calib, scheme)
+            results.append({**_peer_result(peer, evals, ref, s), "scheme": scheme})
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{scheme} fails: {why(exc, 120).removeprefix('RuntimeError: ')}")
+        secs.update({(f"run {scheme}" if k == "run" else k): v for k, v in s.items()})
+    if not results:
+        same = len({e.split(" fails: ", 1)[1] for e in errors}) == 1
+        return {"sqnr": None, "seconds": secs,
+                "error": f"tf and tf_enhanced fail: {errors[0].split(' fails: ', 1)[1]}" if same else "; ".join(errors)}
+    res = max(results, key=lambda r: -math.inf if math.isnan(r["sqnr"]) else r["sqnr"])
+    res["seconds"], res["note"] = secs, "; ".join([n for n in (note, *errors) if n]) or None
+    return res
+
+
 # ---- one model, in a forked child -------------------------------------------------------------------------
-def _child(name, calib_seeds, eval_seeds, conn):
+def _child(name, calib_seeds, eval_seeds, conn, missing):
     os.dup2(2, 1)   # the child's stdout (the TorchScript exporter prints whole graphs on failure) goes to stderr
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -254,14 +332,25 @@ def _child(name, calib_seeds, eval_seeds, conn):
             conn.send(("started", "ORT Percentile"))
     conn.send(("started", "torch.ao"))
     conn.send(("torch.ao", torch_ao(entry, example, calib, evals, ref)))
+    for tool in NEW_PEERS:
+        package = "aimet" if tool == "AIMET" else "torchao"
+        if missing.get(package):
+            conn.send((tool, {"sqnr": None, "error": missing[package]}))
+            continue
+        conn.send(("started", tool))
+        if tool == "AIMET":
+            conn.send((tool, aimet(entry, example, calib, evals, ref)))
+        else:
+            conn.send((tool, torchao(entry, example, calib, evals, ref, tool.split()[-1].lower())))
     conn.send(("done", None))
 
 
-def run_model(name, calib_seeds, eval_seeds, limit) -> dict:
-    """Every tool on ``name`` in a forked child, killed after ``limit`` seconds."""
+def run_model(name, calib_seeds, eval_seeds, limit, missing=None) -> dict:
+    """Every tool on ``name`` in a forked child, killed after ``limit`` seconds; ``missing``: peer
+    package -> why it is not run (``peers.available()``)."""
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(name, calib_seeds, eval_seeds, send), daemon=True)
+    proc = ctx.Process(target=_child, args=(name, calib_seeds, eval_seeds, send, missing or {}), daemon=True)
     t0 = time.perf_counter()
     proc.start()
     send.close()
@@ -311,6 +400,19 @@ def cell(tool: str, res: dict) -> str:
     basic = res.get("sqnr_basic")
     if basic is not None and abs(basic - res["sqnr"]) > BASIC_GAP_DB:
         text += f" ({_db(basic)} at ORT_ENABLE_BASIC)"
+    if res.get("scheme"):
+        text += f" ({res['scheme']})"
+    q, n = res.get("weighted") or (0, 0)
+    cq, cn = res.get("coverage") or (0, 0)
+    parts = [f"{q}/{n} conv/linear/matmul"] if q < n else []
+    if cq < FULL_COVERAGE * cn:
+        parts.append(f"{cq}/{cn} ops")
+    if parts:
+        text += f" (quantized: {', '.join(parts)})"
+    if res.get("scope") in ("GEMM only", "modules only"):
+        text += f" ({res['scope']})"
+    if "non-strict export" in (res.get("setting") or ""):
+        text += " (non-strict export)"
     if res.get("note"):
         text += f" ({res['note']})"
     return text
@@ -331,9 +433,9 @@ def stage_cell(res: dict) -> str:
 
 
 def table(rows) -> str:
-    head = ["model", "family", "eq int8 dB", "eq int16 dB", "ORT MinMax dB", "ORT Percentile dB", "torch.ao dB",
+    head = ["model", "family", *(f"{t} dB" for t in TOOLS),
             "eq int8 s (prepare/calib/export/convert/run/qdq)", "eq int16 s (same)", "all tools s"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * 5 + "---|---|---:|"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(TOOLS) + "---|---|---:|"]
     for r in rows:
         t = r["tools"]
         lines.append("| " + " | ".join([r["name"], r["family"], *(cell(k, t[k]) for k in TOOLS),
@@ -362,11 +464,48 @@ def summary(rows) -> str:
             cells += [_db(statistics.median(finite)) if finite else "-",
                       f"{sum(got[ours][m] >= got[k][m] for m in both)} of {len(both)}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", best_peer_line(rows)]
     med = {k: (statistics.median(got[k].values()) if got[k] else float("nan")) for k in TOOLS}
     line = ("Summary: models handled (SQNR measured) of " + str(n) + ": "
             + ", ".join(f"{k} {len(got[k])}" for k in TOOLS) + "; median SQNR: "
             + ", ".join(f"{k} {_db(med[k]) if got[k] else '-'} dB" for k in TOOLS) + ".")
     return "\n".join(lines) + "\n\n" + line
+
+
+def _full(res: dict) -> bool:
+    """The peer quantized the inputs of every conv/linear/matmul, the input or output of at least
+    ``FULL_COVERAGE`` of the ops computing on float tensors (torchao; AIMET's per-module count says
+    nothing there), and went through the whole graph (not "GEMM only", not AIMET's "modules only").
+    ONNX Runtime and torch.ao, whose coverage is not measured here, count as full."""
+    q, n = res.get("weighted") or (0, 0)
+    cq, cn = res.get("coverage") or (0, 0)
+    return q == n and cq >= FULL_COVERAGE * cn and res.get("scope", "every op") == "every op"
+
+
+def best_peer_line(rows) -> str:
+    """On how many models edgequant int8 is >= the best peer that runs the model, and how many it is more
+    than ``BEHIND_DB`` behind; then the same against only the peers that quantized as much (``_full``)."""
+    parts = []
+    for label, keep in (("the best peer that runs the model", lambda r: True),
+                        (f"the best peer that quantizes every conv/linear/matmul and {FULL_COVERAGE:.0%} of all ops",
+                         _full)):
+        ahead, behind, n = 0, [], 0
+        for r in rows:
+            ours = r["tools"]["eq int8"].get("sqnr")
+            peers = [r["tools"][k]["sqnr"] for k in PEERS
+                     if r["tools"][k].get("sqnr") is not None and not math.isnan(r["tools"][k]["sqnr"])
+                     and keep(r["tools"][k])]
+            if ours is None or math.isnan(ours) or not peers:
+                continue
+            n += 1
+            best = max(peers)
+            ahead += ours >= best
+            if ours < best - BEHIND_DB:
+                behind.append(f"{r['name']} {ours - best:+.1f}")
+        worst = ", ".join(sorted(behind, key=lambda t: float(t.split()[-1]))[:8])
+        parts.append(f"against {label}: edgequant int8 >= it on {ahead} of {n} models, more than {BEHIND_DB:g} dB "
+                     f"behind on {len(behind)}" + (f" (worst: {worst})" if behind else ""))
+    return "Best peer per model (" + ", ".join(PEERS) + "): " + "; ".join(parts) + "."
 
 
 def main(argv=None) -> None:
@@ -376,6 +515,8 @@ def main(argv=None) -> None:
     ap.add_argument("--calib", type=int, default=None, help="calibration batches (default 8; --quick 4)")
     ap.add_argument("--seconds", type=float, default=240, help="per-model limit for all tools together")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--peers", default="torchao,aimet",
+                    help="third-party peers to run besides ONNX Runtime and torch.ao (default torchao,aimet; '' for none)")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else list(QUICK_MODELS if args.quick else ZOO)
     unknown = [n for n in names if n not in ZOO]
@@ -384,10 +525,14 @@ def main(argv=None) -> None:
     n_calib = args.calib or (4 if args.quick else 8)
     calib_seeds = tuple(range(1, n_calib + 1))
     eval_seeds = tuple(range(EVAL_SEED, EVAL_SEED + N_EVAL))
+    wanted = [p for p in args.peers.split(",") if p]
+    missing = {p: "not run (--peers)" for p in ("torchao", "aimet") if p not in wanted}
+    if wanted:  # imported here, once: each model's forked child inherits them
+        missing.update({p: why for p, why in P.available().items() if why and p in wanted})
     t0 = time.perf_counter()
     rows = []
     for i, name in enumerate(names):
-        r = run_model(name, calib_seeds, eval_seeds, args.seconds)
+        r = run_model(name, calib_seeds, eval_seeds, args.seconds, missing)
         rows.append(r)
         brief = ", ".join(f"{k} {_db(v['sqnr']) if v.get('sqnr') is not None else 'x'}" for k, v in r["tools"].items()
                           if k in TOOLS)
@@ -401,12 +546,22 @@ def main(argv=None) -> None:
           "eq: edgequant's integer model (`nash-e`), templates int8 and int16 (int8 weights, int16 activations). "
           f"ORT: ONNX Runtime `quantize_static`, QDQ, per-channel QInt8 weights, QInt8 activations, of the "
           f"TorchScript `torch.onnx.export` (opset {OPSET}) after `quant_pre_process`. torch.ao: FX "
-          "`prepare_fx`/`convert_fx`, `get_default_qconfig_mapping(\"x86\")`. Stage seconds: one torch thread; "
+          "`prepare_fx`/`convert_fx`, `get_default_qconfig_mapping(\"x86\")`. torchao: PT2E "
+          "(`torch.export`, strict unless it fails; `prepare_pt2e`/`convert_pt2e`) with X86InductorQuantizer "
+          "(default config) or XNNPACKQuantizer (per-channel, static), its Q/DQ graph run in float. AIMET: "
+          "QuantizationSimModel (default per-channel config, 8-bit) after `prepare_model` and BatchNorm folding "
+          "(without them, modules only, when torch.fx cannot trace the model), the closer of tf and tf_enhanced. "
+          "A torchao/AIMET cell says when the peer left a conv/linear/matmul float, when it left more than "
+          f"{1 - FULL_COVERAGE:.0%} of the ops computing on float tensors with neither a quantized input nor "
+          "a quantized output (torchao), or quantized only GEMM inputs or (AIMET) modules only. The line \"Best "
+          "peer per model\" counts the models where edgequant int8 reaches the best peer, and again counting only "
+          "the peer cells without such a note. Stage seconds: one torch thread; "
           f"`run` is the integer model on the {N_EVAL} held-out batches. Per-model limit {args.seconds:.0f} s.\n")
     print(table(rows) + "\n")
     print(summary(rows) + "\n")
     cmd = "python benchmarks/zoo.py" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "") \
-        + (f" --calib {args.calib}" if args.calib else "") + (f" --seconds {args.seconds:g}" if args.seconds != 240 else "")
+        + (f" --calib {args.calib}" if args.calib else "") + (f" --seconds {args.seconds:g}" if args.seconds != 240 else "") \
+        + (f" --peers '{args.peers}'" if args.peers != "torchao,aimet" else "")
     print(f"wall time {wall / 60:.1f} min for {len(names)} models; command: `{cmd}`")
     if args.json:
         import json
