@@ -99,11 +99,12 @@ def test_whole_models_are_the_ordinary_single_strategy_calibrations(cnn):
             assert got is None or got == pytest.approx(want, rel=1e-6), name
         if entry["error"] is None:  # stopped early: a fold was not below the default model's
             done = [e for e in entry["fold_errors"] if e is not None]
-            assert not all(a < b for a, b in zip(done, record["models"][DEFAULT]["fold_errors"]))
+            limit = [e * (1 - record["min_gain"]) for e in record["models"][DEFAULT]["fold_errors"]]
+            assert not all(a < b for a, b in zip(done, limit))
     # the start follows the validation rule from the qconfig's own observers
     as_tensors = {k: torch.tensor([math.nan if v is None else v for v in e["fold_errors"]], dtype=torch.float64)
                   for k, e in record["models"].items()}
-    assert record["start"] == pick(as_tensors, DEFAULT)
+    assert record["start"] == pick(as_tensors, DEFAULT, record["min_gain"])
     final = fold_errors(cm, floating, x)
     assert record["searched"]["fold_errors"] == pytest.approx(final, rel=1e-6)
     assert all(a <= b for a, b in zip(final, record["models"][record["start"]]["fold_errors"]))
@@ -131,7 +132,7 @@ def test_every_option_error_is_the_model_output_error_and_follows_the_rule(cnn):
         as_tensors = {k: torch.tensor([math.nan if e is None else e for e in v], dtype=torch.float64)
                       for k, v in options.items()}
         chosen = report[site]["strategy"]
-        assert chosen == pick(as_tensors, start)  # each tensor is visited once, from the start's option
+        assert chosen == pick(as_tensors, start, cm.meta["eq_auto_calibrate_models"]["min_gain"])  # each tensor is visited once, from the start's option
         if chosen != start:  # a change lowers every fold's error
             assert all(a < b for a, b in zip(options[chosen], options[start]))
         assert torch.equal(cm.eq_fq[key_of(site)].scale, singles[chosen].eq_fq[key_of(site)].scale), site
@@ -197,7 +198,7 @@ def test_a_change_that_fits_the_calibration_data_but_hurts_a_fold_is_refused():
     chosen = {}
     for folds in (1, 3):
         cm = eq.prepare(_Outlier(), (a[:2], d[:2], c[:2]), qconfig_setter=(minmax,))
-        auto_calibrate(cm, [(a, d, c)], candidates=("percentile",), folds=folds, progress=False)
+        auto_calibrate(cm, [(a, d, c)], candidates=("percentile",), folds=folds, min_gain=0.0, progress=False)
         assert cm.meta["eq_auto_calibrate_models"]["start"] == DEFAULT
         chosen[folds] = cm.meta["eq_auto_calibrate"]["add"]
     assert chosen[1]["strategy"] == "percentile"  # one fold: the total error decides

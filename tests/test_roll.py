@@ -58,7 +58,9 @@ def test_integer_model_equals_simulation_and_float(template, shifts, dims):
     for node in rolls:
         qp = g.values[node.outputs[0]].qparams
         codes = torch.round(qenv[node.outputs[0]] / qp.scale[0]) + qp.zero_point[0]
-        assert torch.equal(env[node.outputs[0]].to(torch.int64), codes.to(torch.int64))
+        # the roll moves its input codes; its input may differ from the quant IR by the 1 LSB a
+        # requantized op is allowed (a rounding tie taken the other way)
+        assert (env[node.outputs[0]].to(torch.int64) - codes.to(torch.int64)).abs().max() <= 1
         a = node.attrs["args"]
         assert torch.equal(env[node.outputs[0]], torch.roll(env[node.inputs[0]], a[1], a[2]))
     assert torch.allclose(y_int, sim, atol=2 * g.values[g.nodes[-1].inputs[0]].qparams.scale[0])

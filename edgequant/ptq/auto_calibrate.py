@@ -168,7 +168,7 @@ class _Scorer:
 
 def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] = DEFAULT_CANDIDATES,
                    num_batches: int | None = None, bins: int = 2048, progress: bool = True,
-                   folds: int = 3, min_gain: float = 0.0) -> fx.GraphModule:
+                   folds: int = 3, min_gain: float = 0.02) -> fx.GraphModule:
     """Choose every activation's calibration strategy by the model's output error (module docstring).
 
     Args:
@@ -183,6 +183,9 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
             tensor's qparams change only if the change lowers the output error of every fold.
             ``folds=1`` judges by the total error alone (fits the data given most closely).
         min_gain: the least relative lowering of each fold's error a change must bring (0: any).
+            The default 2 % keeps changes that are noise on calibration data out: on
+            EfficientNet-Lite0 (one thread) three tensors each lowered every fold's error by
+            less than that and together cost 0.13 dB on held-out crops.
     """
     expect_prepared(calib_model, "auto_calibrate", "calib_model")
     expect_batches(data, "auto_calibrate", "data")

@@ -94,6 +94,17 @@ def _seed_weights(name: str, model: nn.Module) -> None:
 
 
 def hashes_of(name, model, inputs, template, march) -> dict:
+    """On one torch thread: calibration's float reductions (the empirical bias correction's channel
+    means) round differently with another thread count, and the hashes must not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _hashes_of(name, model, inputs, template, march)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _hashes_of(name, model, inputs, template, march) -> dict:
     _seed_weights(name, model)
     torch.manual_seed(1)
     model.eval()
