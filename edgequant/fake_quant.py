@@ -247,7 +247,7 @@ class BiasCorrection(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("trained", torch.zeros((), dtype=torch.bool))
         # the rest of the mean output shift, measured on calibration batches against the float model
-        # (``edgequant.empirical_bias``): per output channel, empty until measured
+        # (``edgequant.ptq.empirical_bias``): per output channel, empty until measured
         self.register_buffer("empirical", torch.empty(0))
         # False: leave the empirical shift out (``ptq.op_sensitivity`` measures each op on its own, and the
         # shift also compensates what the quantized ops before it do)
@@ -412,6 +412,11 @@ def expect_fake_quant(value, fn: str, arg: str) -> nn.Module:
     return value
 
 
+# Steps that follow a state change, ``hook(model, state, ended_calibration)`` (``ended_calibration``:
+# the model was calibrating, on one process); ``edgequant.ptq.empirical_bias`` adds its own
+STATE_HOOKS: list = []
+
+
 def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Module:
     """Switch every FakeQuantize (and BiasCorrection, FakeCast) of ``model`` to ``state``; returns ``model``.
 
@@ -430,8 +435,6 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
     if is_distributed() and any(fq.state != state and fq.state in (FakeQuantState.CALIBRATION, FakeQuantState.QAT)
                                 for _, fq in fake_quant_modules(model)):
         sync_modules(shared_statistics(model))  # every rank freezes the same statistics (edgequant.collectives)
-    from . import empirical_bias
-
     calibrating = any(fq.state == FakeQuantState.CALIBRATION for _, fq in fake_quant_modules(model))
     for _, fq in fake_quant_modules(model):
         fq.set_state(state)
@@ -440,12 +443,8 @@ def set_fake_quantize(model: nn.Module, state: FakeQuantState | str) -> nn.Modul
             m.set_state(state)
     if state in (FakeQuantState.CALIBRATION, FakeQuantState.VALIDATION):
         model.eval()
-    if state == FakeQuantState.CALIBRATION:
-        empirical_bias.record_inputs(model)   # the batches the empirical bias correction runs on
-    elif calibrating and state == FakeQuantState.VALIDATION and not is_distributed():
-        empirical_bias.correct_after_calibration(model)
-    else:
-        empirical_bias.stop_recording(model)
+    for hook in STATE_HOOKS:
+        hook(model, state, calibrating and not is_distributed())
     return model
 
 

@@ -44,7 +44,7 @@ dB with signed int8 activations (before quint8 ReLU outputs), 18.5 -> 25.1 dB wi
 (tests/test_prepare_real_models.py). Calibration then measures the rest of each op's mean shift
 (activation rounding and clipping, and what earlier ops pass on) on the first calibration
 batches against the float model and removes it too, where that brings the outputs nearer float
-(``edgequant.empirical_bias``): MNIST residual CNN, held-out logit SQNR 26.9 -> 38.0 dB (int8),
+(``edgequant.ptq.empirical_bias``): MNIST residual CNN, held-out logit SQNR 26.9 -> 38.0 dB (int8),
 35.4 -> 44.9 dB (int16).
 
 Why MSE for int8 activations (same EfficientNet crops; MNIST residual CNN of tests/models.py;

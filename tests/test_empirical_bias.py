@@ -1,4 +1,4 @@
-"""Empirical bias correction (edgequant.empirical_bias): after calibration every conv/linear of the
+"""Empirical bias correction (edgequant.ptq.empirical_bias): after calibration every conv/linear of the
 simulation has the float model's mean output per channel on the calibration batches, the integer
 model applies the same bias, and the correction is kept only where it brings the outputs nearer float."""
 import numpy as np

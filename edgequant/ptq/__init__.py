@@ -16,6 +16,7 @@ from ..dtype import qint4, qint8
 from ..observers import MinMaxObserver, MSEObserver
 from ..qconfig import get_qconfig
 from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
+from . import empirical_bias  # noqa: F401  (adds calibration's closing step to set_fake_quantize)
 from .adaround import adaround
 from .auto_calibrate import auto_calibrate
 from .sensitivity import SensitivityTable, get_sensitive_op_qconfig_setter, op_sensitivity

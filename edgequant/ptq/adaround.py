@@ -21,7 +21,7 @@ linearly from ``b_range[0]`` to ``b_range[1]``. Finally ``h = [V >= 0]``, the we
 overwritten with ``s * (floor(w / s) + z + h - z)`` and the weight FakeQuantize gets a fixed
 scale (a ``FixedScaleObserver`` with the scale it had), so it reproduces the written weights
 exactly in every state, and bias correction sees no rounding shift for that layer. The empirical
-bias correction that calibration measured (``edgequant.empirical_bias``) is cleared first and
+bias correction that calibration measured (``edgequant.ptq.empirical_bias``) is cleared first and
 measured again on the first batches once every layer is rounded.
 
 ``custom_config_dict`` keys (defaults): ``num_batches`` (10) batches of ``data`` used,
@@ -41,7 +41,7 @@ import torch
 from torch import fx, nn
 
 from ..argcheck import describe, expect_batches, expect_prepared
-from ..empirical_bias import CACHE_BATCHES, clear_empirical, correct_biases
+from .empirical_bias import CACHE_BATCHES, clear_empirical, correct_biases
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..observers import FixedScaleObserver
 from ..qmath import _as_param

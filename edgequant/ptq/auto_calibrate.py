@@ -20,7 +20,7 @@ The search:
    its float outputs, per fold; a fold is run to its end only while the option being tried
    can still win, so most losing options cost one fold.
 3. Whole models: every tensor ``"default"``, then every tensor of each candidate strategy, each
-   with its own bias correction where calibration measured an empirical one (``edgequant.
+   with its own bias correction where calibration measured an empirical one (``edgequant.ptq.
    empirical_bias``: it depends on the activations' qparams; measured on the batches
    ``calibrate`` would keep, so each is the model an ordinary calibration with that observer
    gives). The starting point is the one ``pick`` (step 4's rule) takes over ``"default"``: a
@@ -67,6 +67,7 @@ from ..fake_quant import BiasCorrection, FakeQuantize, FakeQuantState, calibrate
 from ..inputs import shape_of
 from ..observers import FixedScaleObserver
 from ..observers.mix import MixObserver, check_strategy, strategy_observer
+from . import empirical_bias
 from .sweep import Sweep, batches_of, model_device, op_units, restore, set_states
 
 DEFAULT_CANDIDATES = ("minmax", "percentile", "percentile99.9", "mse", "kl")
@@ -279,7 +280,7 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
 
 
 class _Biases:
-    """The empirical part of the model's bias corrections (``edgequant.empirical_bias``, where
+    """The empirical part of the model's bias corrections (``edgequant.ptq.empirical_bias``, where
     calibration measured one): it depends on the activations' qparams, so each whole model
     measures its own, as ``calibrate`` would have."""
 
@@ -287,12 +288,8 @@ class _Biases:
         self.gm = gm
         self.bcs = [m for m in gm.modules() if isinstance(m, BiasCorrection)
                     and isinstance(getattr(m, "empirical", None), torch.Tensor) and m.empirical.numel()]
-        try:
-            from .. import empirical_bias
-        except ImportError:  # no such pass: nothing to measure
-            empirical_bias = None
         self.pass_ = empirical_bias
-        self.on = bool(self.bcs) and empirical_bias is not None
+        self.on = bool(self.bcs)
         if self.on:  # the batches calibrate keeps for the pass (empirical_bias.record_inputs)
             placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
             self.batches, size = [], 0

@@ -5,7 +5,7 @@ it quantizes one op at a time (its weight, inputs and output, with the calibrate
 while every other op computes in float, and measures how far the model's final outputs move
 from the float ones. It returns a ``SensitivityTable``: one row per op (``name`` as qconfig
 setters and ``prepare`` name it, ``op`` type, ``value`` of the metric), most sensitive first.
-The empirical bias corrections (``edgequant.empirical_bias``) are left out: they are measured for the
+The empirical bias corrections (``edgequant.ptq.empirical_bias``) are left out: they are measured for the
 whole quantized model, and part of each compensates for the ops before it. Metrics, over the float outputs of all batches concatenated: ``"sqnr"`` (dB, lower is worse),
 ``"cosine"`` (lower is worse), ``"mse"`` (higher is worse). Each op's run starts where that op
 first acts (``sweep.Sweep``): the float values before it are computed once for all ops.

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from .fake_quant import BiasCorrection, FakeQuantState
+from ..fake_quant import STATE_HOOKS, BiasCorrection, FakeQuantState
 
 CACHE_BATCHES = 8          # calibration batches kept for the pass
 CACHE_BYTES = 64 << 20     # at most this many bytes of model inputs
@@ -126,7 +126,7 @@ def _channel_sums(d: torch.Tensor, linear: bool) -> tuple[torch.Tensor, int]:
 def correct_biases(calib_model: fx.GraphModule, batches: list) -> dict[str, float]:
     """Measure and set every ``BiasCorrection``'s empirical shift (module docstring); returns
     ``{op site: largest |empirical shift|}``. ``batches`` as ``ptq.sweep.Sweep`` takes them."""
-    from .ptq.sweep import Sweep, restore, set_states
+    from .sweep import Sweep, restore, set_states
 
     gm = calib_model
     todo = [(n, bn, bc) for n, bn, bc in _corrections(gm) if bc.active()]
@@ -192,5 +192,19 @@ def correct_after_calibration(model: nn.Module) -> None:
     if gm is not None and batches:
         correct_biases(gm, batches)
 
+
+def _after_state_change(model: nn.Module, state: FakeQuantState, ended_calibration: bool) -> None:
+    """``set_fake_quantize``'s hook: keep the inputs while the model calibrates, run the pass when
+    calibration ends in VALIDATION (one process: under torch.distributed each rank would measure its
+    own data), and forget the inputs otherwise."""
+    if state == FakeQuantState.CALIBRATION:
+        record_inputs(model)   # the batches the empirical bias correction runs on
+    elif ended_calibration and state == FakeQuantState.VALIDATION:
+        correct_after_calibration(model)
+    else:
+        stop_recording(model)
+
+
+STATE_HOOKS.append(_after_state_change)
 
 __all__ = ["correct_biases", "clear_empirical", "record_inputs", "stop_recording", "CACHE_BATCHES", "CACHE_BYTES"]
