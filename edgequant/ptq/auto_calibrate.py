@@ -292,13 +292,7 @@ class _Biases:
         self.on = bool(self.bcs)
         if self.on:  # the batches calibrate keeps for the pass (empirical_bias.record_inputs)
             placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-            self.batches, size = [], 0
-            for b in batches:
-                b = tuple(Sweep._inputs(b, placeholders))
-                n = sum(t.numel() * t.element_size() for t in b if isinstance(t, torch.Tensor))
-                if len(self.batches) < empirical_bias.CACHE_BATCHES and size + n <= empirical_bias.CACHE_BYTES:
-                    self.batches.append(b)
-                    size += n
+            self.batches = empirical_bias.kept_batches([tuple(Sweep._inputs(b, placeholders)) for b in batches])
 
     def save(self) -> list:
         return [bc.empirical.clone() for bc in self.bcs]

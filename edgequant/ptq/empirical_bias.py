@@ -75,7 +75,7 @@ def record_inputs(model: nn.Module) -> None:
         if len(cache["batches"]) >= CACHE_BATCHES:
             return None
         size = _nbytes((args, kwargs))
-        if cache["bytes"] + size > CACHE_BYTES:
+        if not _room(len(cache["batches"]), cache["bytes"], size):
             return None
         names = [str(p.target) for p in mod.graph.find_nodes(op="placeholder")]
         batch = dict(zip(names, args), **kwargs) if kwargs else tuple(args)
@@ -84,6 +84,22 @@ def record_inputs(model: nn.Module) -> None:
         return None
 
     gm._eq_input_cache = (cache, gm.register_forward_pre_hook(keep, with_kwargs=True))
+
+
+def _room(kept: int, kept_bytes: int, size: int) -> bool:
+    """Whether a batch of ``size`` bytes joins ``kept`` batches of ``kept_bytes`` (``CACHE_BATCHES``, ``CACHE_BYTES``)."""
+    return kept < CACHE_BATCHES and kept_bytes + size <= CACHE_BYTES
+
+
+def kept_batches(batches: list) -> list:
+    """Of ``batches``, those ``record_inputs`` would keep while the model calibrates on them."""
+    kept, size = [], 0
+    for b in batches:
+        n = _nbytes(b)
+        if _room(len(kept), size, n):
+            kept.append(b)
+            size += n
+    return kept
 
 
 def stop_recording(model: nn.Module) -> list:
@@ -207,4 +223,4 @@ def _after_state_change(model: nn.Module, state: FakeQuantState, ended_calibrati
 
 STATE_HOOKS.append(_after_state_change)
 
-__all__ = ["correct_biases", "clear_empirical", "record_inputs", "stop_recording", "CACHE_BATCHES", "CACHE_BYTES"]
+__all__ = ["correct_biases", "clear_empirical", "kept_batches", "record_inputs", "stop_recording", "CACHE_BATCHES", "CACHE_BYTES"]
