@@ -1,4 +1,5 @@
-"""Post-training quantization algorithms: ``adaround`` (learned weight rounding), a 4-bit
+"""Post-training quantization algorithms: ``adaround`` (learned weight rounding), ``gptq``
+(weight rounding by the layer inputs' Hessian, about as fast as calibration), a 4-bit
 weight calibration template to use it with, ``auto_calibrate`` (per tensor, the calibration
 strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a per-op sensitivity table),
 ``get_sensitive_op_qconfig_setter`` (int16 for the most sensitive ops) and ``smooth_quant``
@@ -10,7 +11,7 @@ strategy that keeps the final outputs nearest to float), ``op_sensitivity`` (a p
 
     cm = eq.prepare(model, x, qconfig_setter=(calibration_4bit_weight_8bit_act_qconfig_setter,))
     eq.calibrate(cm, batches)                    # CALIBRATION, then VALIDATION
-    eq.ptq.adaround(cm, batches, {"num_step": 1000})
+    eq.ptq.adaround(cm, batches, {"num_step": 1000})   # or eq.ptq.gptq(cm, batches)
 """
 from ..dtype import qint4, qint8
 from ..observers import MinMaxObserver, MSEObserver
@@ -19,6 +20,7 @@ from ..qconfig_template import TemplateSetter, _act_dtype, OpSite
 from . import empirical_bias  # noqa: F401  (adds calibration's closing step to set_fake_quantize)
 from .adaround import adaround
 from .auto_calibrate import auto_calibrate
+from .gptq import gptq
 from .sensitivity import SensitivityTable, get_sensitive_op_qconfig_setter, op_sensitivity
 from .smooth_quant import SmoothedLinear, smooth_quant
 
@@ -34,5 +36,5 @@ calibration_4bit_weight_8bit_act_qconfig_setter = TemplateSetter(
     "Post-training calibration: int8 activations (MSE observer), int4 per-channel weights "
     "(min-max); the weights are meant to be rounded by edgequant.ptq.adaround.")
 
-__all__ = ["adaround", "auto_calibrate", "calibration_4bit_weight_8bit_act_qconfig_setter", "op_sensitivity", "SensitivityTable",
+__all__ = ["adaround", "auto_calibrate", "gptq", "calibration_4bit_weight_8bit_act_qconfig_setter", "op_sensitivity", "SensitivityTable",
            "get_sensitive_op_qconfig_setter", "smooth_quant", "SmoothedLinear"]

@@ -41,7 +41,7 @@ import torch
 from torch import fx, nn
 
 from ..argcheck import describe, expect_batches, expect_prepared
-from .empirical_bias import CACHE_BATCHES, clear_empirical, correct_biases
+from .empirical_bias import clear_empirical, correct_biases, kept_batches
 from ..fake_quant import FakeQuantize, FakeQuantState
 from ..observers import FixedScaleObserver
 from ..qmath import _as_param
@@ -94,6 +94,16 @@ def _layers(gm: fx.GraphModule):
     return out
 
 
+def selected_layers(gm: fx.GraphModule, exclude_prefix) -> list:
+    """``_layers(gm)`` but the sites named by (or starting with) ``exclude_prefix`` (a string or a
+    list); raises if a weight was never calibrated."""
+    excl = (exclude_prefix,) if isinstance(exclude_prefix, str) else tuple(exclude_prefix or ())
+    layers = [l for l in _layers(gm) if not any(l[0] == p or l[0].startswith(p) for p in excl)]
+    for _, _, _, fq, _ in layers:
+        fq.qparams()  # raises if never calibrated
+    return layers
+
+
 def _float_io(sweep: Sweep, layers) -> dict:
     """``{op node: [(args, kwargs, output) per batch]}`` of every layer, in one pass of ``sweep``
     (run with the states set now: FLOAT, before any weight is rounded)."""
@@ -122,13 +132,9 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
         raise ValueError(f"adaround: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     cfg.update(custom_config_dict or {})
     _check_config(cfg)
-    excl = cfg["exclude_prefix"]
-    excl = (excl,) if isinstance(excl, str) else tuple(excl or ())
     gm = calib_model
     batches = batches_of(data, int(cfg["num_batches"]), model_device(gm))  # read once, reused by every layer
-    layers = [l for l in _layers(gm) if not any(l[0] == p or l[0].startswith(p) for p in excl)]
-    for _, _, _, fq, _ in layers:
-        fq.qparams()  # raises if never calibrated
+    layers = selected_layers(gm, cfg["exclude_prefix"])
     report = {}
     was_training = gm.training
     gm.eval()
@@ -155,7 +161,7 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     finally:
         bar.close()
         gm.train(was_training)
-    correct_biases(gm, batches[:CACHE_BATCHES])   # the mean shifts left with the learned rounding
+    correct_biases(gm, kept_batches(batches))   # the mean shifts left with the learned rounding
     gm.meta.setdefault("eq_adaround", {}).update(report)
     return gm
 

@@ -1,0 +1,146 @@
+"""GPTQ weight rounding (edgequant.ptq.gptq).
+
+References: torch's own convolutions (the im2col columns the Hessian is built from), an exhaustive
+search over every floor/ceil choice of a small layer (the best rounding there is), round-to-nearest
+(RTN: the same calibrated model without GPTQ), and the float model's accuracy.
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgequant as eq
+from edgequant.ptq import calibration_4bit_weight_8bit_act_qconfig_setter as T4, gptq
+from edgequant.ptq.adaround import _layers
+from edgequant.ptq.gptq import _columns
+from edgequant.qconfig_template import default_calibration_qconfig_setter as T8
+
+from models import accuracy, trained_cnn
+from test_adaround import check_weights_stay_rounded
+
+QUIET = {"progress": False}
+
+
+@pytest.mark.parametrize("op, wshape, xshape, args", [
+    ("conv2d", (6, 2, 3, 3), (3, 6, 11, 13), ([2, 1], [1, 2], [1, 2], 3)),
+    ("conv2d", (8, 1, 3, 3), (2, 8, 9, 9), ([2, 2], [1, 1], [1, 1], 8)),         # depthwise
+    ("conv2d", (5, 4, 1, 1), (2, 4, 7, 6), ()),                                  # 1x1, defaults
+    ("conv1d", (5, 4, 3), (3, 4, 17), ([2], [1], [1], 1)),
+    ("linear", (5, 7), (2, 3, 7), ()),
+])
+def test_columns_reproduce_the_op(op, wshape, xshape, args):
+    """Each group's columns times its weight rows give torch's output, element for element."""
+    torch.manual_seed(0)
+    w, x = torch.randn(wshape, dtype=torch.float64), torch.randn(xshape, dtype=torch.float64)
+    cols, groups = _columns({"linear": None, "conv1d": 1, "conv2d": 2}[op], (x, w, None, *args), w)
+    rows = w.shape[0] // groups
+    got = torch.einsum("ngd,grd->ngr", cols, w.reshape(groups, rows, -1)).reshape(cols.shape[0], -1)
+    if op == "linear":
+        want = F.linear(x, w).reshape(-1, w.shape[0])
+    else:
+        fn = F.conv2d if op == "conv2d" else F.conv1d
+        y = fn(x, w, None, *args)
+        want = y.flatten(2).transpose(1, 2).reshape(-1, w.shape[0])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _single_linear(n_in=6, n_out=3, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(n_in, n_out).eval()
+    xs = [torch.randn(64, n_in) @ torch.randn(n_in, n_in) for _ in range(4)]   # correlated inputs
+    cm = eq.prepare(lin, (xs[0],), qconfig_setter=(T4,), bias_correction=False)
+    eq.calibrate(cm, [(x,) for x in xs])
+    return lin, cm, xs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gptq_is_between_the_best_rounding_and_round_to_nearest(seed):
+    """4-bit, 6 inputs: every floor/ceil choice of each row is tried on the layer's quantized inputs.
+    GPTQ's weights are on the grid, no worse than RTN, and not better than the optimum (which an
+    off-grid weight could be)."""
+    lin, cm, xs = _single_linear(seed=seed)
+    ((site, op_node, wq_node, fq, _),) = _layers(cm)
+    w = lin.weight.detach().double()
+    scale, zp = (t.double() for t in fq.qparams())
+    s, z = scale.reshape(-1, 1), zp.reshape(-1, 1)
+    qmin, qmax = fq.dtype.qmin, fq.dtype.qmax
+    xq = torch.cat([cm.get_submodule(op_node.args[0].target)(x) for x in xs]).double()   # the layer's int8 input
+
+    def err(wq):   # per row, sum of squared output errors on the calibration inputs
+        return ((xq @ (wq - w).T) ** 2).sum(0)
+
+    rtn = (torch.clamp(torch.round(w / s) + z, qmin, qmax) - z) * s
+    lo = torch.clamp(torch.floor(w / s) + z, qmin, qmax)
+    best = torch.full((w.shape[0],), float("inf"), dtype=torch.float64)
+    for ups in itertools.product((0, 1), repeat=w.shape[1]):
+        cand = (torch.clamp(lo + torch.tensor(ups, dtype=torch.float64), qmin, qmax) - z) * s
+        best = torch.minimum(best, err(cand))
+    gptq(cm, [(x,) for x in xs], {**QUIET, "damp": 1e-6})
+    got = cm.get_parameter(wq_node.args[0].target).detach().double()
+    codes = got / s + z
+    assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.min() >= qmin - 1e-4 and codes.max() <= qmax + 1e-4
+    w32 = cm.get_parameter(wq_node.args[0].target).detach()
+    assert torch.equal(fq(w32), w32)   # on the grid in float32, where the model computes
+    got = (codes.round() - z) * s      # the same grid points, without float32's last bits
+    e_gptq, e_rtn = err(got), err(rtn)
+    print(f"\nrow errors: best {best.tolist()}\n GPTQ {e_gptq.tolist()}\n RTN {e_rtn.tolist()}")
+    assert (e_gptq >= best * (1 - 1e-9)).all()   # it reaches the optimum here: equal is fine
+    assert (e_gptq <= e_rtn * (1 + 1e-9)).all() and e_gptq.sum() < e_rtn.sum()
+    report = cm.meta["eq_gptq"][site]   # the report's MSE is the same error, from the Hessian
+    n = xq.shape[0] * w.shape[0]
+    assert report["mse_gptq"] == pytest.approx(float(e_gptq.sum()) / n, rel=1e-6)
+    assert report["mse_rtn"] == pytest.approx(float(e_rtn.sum()) / n, rel=1e-6)
+
+
+def _calibrated(model, xtr, setter):
+    cm = eq.prepare(model, xtr[:2], qconfig_setter=(setter,), bias_correction=False)
+    eq.calibrate(cm, list(xtr[:256].split(64)))
+    return cm
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return trained_cnn()
+
+
+def test_gptq_recovers_the_4bit_accuracy_loss_and_every_layer_error(cnn):
+    model, (xtr, _, xte, yte) = cnn
+    rtn, g = _calibrated(model, xtr, T4), _calibrated(model, xtr, T4)
+    gptq(g, list(xtr[:640].split(64)), QUIET)
+    f, r, a = accuracy(model, xte, yte), accuracy(rtn, xte, yte), accuracy(g, xte, yte)
+    print(f"\nfloat {f:.2f}  4-bit RTN {r:.2f}  4-bit GPTQ {a:.2f}")
+    assert r <= f - 1.0          # RTN really loses accuracy here
+    assert a - r >= 0.5 * (f - r)
+    assert set(g.meta["eq_gptq"]) == {"stem.0", "dw", "pw", "down.0", "down.3", "head"}
+    for site, v in g.meta["eq_gptq"].items():
+        assert v["mse_gptq"] < v["mse_rtn"], site
+
+
+def test_gptq_weights_are_reproduced_exactly_by_the_integer_model(cnn):
+    model, (xtr, _, xte, _) = cnn
+    g = _calibrated(model, xtr, T8)
+    gptq(g, list(xtr[:256].split(64)), QUIET)
+    check_weights_stay_rounded(g, xtr[:8])
+    integer = eq.convert(eq.export(g, xtr[:2]), eq.March.NASH_M)
+    with torch.no_grad():
+        sim, got = g(xte[:200]), integer(xte[:200])
+    assert (sim.argmax(1) == got.argmax(1)).float().mean() >= 0.99
+
+
+def test_config_and_arguments_are_checked(cnn):
+    model, (xtr, ytr, _, _) = cnn
+    cm = _calibrated(model, xtr, T8)
+    before = {n: p.detach().clone() for n, p in cm.named_parameters()}
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xtr[:64], ytr[:64]), batch_size=32)
+    gptq(cm, loader, {**QUIET, "num_batches": 2, "exclude_prefix": ["stem", "dw", "pw", "down"]})
+    assert list(cm.meta["eq_gptq"]) == ["head"]
+    assert {n for n, p in cm.named_parameters() if not torch.equal(p, before[n])} <= {"head.weight"}
+    for bad, match in [({"dampening": 0.1}, "unknown config keys"), ({"damp": 0}, "damp"),
+                       ({"block_size": 0}, "block_size"), ({"act_order": 1}, "act_order"), ([1], "dict")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            gptq(cm, [xtr[:8]], bad)
+    with pytest.raises(TypeError, match="gptq"):
+        gptq(model, [xtr[:8]])
