@@ -1,6 +1,7 @@
-"""The int8 templates' activation rules: signed int8 tensors are affine, and a post-norm
+"""The int8 templates' activation rules: signed int8 tensors are affine, a post-norm
 transformer's residual stream (a layer-norm output that more than GEMMs read) stays int16 while
-the projections read an int8 copy of it.
+the projections read an int8 copy of it, a model output only the caller reads is int16, and a
+tensor reaching a layer norm through a permute is int16 as a direct input is.
 
 Checked on the prepared models' fake-quants (a small random post-norm BertModel, the tests' pre-norm
 ``TinyBlock``, the residual CNN), with the integer model compared with the simulation layer by layer
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 
 import edgequant as eq
 from edgequant.gemm_inputs import GEMM_OPS
-from edgequant.qconfig_template import default_calibration_qconfig_setter as T8, \
+from edgequant.observers import MSEObserver
+from edgequant.qconfig import get_qconfig
+from edgequant.qconfig_template import ModuleNameQconfigSetter, default_calibration_qconfig_setter as T8, \
     default_qat_qconfig_setter as T8_QAT
 
 from models import TinyBlock, calibrate, trained_cnn
@@ -76,6 +79,68 @@ def test_pre_norm_layer_norm_outputs_read_only_by_projections_stay_int8():
     assert not [n for n in cm.meta["edgequant"]["sites"] if n.endswith(".gemm_input")]
     assert cm.eq_fq["ln1"].dtype == eq.qint8 and cm.eq_fq["ln2"].dtype == eq.qint8
     assert cm.eq_fq["add"].dtype == eq.qint16   # the residual stream feeds ln2
+
+
+class LaneExpectation(torch.nn.Module):
+    """UFLD's decoding: a linear's logits, a softmax over the grid cells, ``sum(softmax * idx)``;
+    the logits are returned too (a linear output the softmax reads as well)."""
+
+    def __init__(self, cells=16):
+        super().__init__()
+        self.fc = torch.nn.Linear(12, cells * 4)
+        self.register_buffer("idx", torch.arange(cells, dtype=torch.float32).reshape(1, -1, 1) + 1)
+
+    def forward(self, x):
+        logits = self.fc(x).reshape(x.shape[0], -1, 4)
+        loc = (logits.softmax(1) * self.idx).sum(1)
+        return logits, loc, loc.relu() + 1.0   # the last one: an add that only the caller reads
+
+
+def test_model_outputs_are_int16_and_tensors_computed_on_stay_int8():
+    """A tensor that only the caller reads is int16 (its step is then 1/256 of int8's) and one that
+    ops read as well stays 8-bit. Compared with float: the int16 output's error is below one int8
+    step of its range."""
+    torch.manual_seed(0)
+    model, xs = LaneExpectation().eval(), [torch.randn(8, 12) * 2 for _ in range(4)]
+    cm = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8,)), xs)
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    assert dtypes["sum"] == eq.qint8, dtypes            # the relu reads it: computed on
+    assert dtypes["add"] == eq.qint16, dtypes           # only the caller reads it
+    assert dtypes["softmax"] in (eq.qint8, eq.quint8) and dtypes["mul"] in (eq.qint8, eq.quint8), dtypes
+    assert dtypes["fc"] == eq.qint16                     # a softmax input (NEEDS_INT16_INPUT), not for the caller
+    qm = eq.convert(eq.export(cm, xs[0]), eq.March.NASH_M)
+    check_integer_matches_simulation(model, cm, qm, xs[1])
+    int8_out = get_qconfig(observer=MSEObserver, out_dtype=eq.qint8, weight_dtype=eq.qint8)
+    cm8 = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8, ModuleNameQconfigSetter({"add": int8_out}))), xs)
+    assert cm8.eq_fq["add"].dtype == eq.qint8
+    qm8 = eq.convert(eq.export(cm8, xs[0]), eq.March.NASH_M)
+    x = torch.randn(256, 12) * 2
+    with torch.no_grad():
+        want, got16, got8 = model(x)[2], qm(x)[2], qm8(x)[2]
+    e16, e8 = (got16 - want).pow(2).mean(), (got8 - want).pow(2).mean()
+    print(f"\nmodel output MSE to float: int16 {e16:.3g}, int8 {e8:.3g}")
+    assert e16 < e8
+
+
+def test_a_tensor_feeding_a_layer_norm_through_a_permute_is_int16():
+    """ConvNeXt / Swin patch embedding: conv -> permute -> layer_norm. The conv's output is the layer
+    norm's input (a permute moves codes unchanged), so it gets int16 as a direct input would."""
+
+    class PatchEmbed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.head = torch.nn.Conv2d(3, 8, 4, 4), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)))
+
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 3, 16, 16) for _ in range(3)]
+    cm = calibrate(eq.prepare(PatchEmbed().eval(), xs[0], qconfig_setter=(T8,)), xs)
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    assert dtypes["conv"] == eq.qint16 and dtypes["norm"] in (eq.qint8, eq.quint8), dtypes
+    qm = eq.convert(eq.export(cm, xs[0]), eq.March.NASH_M)
+    check_integer_matches_simulation(PatchEmbed(), cm, qm, xs[1])
 
 
 @pytest.mark.slow
