@@ -91,12 +91,14 @@ def rows_for(w: W.Workload, only: str = "") -> list[Row]:
 
     add("float", lambda: w.model)
     for tname, setter in W.TEMPLATES.items():
-        for smooth in (False, True) if w.smooth else (False,):
-            label = f"edgequant {tname}{W.SMOOTHED if smooth else ''}"
+        variants = [(False, "")] + ([(True, "")] if w.smooth else []) + ([(False, "gptq")] if tname == "int8" else [])
+        for smooth, weights in variants:
+            label = f"edgequant {tname}{W.SMOOTHED if smooth else ''}{W.GPTQ if weights else ''}"
             holder = {}
             if only and only not in f"{label}, simulation" + f"{label}, integer model":
                 continue
-            make = lambda s=setter, sm=smooth: holder.setdefault("cm", W.edgequant_calibrated(w, s, sm))  # noqa: E731
+            make = lambda s=setter, sm=smooth, wt=weights: holder.setdefault(  # noqa: E731
+                "cm", W.edgequant_calibrated(w, s, sm, wt))
             add(f"{label}, simulation", make)
             if "cm" not in holder and only in f"{label}, integer model":
                 make()
@@ -176,9 +178,9 @@ def verdict(w: W.Workload, rows: list[Row]) -> str:
     if _best(got, None) is None:
         return f"{w.name}: no peer produced a model"
 
-    def ours(tname):  # worst of simulation and integer model (the better of plain and smoothed), or None
-        worst = []
-        for label in (f"edgequant {tname}", f"edgequant {tname}{W.SMOOTHED}"):
+    def ours(tname, suffixes=("", W.SMOOTHED)):  # worst of simulation and integer model (the better
+        worst = []                                  # of plain and smoothed), or None
+        for label in (f"edgequant {tname}{x}" for x in suffixes):
             vals = [v for k, (v, _) in got.items() if k.startswith(f"{label}, ")]
             worst += [min(vals)] if vals else []
         return max(worst) if worst else None
@@ -195,6 +197,9 @@ def verdict(w: W.Workload, rows: list[Row]) -> str:
         return text + f"; edgequant {tname} worst of simulation/integer (best of plain/{W.SMOOTHED.strip(' +')}) {mine:.5g} -> " + ("OK" if ok else "BELOW it")
 
     parts = [against("int8", ("every op",), "every op"), against(W.GEMM_TEMPLATE, ("GEMM only",), "GEMM inputs only")]
+    gptq_db = ours("int8", (W.GPTQ,))
+    if gptq_db is not None:
+        parts.append(f"int8{W.GPTQ} worst of simulation/integer {gptq_db:.5g}")
     others = _best(got, ("modules only",))
     if others:
         parts.append(f"quantizing modules only (not compared): {others[1]:.5g} ({others[0]})")

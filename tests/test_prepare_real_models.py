@@ -163,6 +163,28 @@ def test_efficientnet_lite0_logits_track_float(efficientnet, setter, min_sqnr, m
     assert agree >= min_agree
 
 
+def test_efficientnet_lite0_int8_gptq_gains_over_round_to_nearest(efficientnet):
+    """``ptq.gptq`` after the int8 template's calibration: the held-out logits gain more than 1 dB
+    over round-to-nearest weights, in the simulation and in the integer model (64 calibration crops
+    here: 22.68 -> 23.91 dB, integer 24.00; benchmarks/accuracy.py's 32 crops: 22.50 -> 24.21)."""
+    from edgequant.ptq import gptq
+
+    model, calib, test, ref = efficientnet
+    with torch.no_grad():
+        cm = eq.prepare(model, calib[:2], qconfig_setter=(T8,))
+        calibrate(cm, calib.split(16))
+        rtn = sqnr_db(ref, torch.cat([cm(x) for x in test.split(28)]))
+    gptq(cm, list(calib.split(16)), {"progress": False})
+    integer = eq.convert(eq.export(cm, calib[:2]), eq.March.NASH_M)
+    with torch.no_grad():
+        sim = sqnr_db(ref, torch.cat([cm(x) for x in test.split(28)]))
+        got = sqnr_db(ref, torch.cat([integer(x) for x in test.split(28)]))
+    print(f"\nEfficientNet-Lite0 int8, held-out logit SQNR: round-to-nearest {rtn:.2f} dB, GPTQ {sim:.2f} dB "
+          f"(integer model {got:.2f} dB)")
+    assert sim >= rtn + 1.0 and got >= rtn + 1.0
+    assert min(sim, got) >= 23.5
+
+
 # -- the bias correction the results above rely on ----------------------------------------------------------
 @pytest.mark.parametrize("op", ["conv2d", "conv1d", "linear"])
 def test_bias_correction_removes_the_exact_mean_shift_of_the_weights(op):

@@ -16,7 +16,8 @@ im2col patches), the pass minimises ``|| (w_q - w) X ||^2`` over ``w_q`` on the 
 ``w[:, j] -= (w[:, i] - q[:, i]) * U[i, j] / U[i, i]`` with ``U`` the upper Cholesky factor of
 ``H^-1`` after ``damp * mean(diag H)`` is added to the diagonal. Grouped and depthwise
 convolutions have one Hessian per group and run all groups at once. A column whose input was
-always zero is rounded to nearest. Unlike AdaRound (``edgequant.ptq.adaround``) nothing is
+always zero is rounded to nearest. A weight that several calls share (a detector's shared head)
+is rounded once, for the inputs of its first call. Unlike AdaRound (``edgequant.ptq.adaround``) nothing is
 trained: a layer costs one pass over its inputs and ``O(d^3 + rows * d^2)`` arithmetic, so the
 whole model takes about as long as calibration.
 
@@ -162,12 +163,13 @@ def gptq(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = No
     clear_empirical(gm)   # measured for round-to-nearest weights; measured again at the end
     from tqdm.auto import tqdm
 
+    rounded = set()   # parameters already rounded (a weight shared by several calls is rounded once)
     try:
         sweep = Sweep(gm, batches)
         layers.sort(key=lambda l: sweep.index[l[1]])
         for site, op_node, wq_node, fq, _ in tqdm(layers, desc="gptq", disable=not cfg["progress"]):
             sweep.advance(max(sweep.cursor, sweep.index[wq_node]))
-            report[site] = _round_layer(gm, op_node, wq_node, fq, sweep.inputs_of(op_node), cfg)
+            report[site] = _round_layer(gm, op_node, wq_node, fq, sweep.inputs_of(op_node), cfg, rounded)
     finally:
         gm.train(was_training)
     correct_biases(gm, kept_batches(batches))   # the mean shifts left with the new rounding
@@ -175,12 +177,15 @@ def gptq(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = No
     return gm
 
 
-def _round_layer(gm, op_node, wq_node, fq, quant, cfg) -> dict:
+def _round_layer(gm, op_node, wq_node, fq, quant, cfg, rounded: set) -> dict:
     owner, pname = _owner(gm, wq_node.args[0].target)
     param = getattr(owner, pname)
     w = param.detach().float()
     if fq.ch_axis not in (0, None) or fq.state == FakeQuantState.FLOAT:
         return {"skipped": "weight float or not quantized per output channel"}
+    if param in rounded:   # a detector's shared head: the first call's inputs decided
+        return {"skipped": "weight shared with an earlier call, rounded there"}
+    rounded.add(param)
     h, count = _hessian(op_node.meta["eq_spec"].spatial_dims, quant, w)
     del quant
     groups = h.shape[0]
