@@ -27,8 +27,9 @@ from __future__ import annotations
 from torch import fx
 
 from .capture import is_float_value
-from .nn.stubs import quant_point
+from .nn.stubs import dequant_point, quant_point
 from .ops import ALL_SPECS
+from .ops.elementwise import lower_rescale_call
 from .ops.matmul_forms import lower_einsum
 from .ops.matmul_kernels import k_reduce
 
@@ -59,6 +60,22 @@ def _name(node: fx.Node) -> str:
     if spec is not None:
         return spec.name
     return "output" if node.op == "output" else getattr(node.target, "__name__", str(node.target))
+
+
+def reaches_caller_only(node: fx.Node, depth: int = 0) -> bool:
+    """Every op computing from ``node``'s value (through shared-grid ops) is the graph output, a
+    DeQuantStub, or an op that only moves values to a grid of its own (cat, stack, slice_scatter,
+    copy: the op table's rescale calls) whose value in turn reaches the caller only. The int8
+    templates give such a tensor int16 (``qconfig_template.MODEL_OUTPUT_READERS``)."""
+    readers = list(_readers(node))
+    for u, _ in readers:
+        spec = _spec(u)
+        if u.op == "output" or u.target is dequant_point:
+            continue
+        if spec is not None and spec.lower is lower_rescale_call and depth < 16 and reaches_caller_only(u, depth + 1):
+            continue
+        return False
+    return bool(readers)
 
 
 def reader_ops(node: fx.Node) -> tuple[str, ...]:

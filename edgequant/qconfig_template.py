@@ -96,6 +96,9 @@ class OpSite:
     # The canonical ops that compute from the output (of the fused group), looking through ops that keep
     # the grid (reshape, permute, masked_fill, max pooling ...): ``gemm_inputs.reader_ops``.
     feeds: tuple[str, ...] = ()
+    # True when only the model's caller reads the output: graph outputs and DeQuantStubs, directly or
+    # through ops that only move values (cat, stack, slice_scatter): ``gemm_inputs.reaches_caller_only``.
+    caller_only: bool = False
 
 
 QconfigSetter = Callable[[Sequence[OpSite], dict], dict]
@@ -149,8 +152,9 @@ def _is_gemm_input(site: OpSite) -> bool:
     return bool(feeds) and all(op in GEMM_OPS for op in feeds)
 
 
-# A tensor that only the model's caller reads (a graph output, a DeQuantStub) leaves the integer
-# model there: nothing downstream computes on its int8 codes, and int16 costs one wider tensor.
+# A tensor that only the model's caller reads (a graph output, a DeQuantStub, directly or through
+# ops that only move values into it: a detector's heads concatenated) leaves the integer model
+# there: nothing downstream computes on its int8 codes, and int16 costs one wider tensor.
 # Int8 templates give it int16 (conv/linear/matmul outputs there are int32 already:
 # ``prepare.mark_high_precision``). It is where reductions, concatenated detection heads and
 # in-place box decoding end (zoo models, held-out SQNR against float, integer model: UFLD's lane
@@ -160,9 +164,10 @@ MODEL_OUTPUT_READERS = frozenset({"output", "dequantize"})
 
 
 def _is_model_output(site: OpSite) -> bool:
-    """Only the model's caller reads the site's output (graph outputs and DeQuantStubs)."""
+    """Only the model's caller reads the site's output (graph outputs and DeQuantStubs, or through
+    cat/stack/slice_scatter into them: ``OpSite.caller_only``)."""
     feeds = site.feeds or site.consumers
-    return bool(feeds) and set(feeds) <= MODEL_OUTPUT_READERS
+    return site.caller_only or (bool(feeds) and set(feeds) <= MODEL_OUTPUT_READERS)
 
 
 def _act_dtype(site: OpSite, act_dtype):

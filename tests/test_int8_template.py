@@ -122,6 +122,67 @@ def test_model_outputs_are_int16_and_tensors_computed_on_stay_int8():
     assert e16 < e8
 
 
+class ConcatHeads(torch.nn.Module):
+    """SSD/RetinaNet-style heads: a conv per level, flattened, concatenated into the output; the
+    second output is a feature map the heads also read."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.down = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.heads = torch.nn.ModuleList([torch.nn.Conv2d(8, 6, 1), torch.nn.Conv2d(8, 6, 1)])
+
+    def forward(self, x):
+        f1 = self.body(x).relu()
+        f2 = self.down(f1).relu()
+        out = [h(f).permute(0, 2, 3, 1).reshape(x.shape[0], -1, 6) for h, f in zip(self.heads, (f1, f2))]
+        return torch.cat(out, 1), f2 + 1.0
+
+
+def test_outputs_that_only_move_into_a_model_output_are_int16():
+    """The head convs reach the output through permute/reshape/cat only: int16, like the cat; the
+    feature maps the heads read stay 8-bit. The integer model matches the simulation and is closer
+    to float than with int8 heads."""
+    torch.manual_seed(0)
+    model, xs = ConcatHeads().eval(), [torch.randn(2, 3, 16, 16) for _ in range(4)]
+    cm = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8,)), xs)
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    assert dtypes["heads.0"] == dtypes["heads.1"] == dtypes["cat"] == eq.qint16, dtypes
+    assert dtypes["body"] == eq.quint8 and dtypes["down"] == eq.quint8, dtypes   # computed on
+    qm = eq.convert(eq.export(cm, xs[0]), eq.March.NASH_M)
+    check_integer_matches_simulation(model, cm, qm, xs[1])
+    int8_out = get_qconfig(observer=MSEObserver, out_dtype=eq.qint8, weight_dtype=eq.qint8)
+    cm8 = calibrate(eq.prepare(model, xs[0], qconfig_setter=(
+        T8, ModuleNameQconfigSetter({"heads.0": int8_out, "heads.1": int8_out, "cat": int8_out}))), xs)
+    qm8 = eq.convert(eq.export(cm8, xs[0]), eq.March.NASH_M)
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        want, got16, got8 = model(x)[0], qm(x)[0], qm8(x)[0]
+    e16, e8 = (got16 - want).pow(2).mean(), (got8 - want).pow(2).mean()
+    print(f"\nconcatenated heads, MSE to float: int16 {e16:.3g}, int8 {e8:.3g}")
+    assert e16 < 0.5 * e8
+
+
+def test_a_concatenation_before_a_dequant_stub_is_int16():
+    """With explicit stubs the caller's side starts at the DeQuantStub: what reaches it through a cat
+    is int16, the QuantStub's output (read by the convs) stays int8."""
+    from edgequant.nn.stubs import DeQuantStub, QuantStub
+
+    class Stubbed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.dq = QuantStub(), DeQuantStub()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            x = self.q(x)
+            return self.dq(torch.cat([self.a(x).relu(), self.b(x) * 2], 1))
+
+    cm = eq.prepare(Stubbed().eval(), torch.randn(2, 3, 8, 8), qconfig_setter=(T8,))
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    assert dtypes["cat"] == dtypes["mul"] == dtypes["a"] == eq.qint16 and dtypes["q"] == eq.qint8, dtypes
+
+
 def test_a_tensor_feeding_a_layer_norm_through_a_permute_is_int16():
     """ConvNeXt / Swin patch embedding: conv -> permute -> layer_norm. The conv's output is the layer
     norm's input (a permute moves codes unchanged), so it gets int16 as a direct input would."""
