@@ -64,13 +64,13 @@ def _name(node: fx.Node) -> str:
 
 def reaches_caller_only(node: fx.Node, depth: int = 0) -> bool:
     """Every op computing from ``node``'s value (through shared-grid ops) is the graph output, a
-    DeQuantStub, or an op that only moves values to a grid of its own (cat, stack, slice_scatter,
+    DeQuantStub whose value only the graph output reads, or an op that only moves values to a grid of its own (cat, stack, slice_scatter,
     copy: the op table's rescale calls) whose value in turn reaches the caller only. The int8
     templates give such a tensor int16 (``qconfig_template.MODEL_OUTPUT_READERS``)."""
     readers = list(_readers(node))
     for u, _ in readers:
         spec = _spec(u)
-        if u.op == "output" or u.target is dequant_point:
+        if u.op == "output" or (u.target is dequant_point and all(v.op == "output" for v in u.users)):
             continue
         if spec is not None and spec.lower is lower_rescale_call and depth < 16 and reaches_caller_only(u, depth + 1):
             continue

@@ -92,14 +92,27 @@ def lower_masked_fill(ctx, node: Node) -> None:
     lower_move(ctx, _with_arg(node, 2, "value", _fill_code(ctx, node, arg(node, 2, "value"), qp)))
 
 
+_DEPTH_TO_SPACE_TYPES = ("float32", "float64", "int8", "uint8")   # ONNX Runtime's CPU kernel has these
+
+
 def onnx_pixel_shuffle(c, outs):
     """``pixel_shuffle(x, r)`` of a rank-4 tensor is ONNX ``DepthToSpace`` in ``CRD`` mode (both
-    split channels as ``(C, r, r)`` and interleave the two ``r`` into height and width)."""
+    split channels as ``(C, r, r)`` and interleave the two ``r`` into height and width). ONNX
+    Runtime has no int16 ``DepthToSpace``: an int16 tensor (static channels, height and width) is
+    moved by ``Reshape`` to ``(N, C, r, r, H, W)``, ``Transpose`` to ``(N, C, H, r, W, r)`` and
+    ``Reshape`` to ``(N, C, H r, W r)``, the same element order."""
     args, kwargs = c.args()
-    x, r = args[0], args[1] if len(args) > 1 else kwargs.get("upscale_factor")
+    x, r = args[0], int(args[1] if len(args) > 1 else kwargs.get("upscale_factor"))
     if c.rank_of(x) != 4:
         raise c.fail(f"ONNX DepthToSpace takes rank-4 tensors; this pixel_shuffle has rank {c.rank_of(x)}")
-    return c.b.op("DepthToSpace", [x], outs, blocksize=int(r), mode="CRD")
+    if c.dtype_of(x) in _DEPTH_TO_SPACE_TYPES:
+        return c.b.op("DepthToSpace", [x], outs, blocksize=r, mode="CRD")
+    _, ch, h, w = c.shape_of(x)
+    if not all(isinstance(d, int) for d in (ch, h, w)):
+        raise c.fail(f"an int16 pixel_shuffle's ONNX form needs static channels, height and width, got {c.shape_of(x)}")
+    split = c.b.op("Reshape", [x, c.b.i64([0, ch // (r * r), r, r, h, w])])
+    moved = c.b.op("Transpose", [split], perm=[0, 1, 4, 2, 5, 3])
+    return c.b.op("Reshape", [moved, c.b.i64([0, ch // (r * r), h * r, w * r])], outs)
 
 
 def onnx_pixel_unshuffle(c, outs):
