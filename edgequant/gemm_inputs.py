@@ -64,9 +64,9 @@ def _name(node: fx.Node) -> str:
 
 def reaches_caller_only(node: fx.Node, depth: int = 0) -> bool:
     """Every op computing from ``node``'s value (through shared-grid ops) is the graph output, a
-    DeQuantStub whose value only the graph output reads, or an op that only moves values to a grid of its own (cat, stack, slice_scatter,
-    copy: the op table's rescale calls) whose value in turn reaches the caller only. The int8
-    templates give such a tensor int16 (``qconfig_template.MODEL_OUTPUT_READERS``)."""
+    DeQuantStub whose value only the graph output reads, or an op that only moves values to a grid
+    of its own (cat, stack, slice_scatter, copy: the op table's rescale calls) whose value in turn
+    reaches the caller only. The int8 templates give such a tensor int16 (``OpSite.caller_only``)."""
     readers = list(_readers(node))
     for u, _ in readers:
         spec = _spec(u)

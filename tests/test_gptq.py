@@ -144,3 +144,15 @@ def test_config_and_arguments_are_checked(cnn):
             gptq(cm, [xtr[:8]], bad)
     with pytest.raises(TypeError, match="gptq"):
         gptq(model, [xtr[:8]])
+
+
+
+def test_nan_in_the_data_is_refused_by_name_and_writes_no_weight(cnn):
+    model, (xtr, _, _, _) = cnn
+    cm = _calibrated(model, xtr, T8)
+    before = {n: p.detach().clone() for n, p in cm.named_parameters()}
+    bad = xtr[:8].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"input 'x' holds 1 NaN value"):
+        gptq(cm, [bad], QUIET)
+    assert all(torch.equal(p, before[n]) for n, p in cm.named_parameters())

@@ -52,19 +52,25 @@ DEFAULTS = {"num_batches": 10, "num_step": 1000, "exclude_prefix": (), "warm_up"
             "b_range": (20, 2), "lr": 0.01, "batch_size": 32, "progress": True}
 
 
-def _check_config(cfg: dict) -> None:
-    """Refuse settings that would train nothing or diverge, naming the key."""
-    def need(key, ok, what):
+COUNT = (lambda v: v == int(v) and v >= 1, "an int >= 1")
+
+
+def check_numbers(fn: str, cfg: dict, rules: dict) -> None:
+    """Refuse a number setting of ``custom_config_dict`` that breaks its rule (``{key: (ok, what)}``),
+    naming the function and the key."""
+    for key, (ok, what) in rules.items():
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-            raise ValueError(f"adaround: custom_config_dict[{key!r}] = {v!r}; it must be {what}")
+            raise ValueError(f"{fn}: custom_config_dict[{key!r}] = {v!r}; it must be {what}")
 
-    need("num_batches", lambda v: v == int(v) and v >= 1, "an int >= 1")
-    need("num_step", lambda v: v == int(v) and v >= 1, "an int >= 1")
-    need("batch_size", lambda v: v == int(v) and v >= 1, "an int >= 1")
-    need("lr", lambda v: 0 < v < float("inf"), "a finite number > 0")
-    need("weight", lambda v: 0 <= v < float("inf"), "a finite number >= 0")
-    need("warm_up", lambda v: 0 <= v < 1, "a share of the steps in [0, 1)")
+
+def _check_config(cfg: dict) -> None:
+    """Refuse settings that would train nothing or diverge, naming the key."""
+    check_numbers("adaround", cfg, {
+        "num_batches": COUNT, "num_step": COUNT, "batch_size": COUNT,
+        "lr": (lambda v: 0 < v < float("inf"), "a finite number > 0"),
+        "weight": (lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
+        "warm_up": (lambda v: 0 <= v < 1, "a share of the steps in [0, 1)")})
 
 
 def _is_layer(node: fx.Node) -> bool:

@@ -41,7 +41,7 @@ from torch import fx
 
 from ..argcheck import describe, expect_batches, expect_prepared
 from ..fake_quant import FakeQuantState
-from .adaround import _fix_scale, _owner, selected_layers
+from .adaround import COUNT, _fix_scale, _owner, check_numbers, selected_layers
 from .empirical_bias import clear_empirical, correct_biases, kept_batches
 from .sweep import Sweep, batches_of, model_device
 
@@ -58,12 +58,8 @@ def _config(custom_config_dict) -> dict:
     if unknown:
         raise ValueError(f"gptq: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **(custom_config_dict or {})}
-    for key, ok, what in (("num_batches", lambda v: v == int(v) and v >= 1, "an int >= 1"),
-                          ("block_size", lambda v: v == int(v) and v >= 1, "an int >= 1"),
-                          ("damp", lambda v: 0 < v < float("inf"), "a finite number > 0")):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-            raise ValueError(f"gptq: custom_config_dict[{key!r}] = {v!r}; it must be {what}")
+    check_numbers("gptq", cfg, {"num_batches": COUNT, "block_size": COUNT,
+                                "damp": (lambda v: 0 < v < float("inf"), "a finite number > 0")})
     for key in ("act_order", "progress"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"gptq: custom_config_dict[{key!r}] = {cfg[key]!r}; it must be True or False")
