@@ -10,6 +10,9 @@ changes it in place and returns the names of the quantize points it added.
   ops whose output lies on their input's grid (``rule="shared"``: reshape, permute, slicing,
   max pooling, masked_fill ...), since those move codes and never requantize. ``prepare`` stores
   it as ``OpSite.feeds``.
+- ``caller_only_nodes(gm)``: the values only the model's caller reads (``OpSite.caller_only``):
+  graph outputs and what reaches them through ops that move values, and the network's tail after
+  its last GEMMs.
 - ``split_gemm_inputs(gm, setters)``: a site's qconfig sets the dtype of its one output, so a tensor read
   by a GEMM and by something else (a transformer's layer-norm output feeds the next Q/K/V
   projections and the residual add; a CNN's stem output feeds a conv and the skip connection)
@@ -76,6 +79,29 @@ def reaches_caller_only(node: fx.Node, depth: int = 0) -> bool:
             continue
         return False
     return bool(readers)
+
+
+def caller_only_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes whose value reaches the caller only (``OpSite.caller_only``): those of
+    ``reaches_caller_only``, and the network's tail after its matrix products: a value that a GEMM
+    computed or that is computed from one, where every op computing from it, up to the graph
+    output or a DeQuantStub the output alone reads, is a quantized op other than a GEMM (softmax
+    expectations, box decoding, score sigmoids, masks) or has an integer result (an argmax, a
+    comparison, a size: no int8 codes are read downstream of it). One pass backwards, one forwards."""
+    nodes = list(gm.graph.nodes)
+    tail: dict[fx.Node, bool] = {}
+    for node in reversed(nodes):
+        readers = list(_readers(node))
+        tail[node] = bool(readers) and all(
+            u.op == "output" or (u.target is dequant_point and all(v.op == "output" for v in u.users))
+            or u.meta.get("eq_domain") == "int"
+            or (_spec(u) is not None and u.meta.get("eq_domain") == "quant" and not _is_gemm(u) and tail.get(u, False))
+            for u, _ in readers)
+    after: set[fx.Node] = set()
+    for node in nodes:
+        if _is_gemm(node) or any(a in after for a in node.all_input_nodes):
+            after.add(node)
+    return {n for n in nodes if (tail[n] and n in after) or reaches_caller_only(n)}
 
 
 def reader_ops(node: fx.Node) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ from .capture import CaptureError, capture, is_float_value, unsupported_ops
 from .dtype import qint16
 from .fake_quant import BiasCorrection, FakeQuantize, FakeQuantState
 from .float16 import follow_float_inputs, insert_float16_site, left_quant, reset_casts, unfuse_mixed
-from .gemm_inputs import reaches_caller_only, reader_ops, split_gemm_inputs
+from .gemm_inputs import caller_only_nodes, reader_ops, split_gemm_inputs
 from .fuse import fold_batch_norms, mark_fusions
 from .inputs import add_call_check, guard_entry
 from .lut.sim import attach_tables
@@ -247,7 +247,7 @@ def _absorbed(node: fx.Node) -> bool:
 
 
 def op_sites(gm: fx.GraphModule) -> list[OpSite]:
-    sites = []
+    sites, caller_only = [], caller_only_nodes(gm)
     for node in gm.graph.nodes:
         if not _is_site(node):
             continue
@@ -263,7 +263,7 @@ def op_sites(gm: fx.GraphModule) -> list[OpSite]:
             nonnegative=_nonnegative(node),
             recurrent_state=bool(node.meta.get("eq_rnn_state")),
             feeds_int16=_feeds_int16(_output_node(node)), feeds=reader_ops(_output_node(node)),
-            caller_only=reaches_caller_only(_output_node(node)),
+            caller_only=_output_node(node) in caller_only,
         ))
         node.meta["eq_site"] = True
     return sites

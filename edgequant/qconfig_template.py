@@ -97,7 +97,8 @@ class OpSite:
     # the grid (reshape, permute, masked_fill, max pooling ...): ``gemm_inputs.reader_ops``.
     feeds: tuple[str, ...] = ()
     # True when only the model's caller reads the output: graph outputs and DeQuantStubs, directly or
-    # through ops that only move values (cat, stack, slice_scatter): ``gemm_inputs.reaches_caller_only``.
+    # through ops that only move values (cat, stack, slice_scatter), and the network's tail after its
+    # last matrix products (no GEMM computes from it again): ``gemm_inputs.caller_only_nodes``.
     caller_only: bool = False
 
 
@@ -159,13 +160,17 @@ def _is_gemm_input(site: OpSite) -> bool:
 # ``prepare.mark_high_precision``). It is where reductions, concatenated detection heads and
 # in-place box decoding end (zoo models, held-out SQNR against float, integer model: UFLD's lane
 # expectation ``sum(softmax * idx)`` 56.2 -> 58.1 dB, SSDLite's concatenated heads 41.9 -> 43.5,
-# FCOS 40.6 -> 42.1; benchmarks/zoo.py).
+# FCOS 40.6 -> 42.1; benchmarks/zoo.py). The same holds for the network's tail after its last
+# matrix products, whatever it computes (a softmax expectation, a score sigmoid, box decoding on
+# slices, a mask from an argmax): no GEMM reads its codes, its tensors are a head's, and every
+# step of it adds its rounding to the output (UFLD 58.4 -> 68.6 dB, with its lane mask
+# 56.2 -> 68.3, PETR's box decoding 29.1 -> 39.0).
 MODEL_OUTPUT_READERS = frozenset({"output", "dequantize"})
 
 
 def _is_model_output(site: OpSite) -> bool:
-    """Only the model's caller reads the site's output (graph outputs and DeQuantStubs, or through
-    cat/stack/slice_scatter into them: ``OpSite.caller_only``)."""
+    """Only the model's caller reads the site's output (graph outputs and DeQuantStubs, through
+    cat/stack/slice_scatter into them, or the tail after the last GEMMs: ``OpSite.caller_only``)."""
     feeds = site.feeds or site.consumers
     return site.caller_only or (bool(feeds) and set(feeds) <= MODEL_OUTPUT_READERS)
 

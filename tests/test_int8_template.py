@@ -1,7 +1,8 @@
 """The int8 templates' activation rules: signed int8 tensors are affine, a post-norm
 transformer's residual stream (a layer-norm output that more than GEMMs read) stays int16 while
-the projections read an int8 copy of it, a model output only the caller reads is int16, and a
-tensor reaching a layer norm through a permute is int16 as a direct input is.
+the projections read an int8 copy of it, a model output only the caller reads is int16 (and so is
+the network's tail after its last matrix product), and a tensor reaching a layer norm through a
+permute is int16 as a direct input is.
 
 Checked on the prepared models' fake-quants (a small random post-norm BertModel, the tests' pre-norm
 ``TinyBlock``, the residual CNN), with the integer model compared with the simulation layer by layer
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import edgequant as eq
+from edgequant.fake_quant import FakeQuantState
 from edgequant.gemm_inputs import GEMM_OPS
 from edgequant.observers import MSEObserver
 from edgequant.qconfig import get_qconfig
@@ -63,8 +65,10 @@ def test_post_norm_layer_norm_outputs_are_int16_and_the_projections_read_an_int8
     for name, fq, readers in activation_fake_quants(cm):
         if readers and readers <= GEMM_OPS and fq.dtype != eq.qint16:
             assert fq.dtype in (eq.qint8, eq.quint8), name   # every GEMM input is 8-bit ...
-        if fq.dtype == eq.qint16:   # ... and int16 is kept for normalisation / softmax inputs and the stream
-            assert readers & {"layer_norm", "softmax", "add", "output", "quant_point"}, (name, readers)
+        if fq.dtype == eq.qint16:   # ... and int16 is kept for normalisation / softmax inputs and the stream,
+            # and for the pooler's dense: the tail after the last GEMM (its tanh reaches only the output)
+            assert readers & {"layer_norm", "softmax", "add", "output", "quant_point"} or name == "pooler.dense", \
+                (name, readers)
     calibrate(cm, batches)
     qm = eq.convert(eq.export(cm, batches[0]), eq.March.NASH_M)
     rows = {r["name"]: r for r in qm.summary()}
@@ -83,17 +87,26 @@ def test_pre_norm_layer_norm_outputs_read_only_by_projections_stay_int8():
 
 class LaneExpectation(torch.nn.Module):
     """UFLD's decoding: a linear's logits, a softmax over the grid cells, ``sum(softmax * idx)``;
-    the logits are returned too (a linear output the softmax reads as well)."""
+    the logits are returned too (a linear output the softmax reads as well). With ``head`` a
+    linear reads ``relu(loc)``, so what the decoding computes is computed on again."""
 
-    def __init__(self, cells=16):
+    def __init__(self, cells=16, head=False):
         super().__init__()
         self.fc = torch.nn.Linear(12, cells * 4)
+        self.head = torch.nn.Linear(4, 3) if head else None
         self.register_buffer("idx", torch.arange(cells, dtype=torch.float32).reshape(1, -1, 1) + 1)
 
     def forward(self, x):
         logits = self.fc(x).reshape(x.shape[0], -1, 4)
         loc = (logits.softmax(1) * self.idx).sum(1)
-        return logits, loc, loc.relu() + 1.0   # the last one: an add that only the caller reads
+        last = self.head(loc.relu()) if self.head is not None else loc.relu()
+        return logits, loc, last + 1.0   # the last one: an add that only the caller reads
+
+
+def _output_mse(model, qm16, qm8, x, which):
+    with torch.no_grad():
+        want, got16, got8 = model(x)[which], qm16(x)[which], qm8(x)[which]
+    return (got16 - want).pow(2).mean(), (got8 - want).pow(2).mean()
 
 
 def test_model_outputs_are_int16_and_tensors_computed_on_stay_int8():
@@ -101,25 +114,90 @@ def test_model_outputs_are_int16_and_tensors_computed_on_stay_int8():
     ops read as well stays 8-bit. Compared with float: the int16 output's error is below one int8
     step of its range."""
     torch.manual_seed(0)
-    model, xs = LaneExpectation().eval(), [torch.randn(8, 12) * 2 for _ in range(4)]
+    model, xs = LaneExpectation(head=True).eval(), [torch.randn(8, 12) * 2 for _ in range(4)]
     cm = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8,)), xs)
     dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
-    assert dtypes["sum"] == eq.qint8, dtypes            # the relu reads it: computed on
+    assert dtypes["sum"] == eq.qint8, dtypes            # the relu reads it, and the head reads the relu
     assert dtypes["add"] == eq.qint16, dtypes           # only the caller reads it
     assert dtypes["softmax"] in (eq.qint8, eq.quint8) and dtypes["mul"] in (eq.qint8, eq.quint8), dtypes
     assert dtypes["fc"] == eq.qint16                     # a softmax input (NEEDS_INT16_INPUT), not for the caller
+    assert dtypes["head"] == eq.qint16                   # after the last GEMM, read by the add only
     qm = eq.convert(eq.export(cm, xs[0]), eq.March.NASH_M)
     check_integer_matches_simulation(model, cm, qm, xs[1])
     int8_out = get_qconfig(observer=MSEObserver, out_dtype=eq.qint8, weight_dtype=eq.qint8)
     cm8 = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8, ModuleNameQconfigSetter({"add": int8_out}))), xs)
     assert cm8.eq_fq["add"].dtype == eq.qint8
     qm8 = eq.convert(eq.export(cm8, xs[0]), eq.March.NASH_M)
-    x = torch.randn(256, 12) * 2
-    with torch.no_grad():
-        want, got16, got8 = model(x)[2], qm(x)[2], qm8(x)[2]
-    e16, e8 = (got16 - want).pow(2).mean(), (got8 - want).pow(2).mean()
+    e16, e8 = _output_mse(model, qm, qm8, torch.randn(256, 12) * 2, 2)
     print(f"\nmodel output MSE to float: int16 {e16:.3g}, int8 {e8:.3g}")
     assert e16 < e8
+
+
+def test_the_tail_after_the_last_gemm_is_int16():
+    """Without the head, everything the decoding computes after ``fc`` (softmax, mul, sum, add;
+    the relu keeps its input's grid) reaches the caller with no GEMM on the way: int16 (``gemm_inputs.caller_only_nodes``).
+    The integer model matches the simulation, and the expectation is closer to float than with
+    the tail at int8 (the rule before it). Calibrated on 512 samples, so that the held-out ones
+    stay inside the observed ranges (the comparison is of steps, not of clipping)."""
+    torch.manual_seed(0)
+    model, xs = LaneExpectation().eval(), [torch.randn(64, 12) * 2 for _ in range(8)]
+    cm = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8,)), xs)
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    tail = ("fc", "softmax", "mul", "sum", "add")
+    assert all(dtypes[n] == eq.qint16 for n in tail), dtypes
+    assert dtypes["input_x"] == eq.qint8, dtypes       # read by the GEMM
+    qm = eq.convert(eq.export(cm, xs[0]), eq.March.NASH_M)
+    check_integer_matches_simulation(model, cm, qm, xs[1])
+    # what the tail's dtype costs: against the simulation with the tail float (the input's and fc's
+    # errors, the same for both, taken out)
+    int8 = {n: get_qconfig(observer=MSEObserver, out_dtype=eq.qint8, weight_dtype=eq.qint8,
+                           observer_kwargs={"symmetric": False}) for n in ("softmax", "mul", "sum")}
+    cm8 = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8, ModuleNameQconfigSetter(int8))), xs)
+    qm8 = eq.convert(eq.export(cm8, xs[0]), eq.March.NASH_M)
+    for name in tail[1:]:
+        cm.eq_fq[name].state = FakeQuantState.FLOAT
+    x = torch.randn(256, 12) * 2
+    with torch.no_grad():
+        want, got16, got8 = cm(x)[1], qm(x)[1], qm8(x)[1]
+    e16, e8 = (got16 - want).pow(2).mean(), (got8 - want).pow(2).mean()
+    print(f"\nlane expectation MSE to the simulation with a float tail: int16 tail {e16:.3g}, int8 tail {e8:.3g}")
+    assert e16 < 0.1 * e8
+
+
+class MaskedLane(torch.nn.Module):
+    """UFLD with its mask: ``where(argmax == cells, 0, loc)``. An argmax and a comparison read the
+    logits; their integer results are no reason for 8 bits."""
+
+    def __init__(self, cells=8):
+        super().__init__()
+        self.cells = cells
+        self.fc = torch.nn.Linear(12, (cells + 1) * 4)
+        self.register_buffer("idx", torch.arange(cells, dtype=torch.float32).reshape(1, -1, 1) + 1)
+
+    def forward(self, x):
+        logits = self.fc(x).reshape(x.shape[0], -1, 4)
+        loc = (logits[:, :-1].softmax(1) * self.idx).sum(1)
+        return torch.where(logits.argmax(1) == self.cells, torch.zeros_like(loc), loc)
+
+
+def test_integer_results_do_not_end_the_tail_and_a_model_without_gemm_keeps_int8():
+    torch.manual_seed(0)
+    xs = [torch.randn(8, 12) * 2 for _ in range(3)]
+    model = MaskedLane().eval()
+    cm = calibrate(eq.prepare(model, xs[0], qconfig_setter=(T8,)), xs)
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    assert all(dtypes[n] == eq.qint16 for n in ("softmax", "mul", "sum", "where")), dtypes
+    qm = eq.convert(eq.export(cm, xs[0]), eq.March.NASH_M)
+    check_integer_matches_simulation(model, cm, qm, xs[1])
+
+    class NoGemm(torch.nn.Module):   # no matrix product upstream: not a network's tail
+        def forward(self, x):
+            return torch.sigmoid(x) * 3.0
+
+    cm = calibrate(eq.prepare(NoGemm().eval(), xs[0], qconfig_setter=(T8,)), xs)
+    dtypes = {name: fq.dtype for name, fq, _ in activation_fake_quants(cm)}
+    assert dtypes["input_x"] == eq.qint8 and dtypes["sigmoid"] in (eq.qint8, eq.quint8), dtypes
+    assert dtypes["mul"] == eq.qint16, dtypes   # the model output
 
 
 class ConcatHeads(torch.nn.Module):

@@ -522,8 +522,9 @@ def test_fast_equals_reference_on_larger_convs(dtype):
 # One-op models: prepare -> export -> convert agrees with the quant-level graph
 # =============================================================================================
 class OneOp(nn.Module):
-    """Stubs around one op; its output is requantized unless ``hp``: a reshape follows it and a mul
-    reads it too, so it keeps the template's 8-bit output (a tensor only the caller reads is int16)."""
+    """Stubs around one op; its output is requantized unless ``hp``: a reshape follows it and a
+    matmul reads it too, so it keeps the template's 8-bit output (a tensor only the caller reads is
+    int16, and so is the tail after the last GEMM)."""
 
     def __init__(self, body, n_in=1, act=None, hp=False):
         super().__init__()
@@ -536,7 +537,7 @@ class OneOp(nn.Module):
         if self.hp:
             return self.dq(y)
         y = self.act(y) if self.act is not None else y.flatten(1)
-        return self.dq(y), self.dq2(y * 2.0)
+        return self.dq(y), self.dq2(torch.matmul(y, y.transpose(-1, -2)))
 
 
 class MatMul(nn.Module):

@@ -175,11 +175,13 @@ class _ConvAct(nn.Module):
     def __init__(self, act):
         super().__init__()
         self.quant, self.conv, self.dequant = eq.QuantStub(), nn.Conv2d(3, 8, 3, padding=1), eq.DeQuantStub()
+        self.head, self.dequant_head = nn.Conv2d(8, 2, 1), eq.DeQuantStub()
         self.act = act
 
     def forward(self, x):
         y = self.act(self.conv(self.quant(x)))
-        return self.dequant(y[:, :4] + y[:, 4:])   # an op computes on the activation's output
+        # an op computes on the activation's output, and a conv reads it (it is not the tail after the last GEMM)
+        return self.dequant(y[:, :4] + y[:, 4:]), self.dequant_head(self.head(y))
 
 
 @pytest.mark.parametrize("template", [T8, Q8], ids=["calibration", "qat"])
@@ -199,7 +201,7 @@ def test_int8_templates_give_quint8_to_nonnegative_outputs_only(act, template):
     if nonneg:  # zero point 0, all 256 codes on [0, max]
         assert int(out_fq.zero_point) == 0
     with torch.no_grad():
-        sim, out = cm(x), qm(x)
+        sim, out = cm(x)[0], qm(x)[0]
     # integer model within 1 LSB of the activation per term, and 1 LSB of the sum
     assert (sim - out).abs().max() <= 2 * float(out_fq.scale) * 1.01 + float(add_fq.scale)
 
