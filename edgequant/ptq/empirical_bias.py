@@ -175,12 +175,12 @@ def correct_biases(calib_model: fx.GraphModule, batches: list) -> dict[str, floa
         set_states(gm, FakeQuantState.FLOAT, FakeQuantState.FLOAT)
         want = ref.outputs()
         restore(sim_state)
-        errors = {1.0: _sq_error(want, sim.outputs())}
+        errors = {1.0: sq_error(want, sim.outputs())}
         bcs = [bc for _, _, bc in todo]
         full = [bc.empirical for bc in bcs]
         for bc in bcs:
             bc.empirical = torch.empty(0, device=bc.empirical.device)
-        errors[0.0] = _sq_error(want, Sweep(gm, batches).outputs())
+        errors[0.0] = sq_error(want, Sweep(gm, batches).outputs())
         strength = min(errors, key=errors.get)   # full strength wins a tie
         for bc, shift in zip(bcs, full):
             bc.empirical = shift if strength else torch.empty(0, device=shift.device)
@@ -190,7 +190,7 @@ def correct_biases(calib_model: fx.GraphModule, batches: list) -> dict[str, floa
     return report
 
 
-def _sq_error(want: list, got: list) -> float:
+def sq_error(want: list, got: list) -> float:
     return float(sum((a.double() - b.double()).pow(2).sum() for ra, rb in zip(want, got) for a, b in zip(ra, rb)))
 
 
