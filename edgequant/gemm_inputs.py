@@ -65,43 +65,36 @@ def _name(node: fx.Node) -> str:
     return "output" if node.op == "output" else getattr(node.target, "__name__", str(node.target))
 
 
-def reaches_caller_only(node: fx.Node, depth: int = 0) -> bool:
-    """Every op computing from ``node``'s value (through shared-grid ops) is the graph output, a
-    DeQuantStub whose value only the graph output reads, or an op that only moves values to a grid
-    of its own (cat, stack, slice_scatter, copy: the op table's rescale calls) whose value in turn
-    reaches the caller only. The int8 templates give such a tensor int16 (``OpSite.caller_only``)."""
-    readers = list(_readers(node))
-    for u, _ in readers:
-        spec = _spec(u)
-        if u.op == "output" or (u.target is dequant_point and all(v.op == "output" for v in u.users)):
-            continue
-        if spec is not None and spec.lower is lower_rescale_call and depth < 16 and reaches_caller_only(u, depth + 1):
-            continue
-        return False
-    return bool(readers)
-
-
 def caller_only_nodes(gm: fx.GraphModule) -> set[fx.Node]:
-    """The nodes whose value reaches the caller only (``OpSite.caller_only``): those of
-    ``reaches_caller_only``, and the network's tail after its matrix products: a value that a GEMM
-    computed or that is computed from one, where every op computing from it, up to the graph
-    output or a DeQuantStub the output alone reads, is a quantized op other than a GEMM (softmax
-    expectations, box decoding, score sigmoids, masks) or has an integer result (an argmax, a
-    comparison, a size: no int8 codes are read downstream of it). One pass backwards, one forwards."""
+    """The nodes whose value reaches the caller only (``OpSite.caller_only``), in one pass backwards
+    and one forwards. Every op computing from the value (through shared-grid ops) is
+
+    - the graph output, or a DeQuantStub whose value only the graph output reads;
+    - an op that only moves values to a grid of its own (cat, stack, slice_scatter, copy: the op
+      table's rescale calls) whose value in turn reaches the caller only; or
+    - for a value that a GEMM computed or that is computed from one (the network's tail after its
+      matrix products): a quantized op other than a GEMM whose value is in the tail too (softmax
+      expectations, box decoding, score sigmoids, masks), or one with an integer result (an
+      argmax, a comparison, a size: no int8 codes are read downstream of it)."""
     nodes = list(gm.graph.nodes)
-    tail: dict[fx.Node, bool] = {}
-    for node in reversed(nodes):
-        readers = list(_readers(node))
-        tail[node] = bool(readers) and all(
-            u.op == "output" or (u.target is dequant_point and all(v.op == "output" for v in u.users))
-            or u.meta.get("eq_domain") == "int"
-            or (_spec(u) is not None and u.meta.get("eq_domain") == "quant" and not _is_gemm(u) and tail.get(u, False))
-            for u, _ in readers)
-    after: set[fx.Node] = set()
+    after: set[fx.Node] = set()   # computed by a GEMM or from one
     for node in nodes:
         if _is_gemm(node) or any(a in after for a in node.all_input_nodes):
             after.add(node)
-    return {n for n in nodes if (tail[n] and n in after) or reaches_caller_only(n)}
+    moves: dict[fx.Node, bool] = {}   # reaches the caller through value-moving ops only
+    tail: dict[fx.Node, bool] = {}    # reaches the caller through any non-GEMM quantized ops
+    for node in reversed(nodes):
+        readers = [u for u, _ in _readers(node)]
+        ends = [u.op == "output" or (u.target is dequant_point and all(v.op == "output" for v in u.users))
+                for u in readers]
+        moves[node] = bool(readers) and all(
+            end or (_spec(u) is not None and _spec(u).lower is lower_rescale_call and moves.get(u, False))
+            for u, end in zip(readers, ends))
+        tail[node] = bool(readers) and all(
+            end or u.meta.get("eq_domain") == "int"
+            or (_spec(u) is not None and u.meta.get("eq_domain") == "quant" and not _is_gemm(u) and tail.get(u, False))
+            for u, end in zip(readers, ends))
+    return {n for n in nodes if moves[n] or (tail[n] and n in after)}
 
 
 def reader_ops(node: fx.Node) -> tuple[str, ...]:

@@ -156,34 +156,26 @@ def _is_gemm_input(site: OpSite) -> bool:
 # A tensor that only the model's caller reads (a graph output, a DeQuantStub, directly or through
 # ops that only move values into it: a detector's heads concatenated) leaves the integer model
 # there: nothing downstream computes on its int8 codes, and int16 costs one wider tensor.
-# Int8 templates give it int16 (conv/linear/matmul outputs there are int32 already:
-# ``prepare.mark_high_precision``). It is where reductions, concatenated detection heads and
-# in-place box decoding end (zoo models, held-out SQNR against float, integer model: UFLD's lane
-# expectation ``sum(softmax * idx)`` 56.2 -> 58.1 dB, SSDLite's concatenated heads 41.9 -> 43.5,
-# FCOS 40.6 -> 42.1; benchmarks/zoo.py). The same holds for the network's tail after its last
-# matrix products, whatever it computes (a softmax expectation, a score sigmoid, box decoding on
-# slices, a mask from an argmax): no GEMM reads its codes, its tensors are a head's, and every
-# step of it adds its rounding to the output (UFLD 58.4 -> 68.6 dB, with its lane mask
-# 56.2 -> 68.3, PETR's box decoding 29.1 -> 39.0).
-MODEL_OUTPUT_READERS = frozenset({"output", "dequantize"})
-
-
-def _is_model_output(site: OpSite) -> bool:
-    """Only the model's caller reads the site's output (graph outputs and DeQuantStubs, through
-    cat/stack/slice_scatter into them, or the tail after the last GEMMs: ``OpSite.caller_only``)."""
-    feeds = site.feeds or site.consumers
-    return site.caller_only or (bool(feeds) and set(feeds) <= MODEL_OUTPUT_READERS)
+# Int8 templates give it int16 (``OpSite.caller_only``; conv/linear/matmul outputs there are int32
+# already: ``prepare.mark_high_precision``). It is where reductions, concatenated detection heads
+# and in-place box decoding end (zoo models, held-out SQNR against float, integer model: UFLD's
+# lane expectation ``sum(softmax * idx)`` 56.2 -> 58.1 dB, SSDLite's concatenated heads
+# 41.9 -> 43.5, FCOS 40.6 -> 42.1; benchmarks/zoo.py). The same holds for the network's tail
+# after its last matrix products, whatever it computes (a softmax expectation, a score sigmoid,
+# box decoding on slices, a mask from an argmax): no GEMM reads its codes, its tensors are a
+# head's, and every step of it adds its rounding to the output (UFLD 58.4 -> 68.6 dB, with its
+# lane mask 56.2 -> 68.3, PETR's box decoding 29.1 -> 39.0).
 
 
 def _act_dtype(site: OpSite, act_dtype):
     """int8 templates: int16 for tensors feeding ``NEEDS_INT16_INPUT`` or an ``int16_args`` argument
     (``OpSite.feeds_int16``), recurrent cell states, post-norm residual streams (``RESIDUAL_NORMS``)
-    and model outputs (``MODEL_OUTPUT_READERS``),
+    and what only the model's caller reads (``OpSite.caller_only``),
     else quint8 for non-negative outputs (all 256 codes on ``[0, max]``: one more bit than qint8's 128)."""
     if act_dtype != qint8:
         return act_dtype
     if site.recurrent_state or site.feeds_int16 or NEEDS_INT16_INPUT.intersection(site.feeds or site.consumers) \
-            or (site.op in RESIDUAL_NORMS and not _is_gemm_input(site)) or _is_model_output(site):
+            or (site.op in RESIDUAL_NORMS and not _is_gemm_input(site)) or site.caller_only:
         return qint16
     return quint8 if site.nonnegative else qint8
 

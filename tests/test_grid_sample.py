@@ -137,7 +137,7 @@ def test_int8_template_gives_a_constant_grid_int16():
     cm = eq.prepare(Fixed().eval(), (x,), qconfig_setter=(T8,))
     eq.calibrate(cm, [(_data(s)[0],) for s in range(3)])
     dtypes = {k: str(fq.dtype) for k, fq in cm.eq_fq.items()}
-    # the output is int16 too: only the caller reads it (qconfig_template.MODEL_OUTPUT_READERS)
+    # the output is int16 too: only the caller reads it (OpSite.caller_only)
     assert dtypes["grid_sample__input1"] == "qint16" and dtypes["grid_sample"] == "qint16", dtypes
     g = eq.convert(eq.export(cm, (x,)), "nash-e")
     with torch.no_grad():

@@ -49,10 +49,9 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..argcheck import describe, expect_batches, expect_prepared
-from ..fake_quant import FakeQuantState
+from ..fake_quant import BiasCorrection, FakeQuantState
 from .adaround import COUNT, _fix_scale, _owner, check_numbers, selected_layers
-from ..fake_quant import BiasCorrection
-from .empirical_bias import sq_error, clear_empirical, correct_biases, kept_batches
+from .empirical_bias import clear_empirical, correct_biases, kept_batches, sq_error
 from .sweep import Sweep, batches_of, model_device, restore, set_states
 
 DEFAULTS = {"num_batches": 10, "damp": 0.01, "act_order": True, "block_size": 128, "exclude_prefix": (),
