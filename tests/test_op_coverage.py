@@ -92,6 +92,8 @@ CASES = {
     "hardswish": ("hardswish", One(F.hardswish), x4),
     "hardsigmoid": ("hardsigmoid", One(F.hardsigmoid), x4),
     "pixel_shuffle": ("pixel_shuffle", One(lambda x: F.pixel_shuffle(x, 2)), x4),
+    "unfold": ("im2col", One(lambda x: F.unfold(x, 3, padding=1, stride=2)), x4),
+    "fold": ("col2im", One(lambda x: F.fold(x, (8, 8), 2, stride=2)), lambda: torch.randn(2, 16, 16)),
     "grid_sample": ("grid_sample", One(lambda x, g: F.grid_sample(x, g, align_corners=False), n_inputs=2),
                     lambda: (x4(), torch.rand(2, 5, 6, 2) * 2 - 1)),
     "masked_fill": ("masked_fill", One(lambda x: x.masked_fill(x > 1, 0.0)), x4),

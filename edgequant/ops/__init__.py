@@ -12,7 +12,8 @@ the table, not the op's name:
 - ``is_quantize``/``is_dequantize``/``calls_python``: the roles that graph walks need.
 
 Families: ``core`` (the IR's own ops), ``matmul_like``, ``elementwise``, ``shape``,
-``pool_reduce``, ``grid_sample``, ``norm_softmax``, ``nonlinear``, ``scatter``, ``atan2``.
+``pool_reduce``, ``grid_sample``, ``norm_softmax``, ``nonlinear``, ``scatter``, ``atan2``, ``window``
+(unfold and fold).
 ``docs/adding-an-op.md`` walks one op through.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import operator
 
 from . import (atan2, core, elementwise, grid_sample, matmul_forms, matmul_like, nonlinear, norm_softmax, pool_reduce,
-               scatter, shape)
+               scatter, shape, window)
 from .call import call_target
 from .lowering import ConvertError, LowerCtx, lower_plain
 from .nonlinear import lower_lut
@@ -30,6 +31,7 @@ from .spec import OpSpec
 ALL_SPECS: list[OpSpec] = [
     *core.SPECS, *matmul_like.SPECS, *matmul_forms.SPECS, *elementwise.SPECS, *shape.SPECS, *pool_reduce.SPECS,
     *grid_sample.SPECS, *norm_softmax.SPECS, *nonlinear.SPECS, *scatter.SPECS, *atan2.SPECS,
+    *window.SPECS,
 ]
 OPS: dict[str, OpSpec] = {s.name: s for s in ALL_SPECS}
 SEGMENT_LUT: OpSpec = next(s for s in ALL_SPECS if s.python_call and s.table)   # a SegmentLUT leaf's row

@@ -200,6 +200,10 @@ BOUNDED_ARGS: dict[str, tuple[tuple[int, str, str], ...]] = {
     "aten.upsample_bilinear2d.default": ((1, "output_size", "pad"),),
     "aten.reflection_pad2d.default": ((1, "padding", "pad"),), "aten.replication_pad2d.default": ((1, "padding", "pad"),),
     "aten.tile.default": ((1, "dims", "size"),), "aten.repeat_interleave.self_int": ((1, "repeats", "pad"),),
+    "aten.im2col.default": ((1, "kernel_size", "pad"), (2, "dilation", "pad"), (3, "padding", "pad"),
+                            (4, "stride", "pad")),
+    "aten.col2im.default": ((1, "output_size", "pad"), (2, "kernel_size", "pad"), (3, "dilation", "pad"),
+                            (4, "padding", "pad"), (5, "stride", "pad")),
 }
 
 DTYPES: dict[str, torch.dtype] = {

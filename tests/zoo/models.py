@@ -1894,6 +1894,10 @@ HF_ZOO = {
                      _hf(tf.MobileViTForImageClassification, tf.MobileViTConfig, "logits", image_size=64,
                          hidden_sizes=[32, 32, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
                          num_attention_heads=2, num_labels=10)),
+    # MobileViT-v2 unfolds its feature map into 2 x 2 patches (F.unfold) and folds them back (F.fold)
+    "hf_mobilevitv2": ("mobilevit", partial(_image, size=64),
+                       _hf(tf.MobileViTV2ForImageClassification, tf.MobileViTV2Config, "logits", image_size=64,
+                           width_multiplier=0.25, num_labels=10)),
     "hf_resnet": ("resnet", _image, _hf(tf.ResNetForImageClassification, tf.ResNetConfig, "logits", embedding_size=8,
                                         hidden_sizes=[8, 16], depths=[1, 1], layer_type="bottleneck", num_labels=10)),
     "hf_mobilenet_v2": ("mobilenet", _image, _hf(tf.MobileNetV2ForImageClassification, tf.MobileNetV2Config, "logits",

@@ -1,0 +1,184 @@
+"""Sliding-window moves: ``F.unfold`` (``aten.im2col``) and ``F.fold`` (``aten.col2im``).
+
+Stage: ``convert`` (the rows' ``lower``), ``run`` at level "int" (``k_window``) and both ONNX
+flavours (``onnx_window``). Takes a rank-4 ``(N, C, H, W)`` tensor (im2col) or a rank-3
+``(N, C*kh*kw, L)`` one (col2im) quantized per tensor; returns the same codes moved, on the
+input's grid.
+
+Both ops only move values: every output element is one input element or padding. im2col
+copies each window of the zero-padded input into a column; col2im puts each column back into
+its window and SUMS where windows overlap. A sum leaves the grid, so col2im is taken only when
+no two windows share an output position (MobileViT-v2's patch folding: stride = kernel); an
+overlapping fold is refused at convert, naming the node. Padding and the positions no window
+covers hold 0.0, which is the zero point on the input's grid: exact.
+
+Both forms read one index table (``window_index``): for each output element, its position in
+the flattened input, or the position of one extra element that holds the fill code. The int
+kernel gathers the codes with it and ONNX writes ``Reshape`` / ``Pad`` (the extra element) /
+``Gather`` / ``Reshape`` with the same table, so the integer model, the integer ONNX file and
+the simulation (torch's own unfold/fold on the fake-quantized floats) agree bit for bit (0 LSB).
+Channels, height and width must be static; the table has one entry per output element of one
+batch item, at most ``MAX_ELEMENTS`` or 64 times the input's (a file cannot make a run allocate
+more than its tensors back).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir import Node
+from .operands import arg, quantize_value
+from .shape import lower_move
+from .spec import OpSpec
+
+_IM2COL, _COL2IM = "aten.im2col.default", "aten.col2im.default"
+MAX_ELEMENTS = 1 << 24    # per batch item, or 64 times the input's: what a window table may hold
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    v = v * 2 if len(v) == 1 else v
+    if len(v) != 2 or not all(type(x) is int for x in v):
+        raise ValueError(f"expected two ints, got {v!r:.60}")
+    return v[0], v[1]
+
+
+def _geometry(target: str, args: list, kwargs: dict) -> dict:
+    """kernel, dilation, padding, stride (and col2im's output size) of a recorded call."""
+    names = ("kernel_size", "dilation", "padding", "stride")
+    if target == _COL2IM:
+        names = ("output_size",) + names
+    g = {}
+    for k, name in enumerate(names):
+        v = args[k + 1] if len(args) > k + 1 else kwargs.get(name)
+        g[name] = _pair(v)
+    if min(g["kernel_size"] + g["dilation"] + g["stride"]) < 1 or min(g["padding"]) < 0:
+        raise ValueError(f"kernel, dilation and stride must be >= 1 and padding >= 0, got {g}")
+    return g
+
+
+def _blocks(size: tuple[int, int], g: dict) -> tuple[int, int]:
+    return tuple((size[i] + 2 * g["padding"][i] - g["dilation"][i] * (g["kernel_size"][i] - 1) - 1)
+                 // g["stride"][i] + 1 for i in (0, 1))
+
+
+def window_index(target: str, in_shape: tuple, args: list, kwargs: dict) -> tuple[torch.Tensor, tuple, bool]:
+    """``(index, output shape without the batch dim, overlapping)``: for every output element of
+    one batch item, its position in the flattened input item, or ``numel`` (the fill element)."""
+    g = _geometry(target, args, kwargs)
+    kh, kw = g["kernel_size"]
+    if target == _IM2COL:
+        c, h, w = (int(d) for d in in_shape[-3:])
+        bh, bw = _blocks((h, w), g)
+        size = (h, w)
+    else:
+        ck, n_blocks = (int(d) for d in in_shape[-2:])
+        h, w = g["output_size"]
+        bh, bw = _blocks((h, w), g)
+        if ck % (kh * kw) or bh * bw != n_blocks or bh < 1 or bw < 1:
+            raise ValueError(f"an input of {ck} x {n_blocks} does not hold {kh} x {kw} windows of a {h} x {w} output")
+        c, size = ck // (kh * kw), (h, w)
+    out_numel = c * kh * kw * bh * bw
+    in_numel = int(torch.tensor([int(d) for d in in_shape[1:]]).prod())
+    if out_numel > max(MAX_ELEMENTS, 64 * in_numel):
+        raise ValueError(f"its {kh} x {kw} windows over {bh} x {bw} positions make {out_numel} elements per "
+                         f"batch item from {in_numel}; more than {max(MAX_ELEMENTS, 64 * in_numel)} is refused")
+    # for every (channel, ki, kj, block row, block col): the window element's row and column
+    ki, kj = torch.arange(kh), torch.arange(kw)
+    oi, oj = torch.arange(bh), torch.arange(bw)
+    rows = oi.view(1, 1, -1, 1) * g["stride"][0] + ki.view(-1, 1, 1, 1) * g["dilation"][0] - g["padding"][0]
+    cols = oj.view(1, 1, 1, -1) * g["stride"][1] + kj.view(1, -1, 1, 1) * g["dilation"][1] - g["padding"][1]
+    rows, cols = torch.broadcast_tensors(rows, cols)                     # (kh, kw, bh, bw)
+    inside = (rows >= 0) & (rows < size[0]) & (cols >= 0) & (cols < size[1])
+    plane = size[0] * size[1]
+    pos = torch.where(inside, rows * size[1] + cols, torch.full_like(rows, -1))
+    pos = pos.reshape(1, -1) + torch.arange(c).view(-1, 1) * plane        # (c, kh*kw*bh*bw)
+    pos = torch.where(inside.reshape(1, -1).expand_as(pos), pos, torch.full_like(pos, -1))
+    if target == _IM2COL:
+        numel = c * plane
+        index = torch.where(pos >= 0, pos, torch.full_like(pos, numel)).reshape(-1)
+        return index, (c * kh * kw, bh * bw), False
+    # col2im: scatter the columns' positions back; a position written twice is an overlap
+    numel = c * kh * kw * bh * bw
+    src = torch.arange(numel).view(c, -1)
+    hit = pos >= 0
+    index = torch.full((c * plane,), numel, dtype=torch.long)
+    counts = torch.bincount(pos[hit], minlength=c * plane)
+    index[pos[hit]] = src[hit]
+    return index, (c, h, w), bool((counts > 1).any())
+
+
+def _index_of(node: Node, in_shape: tuple):
+    return window_index(node.attrs["target"], in_shape, node.attrs.get("args", []), node.attrs.get("kwargs", {}))
+
+
+def gather_window(x: torch.Tensor, index: torch.Tensor, out_shape: tuple, fill) -> torch.Tensor:
+    """The table's gather on any dtype: ``x`` flattened per batch item, one ``fill`` element
+    appended, ``index`` picked, shaped ``(N, *out_shape)``."""
+    flat = x.reshape(x.shape[0], -1)
+    flat = torch.cat([flat, torch.full((x.shape[0], 1), fill, dtype=x.dtype, device=x.device)], dim=1)
+    return flat[:, index.to(x.device)].reshape(x.shape[0], *out_shape)
+
+
+def k_window(g, node: Node, args):
+    """The int-level kernel: the codes gathered by the window table, padding = ``attrs['fill']``."""
+    x = args[0]
+    index, out_shape, _ = _index_of(node, tuple(x.shape))
+    return gather_window(x, index, out_shape, int(node.attrs["fill"]))
+
+
+def lower_window(ctx, node: Node) -> None:
+    """Per-tensor input only; the fill code is the zero point (0.0 on the grid); col2im only
+    without overlapping windows."""
+    src = node.inputs[0] if node.inputs else None
+    qp = ctx.qparams(src) if src is not None else None
+    if qp is None:
+        raise ctx.error(node, "its input is not quantized")
+    shape = ctx.q.values[src].shape
+    if not all(type(d) is int for d in shape[1:]):
+        raise ctx.error(node, f"unfold/fold need static channels, height and width; the input has shape {shape}")
+    try:
+        _, _, overlapping = _index_of(node, tuple(shape))
+    except ValueError as exc:
+        raise ctx.error(node, str(exc)) from None
+    if overlapping:
+        raise ctx.error(node, "F.fold sums the values of overlapping windows, which leaves the input's grid; "
+                              "only a fold whose windows do not overlap (stride >= dilation * (kernel - 1) + 1) "
+                              "converts. Keep this op float (a DeQuantStub before it) or fold without overlap")
+    attrs = dict(node.attrs, fill=int(quantize_value(0.0, qp)))
+    lower_move(ctx, Node(node.name, node.op, node.inputs, node.outputs, attrs, node.source))
+
+
+def onnx_window(c, outs):
+    """``Reshape`` to ``(N, numel)``, ``Pad`` one fill element at the end, ``Gather`` the window
+    table along axis 1, ``Reshape`` to the output (the integer flavour fills with the zero
+    point's code, the QDQ one with 0.0)."""
+    args, kwargs = c.args()
+    x = args[0]
+    shape = c.shape_of(x)
+    if not all(type(d) is int for d in shape[1:]):
+        raise c.fail(f"unfold/fold's ONNX form needs static channels, height and width, got {shape}")
+    index, out_shape, overlapping = window_index(c.node.attrs["target"], tuple(shape), c.node.attrs.get("args", []),
+                                                 c.node.attrs.get("kwargs", {}))
+    if overlapping:
+        raise c.fail("a fold with overlapping windows sums them; it has no ONNX form here")
+    (x,), back = c.carried([x])
+    numel = int(torch.tensor(shape[1:]).prod())
+    # each step only moves values: the QDQ flavour puts each back on the input's grid (c.on_grid),
+    # which ONNX Runtime's QDQ transforms expect after every moved quantized tensor
+    flat = c.on_grid(c.b.op("Reshape", [x, c.b.i64([0, numel])]), 0)
+    fill = c.scalar(c.node.attrs.get("fill", 0), x)
+    padded = c.on_grid(c.b.op("Pad", [flat, c.b.i64([0, 0, 0, 1]), fill], mode="constant"), 0)
+    picked = c.on_grid(c.b.op("Gather", [padded, c.b.i64(index.tolist())], axis=1), 0)
+    out = c.b.op("Reshape", [picked, c.b.i64([0, *out_shape])], outs if back is None else 1)
+    if back is None:
+        return out
+    from onnx import TensorProto
+
+    return c.b.op("Cast", [out], outs, to=getattr(TensorProto, back.upper()))   # off the int32 carrier
+
+SPECS = [
+    OpSpec("im2col", (_IM2COL,), rule="shared", lower=lower_window, kernel=k_window, onnx={_IM2COL: onnx_window},
+           int_attrs={"fill": "int"}),
+    OpSpec("col2im", (_COL2IM,), rule="shared", lower=lower_window, kernel=k_window, onnx={_COL2IM: onnx_window},
+           int_attrs={"fill": "int"}),
+]
