@@ -7,7 +7,8 @@ the held-out batches, with ``setting`` (what was used and what was needed, one l
 op kind: how many have a quantized input (torchao) or any quantizer (AIMET), of how many in the
 graph) and ``scope`` ("GEMM only" when only linear/matmul inputs are quantized, "modules only" for
 AIMET without ``prepare_model``, else "every op"). A peer that cannot handle a model raises; the
-tables print the first line of the error.
+tables print the first line of the error. ``onnx_qdq_ops`` counts the same for ONNX Runtime's QDQ
+files (the bench runs ONNX Runtime itself: ``zoo.py``, ``workloads.py``).
 
 The peers are installed by ``make bench`` only (``benchmarks/requirements-peers.txt``); importing
 this module needs neither (``available()`` says which can be imported). Each runs in the setting
@@ -202,6 +203,59 @@ def _pt2e_ops(gm) -> tuple[dict[str, tuple[int, int]], frozenset]:
         elif not kind.startswith(WEIGHTED):  # a GEMM counts only with int8 operands
             quantized[kind] += any((_op_kind(u) or "").startswith(Q_NAMES[:2]) for u in node.users)
     return {k: (quantized[k], n) for k, n in seen.items()}, frozenset(inputs_q)
+
+
+# ---- ONNX Runtime's QDQ files ------------------------------------------------------------------------
+# ONNX op types named as the torchao count names them (so ``WEIGHTED`` and ``GEMM_KINDS`` apply), and
+# those that move or pick data (``MOVES``' counterparts: not counted)
+ONNX_KINDS = {"Gemm": "linear", "MatMul": "matmul", "Conv": "conv", "ConvTranspose": "conv_transpose"}
+ONNX_MOVES = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand",
+                        "Slice", "Gather", "Split", "Cast", "Shape", "Size", "Constant", "ConstantOfShape",
+                        "QuantizeLinear", "DequantizeLinear"})
+ONNX_FLOATS = frozenset({1, 10, 11, 16})   # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def onnx_qdq_ops(path: str) -> tuple[dict[str, tuple[int, int]], frozenset]:
+    """``_pt2e_ops`` for a QDQ ONNX file (ONNX Runtime's ``quantize_static``): for each op kind that
+    computes on a float activation (an input that is neither an initializer nor constant-derived
+    shape data), (nodes with a dequantized activation input or, except conv/linear/matmul, an output
+    that a QuantizeLinear reads, nodes); and the kinds with a dequantized activation input."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    g = model.graph
+    consts = {t.name for t in g.initializer}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)}
+    producer = {o: n for n in g.node for o in n.output}
+    readers = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            readers[i].append(n)
+
+    def const(name):   # an initializer, or what a Constant or a DequantizeLinear of an initializer makes
+        p = producer.get(name)
+        return name in consts or p is not None and (p.op_type == "Constant" or p.op_type == "DequantizeLinear"
+                                                     and p.input[0] in consts)
+
+    def dq_activation(name):
+        p = producer.get(name)
+        return p is not None and p.op_type == "DequantizeLinear" and not const(name)
+
+    seen, quantized, inputs_q = collections.Counter(), collections.Counter(), set()
+    for n in g.node:
+        if n.op_type in ONNX_MOVES:
+            continue
+        acts = [i for i in n.input if i and not const(i)]
+        if not any(dq_activation(i) or types.get(i) in ONNX_FLOATS for i in acts):
+            continue
+        kind = ONNX_KINDS.get(n.op_type, n.op_type.lower())
+        seen[kind] += 1
+        if any(dq_activation(i) for i in acts):
+            inputs_q.add(kind)
+            quantized[kind] += 1
+        elif not kind.startswith(WEIGHTED):
+            quantized[kind] += any(r.op_type == "QuantizeLinear" for o in n.output for r in readers[o])
+    return {k: (quantized[k], c) for k, c in seen.items()}, frozenset(inputs_q)
 
 
 def torchao_quantizer(kind: str):

@@ -15,7 +15,9 @@ and the same held-out batches (seeds 99, 100, ...), one process per model runs:
   ``workloads.onnx_runtime_quantized``); the quantized file runs in ONNX Runtime (CPU, all graph
   optimisations, one thread). A cell gets the float export's own SQNR when that is below 60 dB, and
   the quantized file's SQNR with graph optimisations at ORT_ENABLE_BASIC when that differs by more
-  than 1 dB (ONNX Runtime's extended QDQ fusions change the result).
+  than 1 dB (ONNX Runtime's extended QDQ fusions change the result). What it quantized is counted
+  in the quantized file (``peers.onnx_qdq_ops``: its nodes with a dequantized input or a quantized
+  output, as torchao's graph is counted).
 - torch.ao FX PTQ: ``prepare_fx`` / ``convert_fx`` with ``get_default_qconfig_mapping("x86")``
   (HistogramObserver quint8 activations with ``reduce_range``, per-channel int8 weights), run as
   torch's integer model; "does not trace" when ``prepare_fx`` raises.
@@ -200,6 +202,9 @@ def onnx_runtime(entry, example, calib, evals, ref, tmp):
                 y = _ort_outputs(out, names, evals)
             res["sqnr"] = H.sqnr(y, ref)
             res["sqnr_basic"] = H.sqnr(_ort_outputs(out, names, evals, "ORT_ENABLE_BASIC"), ref)
+            ops, kinds = P.onnx_qdq_ops(out)   # what it quantized, counted as for torchao
+            peer = P.Peer(None, "", ops, input_kinds=kinds)
+            res.update(scope=peer.scope, weighted=peer.weighted(), coverage=peer.coverage(), ops=ops)
         except Exception as exc:  # noqa: BLE001
             res["error"] = f"fails: {why(exc)}"
         yield f"ORT {m}", res
@@ -476,7 +481,8 @@ def _full(res: dict) -> bool:
     """The peer quantized the inputs of every conv/linear/matmul, the input or output of at least
     ``FULL_COVERAGE`` of the ops computing on float tensors (torchao; AIMET's per-module count says
     nothing there), and went through the whole graph (not "GEMM only", not AIMET's "modules only").
-    ONNX Runtime and torch.ao, whose coverage is not measured here, count as full."""
+    ONNX Runtime's is counted in its QDQ file (``peers.onnx_qdq_ops``); torch.ao's, not measured
+    here, counts as full."""
     q, n = res.get("weighted") or (0, 0)
     cq, cn = res.get("coverage") or (0, 0)
     return q == n and cq >= FULL_COVERAGE * cn and res.get("scope", "every op") == "every op"
@@ -551,9 +557,10 @@ def main(argv=None) -> None:
           "(default config) or XNNPACKQuantizer (per-channel, static), its Q/DQ graph run in float. AIMET: "
           "QuantizationSimModel (default per-channel config, 8-bit) after `prepare_model` and BatchNorm folding "
           "(without them, modules only, when torch.fx cannot trace the model), the closer of tf and tf_enhanced. "
-          "A torchao/AIMET cell says when the peer left a conv/linear/matmul float, when it left more than "
+          "An ORT/torchao/AIMET cell says when the peer left a conv/linear/matmul float, when it left more than "
           f"{1 - FULL_COVERAGE:.0%} of the ops computing on float tensors with neither a quantized input nor "
-          "a quantized output (torchao), or quantized only GEMM inputs or (AIMET) modules only. The line \"Best "
+          "a quantized output (ORT: nodes of its QDQ file; torchao), or quantized only GEMM inputs or (AIMET) "
+          "modules only. The line \"Best "
           "peer per model\" counts the models where edgequant int8 reaches the best peer, and again counting only "
           "the peer cells without such a note. Stage seconds: one torch thread; "
           f"`run` is the integer model on the {N_EVAL} held-out batches. Per-model limit {args.seconds:.0f} s.\n")
