@@ -45,7 +45,8 @@ from torch import fx, nn
 
 from .capture_markers import CaptureError, call_leaf, markers, recorded, rewrite_markers
 from .capture_rnn import mark_states, unrolled_rnns
-from .capture_rewrite import batch_norm_as_one_node, drop_noops, expand_dynamic_fills, fold_made_constants, retrace_table
+from .capture_rewrite import batch_norm_as_one_node, cast_integer_operands, drop_noops, expand_dynamic_fills, \
+    fold_made_constants, retrace_table
 from .inputs import shape_of
 from .nn.fake_cast import FakeCast
 from .nn.segment_lut import SegmentLUT
@@ -265,6 +266,7 @@ def capture(model: nn.Module, example_inputs, leaf_modules: Sequence[type] = (),
     mark_states(gm)
     drop_noops(gm)
     batch_norm_as_one_node(gm)
+    cast_integer_operands(gm)   # before folding: a cast of a constant folds with it
     fold_made_constants(gm)
     expand_dynamic_fills(gm)
     _annotate(gm)

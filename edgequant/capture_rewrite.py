@@ -25,6 +25,8 @@ factory ops, buffers and constants alone, such as Swin's window mask or BEiT's r
 index, become buffers; values computed from parameters stay, for QAT, until export evaluates
 them: ``param_subgraphs``) and ``expand_dynamic_fills`` (a one-value fill whose
 shape follows the batch, ``y.new_ones(y.shape)``, becomes a one-element buffer expanded to it).
+Before the folding, ``cast_integer_operands``: float arithmetic on an integer or bool tensor gets
+the cast torch's type promotion does implicitly, so the operand is quantized like any float tensor.
 """
 from __future__ import annotations
 
@@ -190,6 +192,34 @@ def drop_noops(gm: fx.GraphModule) -> None:
             # with the clones and contiguous() calls gone (and fake quant or tables computing in
             # other layouts) a view may meet a tensor it cannot view: reshape is view where it can
             node.target = torch.ops.aten.reshape.default
+    gm.graph.lint()
+    gm.recompile()
+
+
+# arithmetic where torch promotes an integer or bool tensor operand to the float result's dtype
+_PROMOTING = (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor,
+              torch.ops.aten.rsub.Tensor, torch.ops.aten.div.Tensor, torch.ops.aten.maximum.default,
+              torch.ops.aten.minimum.default)
+
+
+def cast_integer_operands(gm: fx.GraphModule) -> None:
+    """Write torch's type promotion out: in float arithmetic with an integer or bool tensor operand
+    (ESM's ``embeddings * attention_mask.unsqueeze(-1)`` on an int64 mask), that operand becomes an
+    explicit ``_to_copy`` to the result's dtype, a float tensor that prepare quantizes like any
+    other (a 0/1 mask is exact on its grid). Without it the integer model would have to multiply
+    codes by an integer tensor of unknown range, which no bound computed at convert can cover."""
+    for node in list(gm.graph.nodes):
+        out = node.meta.get("val")
+        if node.op != "call_function" or node.target not in _PROMOTING or not isinstance(out, torch.Tensor) \
+                or not out.is_floating_point():
+            continue
+        for a in [a for a in node.args if isinstance(a, fx.Node)]:
+            v = a.meta.get("val")
+            if isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex():
+                with gm.graph.inserting_before(node):
+                    cast = gm.graph.call_function(torch.ops.aten._to_copy.default, (a,), {"dtype": out.dtype})
+                cast.meta = dict(a.meta, val=v.to(out.dtype))
+                node.replace_input_with(a, cast)
     gm.graph.lint()
     gm.recompile()
 

@@ -207,6 +207,43 @@ def test_a_float32_cast_no_longer_blocks_prepare():
     assert (y - sim).abs().max() <= 2 * step
 
 
+class MaskedEmbeddings(nn.Module):
+    """ESM's ``embeddings * attention_mask.unsqueeze(-1)`` on an int64 mask, and a bool one added."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x, mask):
+        y = self.fc(x) * mask.unsqueeze(-1)
+        return self.out(y + (mask > 0).unsqueeze(-1))
+
+
+def _mask_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    return torch.randn(2, 5, 8, generator=g), mask
+
+
+def test_float_arithmetic_on_an_integer_tensor_quantizes_it_as_float(tmp_path):
+    torch.manual_seed(0)
+    model = MaskedEmbeddings().eval()
+    gm = capture(model, _mask_batch(0))
+    casts = [n for n in gm.graph.nodes if n.target is torch.ops.aten._to_copy.default]
+    assert [n.meta["val"].dtype for n in casts] == [torch.float32, torch.float32]
+    assert all(u.target in (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor) for n in casts for u in n.users)
+    cm = eq.prepare(model, _mask_batch(0), qconfig_setter=(T8,))
+    eq.calibrate(cm, [_mask_batch(i) for i in range(1, 4)])
+    g = eq.convert(eq.export(cm, _mask_batch(0)), "nash-e")     # was: input 'unsqueeze' (int64) is not quantized
+    x = _mask_batch(9)
+    with torch.no_grad():
+        ref, sim, y = model(*x), cm(*x), g(*x)
+    step = g.values[g.nodes[-1].inputs[0]].qparams.scale[0]
+    assert (y - sim).abs().max() <= 2 * step
+    assert (sim - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
 # -- convolutions with padding="same" -----------------------------------------------------------------
 SAME_CASES = {   # kernel, dilation: symmetric padding or an extra zero column/row on the right
     "k3": (2, 3, 1), "k4": (2, 4, 1), "k3x4": (2, (3, 4), 1), "k3_dil2": (2, 3, 2), "k2_dil3": (2, 2, 3),
