@@ -155,7 +155,10 @@ def retrace_table(ep) -> dict | None:
 
 # -- passes on the captured GraphModule ---------------------------------------------------------------
 _NOOPS = {torch.ops.aten.dropout.default, torch.ops.aten.alias.default, torch.ops.aten.detach.default,
-          torch.ops.aten.detach_.default, torch.ops.aten.lift_fresh_copy.default}
+          torch.ops.aten.detach_.default, torch.ops.aten.lift_fresh_copy.default,
+          # nn.Dropout2d/3d (HF MobileNetV2's segmentation head), nn.AlphaDropout, nn.FeatureAlphaDropout
+          torch.ops.aten.feature_dropout.default, torch.ops.aten.alpha_dropout.default,
+          torch.ops.aten.feature_alpha_dropout.default}
 _CASTS = {torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout, torch.ops.aten.to.device,
           torch.ops.aten.to.other, torch.ops.aten._to_copy.default, torch.ops.aten.type_as.default}
 

@@ -207,6 +207,31 @@ def test_a_float32_cast_no_longer_blocks_prepare():
     assert (y - sim).abs().max() <= 2 * step
 
 
+class ChannelDropouts(nn.Module):
+    """nn.Dropout2d (HF MobileNetV2's DeepLab head), nn.AlphaDropout, nn.FeatureAlphaDropout: eval-mode no-ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+        self.drops = nn.ModuleList([nn.Dropout2d(0.1), nn.AlphaDropout(0.1), nn.FeatureAlphaDropout(0.1)])
+
+    def forward(self, x):
+        y = self.c1(x)
+        for d in self.drops:
+            y = d(y)
+        return self.c2(y)
+
+
+def test_channel_dropouts_vanish_in_eval_and_the_model_converts():
+    torch.manual_seed(0)
+    model = ChannelDropouts().eval()
+    gm = capture(model, torch.randn(2, 3, 6, 6))
+    assert not [n for n in gm.graph.nodes if "dropout" in str(n.target)]
+    _same_function(model, gm, (2, 3, 6, 6))
+    ref, sim, y, step = _end_to_end(model, [torch.randn(2, 3, 6, 6) for _ in range(3)], T8)
+    assert (y - sim).abs().max() <= 2 * step
+
+
 class MaskedEmbeddings(nn.Module):
     """ESM's ``embeddings * attention_mask.unsqueeze(-1)`` on an int64 mask, and a bool one added."""
 
