@@ -12,7 +12,7 @@ must be traced again (``ep.run_decompositions(table)``, a second or two) and wit
 - ``scaled_dot_product_attention``: ``_sdpa_math``, matmul, softmax and mask ops that quantize
   op by op, returned in the memory layout aten's kernel gave its output (user code such as
   nanoGPT's ``y.transpose(1, 2).contiguous().view(B, T, C)`` views it as such);
-- ``conv1d``/``conv2d`` with ``padding="same"``/``"valid"``: the conv with explicit padding
+- ``conv1d``/``conv2d``/``conv3d`` with ``padding="same"``/``"valid"``: the conv with explicit padding
   (and an explicit zero pad on the right where ``"same"`` pads an odd total), as aten does.
 - ``group_norm``/``instance_norm``, ``linalg_vector_norm``, ``baddbmm``, ``reshape_as``/``expand_as``,
   ``min``/``max`` of two tensors: in ops edgequant quantizes (``capture_decomp``).
@@ -128,7 +128,8 @@ def _per_dim(v, n: int) -> list:
 
 
 _STRING_PADDING = {torch.ops.aten.conv1d.padding: torch.ops.aten.conv1d.default,
-                   torch.ops.aten.conv2d.padding: torch.ops.aten.conv2d.default}
+                   torch.ops.aten.conv2d.padding: torch.ops.aten.conv2d.default,
+                   torch.ops.aten.conv3d.padding: torch.ops.aten.conv3d.default}
 
 
 def retrace_table(ep) -> dict | None:

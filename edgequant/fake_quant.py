@@ -228,8 +228,8 @@ class BiasCorrection(nn.Module):
 
     Called as ``bc(x, w, w_q, bias)`` with the op's input, float weight, fake-quantized weight
     and bias (or None); returns the bias the op uses (see the module docstring). It records
-    ``E[x]`` over every window the op reads: per input channel and kernel offset for conv1d and
-    conv2d (``stride``, ``padding``, ``dilation`` of the op), per input feature for linear.
+    ``E[x]`` over every window the op reads: per input channel and kernel offset for conv1d,
+    conv2d and conv3d (``stride``, ``padding``, ``dilation`` of the op), per input feature for linear.
     Statistics are sums (``REDUCTIONS``), so they merge across processes by summing.
     """
 
@@ -238,7 +238,7 @@ class BiasCorrection(nn.Module):
     def __init__(self, op: str, stride=(1,), padding=(0,), dilation=(1,), groups: int = 1):
         super().__init__()
         if spec_of(op) is None or not spec_of(op).bias_correction:
-            raise ValueError(f"BiasCorrection supports linear, conv1d and conv2d, not {op}")
+            raise ValueError(f"BiasCorrection supports linear and conv1d/2d/3d, not {op}")
         self.op, self.spatial_dims = op, spec_of(op).spatial_dims  # spatial_dims None: linear
         self.stride, self.padding, self.dilation = (tuple(int(v) for v in a) for a in (stride, padding, dilation))
         self.groups = int(groups)

@@ -36,6 +36,8 @@ CASES = {
     "conv1d": ("conv1d", One(lambda m, x: m(x), nn.Conv1d(4, 6, 3, padding=2, dilation=2)), lambda: torch.randn(2, 4, 16)),
     "conv2d_groups": ("conv2d", One(lambda m, x: m(x), nn.Conv2d(4, 8, 3, groups=2, stride=2)), x4),
     "conv2d_depthwise": ("conv2d", One(lambda m, x: m(x), nn.Conv2d(4, 4, 3, groups=4, padding=1)), x4),
+    "conv3d": ("conv3d", One(lambda m, x: m(x), nn.Conv3d(4, 6, (2, 3, 3), stride=(1, 2, 2), padding=1)),
+               lambda: torch.randn(2, 4, 3, 8, 8)),
     "conv_transpose2d": ("conv_transpose2d", One(lambda m, x: m(x), nn.ConvTranspose2d(4, 3, 2, stride=2)), x4),
     "linear": ("linear", One(lambda m, x: m(x), nn.Linear(8, 5)), lambda: torch.randn(3, 8)),
     "matmul": ("matmul", One(torch.matmul, n_inputs=2), lambda: (torch.randn(2, 3, 5), torch.randn(2, 5, 4))),

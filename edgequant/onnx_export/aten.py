@@ -311,7 +311,7 @@ def float_gelu(c: Ctx, out):
 
 
 ATEN = {
-    "aten.conv1d.default": conv, "aten.conv2d.default": conv, "aten.linear.default": linear,
+    "aten.conv1d.default": conv, "aten.conv2d.default": conv, "aten.conv3d.default": conv, "aten.linear.default": linear,
     "aten.matmul.default": _binary("MatMul"), "aten.bmm.default": _binary("MatMul"), "aten.mm.default": _binary("MatMul"),
     "aten.add.Tensor": _binary("Add"), "aten.sub.Tensor": _binary("Sub"), "aten.mul.Tensor": _binary("Mul"),
     "aten.div.Tensor": aten_more.true_div, "aten.__and__.Tensor": _binary("And"), "aten.__or__.Tensor": _binary("Or"),

@@ -118,7 +118,7 @@ def ref_conv_transpose(x, w, a):
 
 
 _REFERENCE = {
-    "conv1d": ref_conv, "conv2d": ref_conv, "conv_transpose2d": ref_conv_transpose,
+    "conv1d": ref_conv, "conv2d": ref_conv, "conv3d": ref_conv, "conv_transpose2d": ref_conv_transpose,
     "linear": lambda x, w, a: torch.matmul(x, w.t()),
     "matmul": lambda x, w, a: torch.matmul(x, w),
 }
@@ -127,6 +127,7 @@ _REFERENCE = {
 _FAST = {
     "conv1d": lambda x, w, b, a: F.conv1d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
     "conv2d": lambda x, w, b, a: F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
+    "conv3d": lambda x, w, b, a: F.conv3d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
     "conv_transpose2d": lambda x, w, b, a: F.conv_transpose2d(x, w, b, a["stride"], a["padding"],
                                                               a["output_padding"], a["groups"], a["dilation"]),
     "linear": lambda x, w, b, a: F.linear(x, w, b),

@@ -113,6 +113,7 @@ _CONV = dict(weight_arg=1, bias_arg=2, fuse_activation=True, fuse_add=True, high
 _CONV_ARGS = {
     "conv1d": (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     "conv2d": (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
+    "conv3d": (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     "conv_transpose2d": (("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
 }
 
@@ -439,6 +440,9 @@ SPECS = [
     OpSpec("conv1d", ("aten.conv1d.default",), spatial_dims=1, bias_correction=True, int_attrs=_CONV_ATTRS,
            **_CONV, **_R),
     OpSpec("conv2d", ("aten.conv2d.default",), spatial_dims=2, bias_correction=True, int_attrs=_CONV_ATTRS,
+           **_CONV, **_R),
+    # video and volumetric models (VideoMAE's tubelet embedding, 3-D CNNs): the same code, three spatial dims
+    OpSpec("conv3d", ("aten.conv3d.default",), spatial_dims=3, bias_correction=True, int_attrs=_CONV_ATTRS,
            **_CONV, **_R),
     OpSpec("conv_transpose2d", ("aten.conv_transpose2d.input",), weight_ch_axis=1, spatial_dims=2, transposed=True,
            int_attrs={**_CONV_ATTRS, "output_padding": "paddings"}, **_CONV, **_R),

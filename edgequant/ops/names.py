@@ -188,6 +188,7 @@ BOUNDED_ARGS: dict[str, tuple[tuple[int, str, str], ...]] = {
     "aten.constant_pad_nd.default": ((1, "pad", "pad"),), "aten.pad.default": ((1, "pad", "pad"),),
     "aten.conv1d.default": ((4, "padding", "pad"), (5, "dilation", "pad")),
     "aten.conv2d.default": ((4, "padding", "pad"), (5, "dilation", "pad")),
+    "aten.conv3d.default": ((4, "padding", "pad"), (5, "dilation", "pad")),
     "aten.conv_transpose2d.input": ((3, "stride", "pad"), (4, "padding", "pad"), (5, "output_padding", "pad"),
                                     (7, "dilation", "pad")),
     "aten.adaptive_avg_pool1d.default": ((1, "output_size", "pad"),),

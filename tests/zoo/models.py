@@ -1912,6 +1912,19 @@ HF_ZOO = {
                                ("input_features",), num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=1,
                                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
                                decoder_ffn_dim=64, max_source_positions=16)),
+    # video: VideoMAE's tubelet embedding is a conv3d over (frames, height, width)
+    "hf_videomae": ("video", lambda seed: (torch.randn(BATCH, 4, 3, 32, 32, generator=torch.Generator().manual_seed(seed)),),
+                    _hf(tf.VideoMAEModel, tf.VideoMAEConfig, "last_hidden_state", image_size=32, patch_size=8,
+                        num_frames=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)),
+    # ESM (protein language model): rotary attention, and embeddings multiplied by the int64 mask
+    "hf_esm": ("text", _tokens, _hf(tf.EsmModel, tf.EsmConfig, "last_hidden_state", ("input_ids", "attention_mask"),
+                                    vocab_size=100, pad_token_id=1, mask_token_id=99, position_embedding_type="rotary",
+                                    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    max_position_embeddings=64)),
+    # HF MobileNetV2's DeepLabV3 head: ASPP with nn.Dropout2d
+    "hf_mobilenet_v2_seg": ("segmentation", _image, _hf(tf.MobileNetV2ForSemanticSegmentation, tf.MobileNetV2Config,
+                                                         "logits", image_size=IMG, depth_multiplier=0.25, num_labels=3)),
     # decoder LLMs (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention), other
     # text encoders, and vision models with vector norms, attention biases and DPT's neck
     "hf_llama": ("text", _tokens, _hf(tf.LlamaModel, tf.LlamaConfig, "last_hidden_state",
