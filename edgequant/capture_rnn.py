@@ -1,5 +1,6 @@
 """Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) for capture: unrolled over time into ops
-edgequant quantizes.
+edgequant quantizes; and their one-step cells (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``, which
+the user's code loops over: ``cell_forward``), written in the same ops.
 
 ``unrolled_rnns(model)`` is a context manager for the export of ``model`` (capture's deep copy):
 while it is open, every recurrent layer's ``forward`` is ``unrolled_forward``, which computes
@@ -34,6 +35,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .capture_markers import CaptureError
 
 RNN_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
+CELL_TYPES = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)   # one step, called in the user's own loop
 
 
 @torch.library.custom_op("edgequant::rnn_state", mutates_args=())
@@ -51,8 +53,9 @@ def unrolled_rnns(model: nn.Module):
     """Give each recurrent layer of ``model`` the unrolled forward while the context is open."""
     patched = []
     for path, mod in model.named_modules():
-        if isinstance(mod, RNN_TYPES) and "forward" not in mod.__dict__:   # not already a leaf marker
-            mod.forward = functools.partial(unrolled_forward, mod, path)
+        if isinstance(mod, RNN_TYPES + CELL_TYPES) and "forward" not in mod.__dict__:   # not already a leaf marker
+            step = unrolled_forward if isinstance(mod, RNN_TYPES) else cell_forward
+            mod.forward = functools.partial(step, mod, path)
             patched.append(mod)
     try:
         yield
@@ -177,3 +180,27 @@ def unrolled_forward(mod: nn.Module, path: str, x, hx=None):
     elif mod.batch_first:
         out = out.transpose(0, 1)
     return (out, (h_n, c_n)) if lstm else (out, h_n)
+
+
+def cell_forward(mod: nn.Module, path: str, x, hx=None):
+    """``mod.forward(x, hx)`` of an ``nn.LSTMCell``, ``nn.GRUCell`` or ``nn.RNNCell``: one step of
+    the unrolled layers above (a ``linear`` of the input, the hidden ``linear``, gate tables and
+    elementwise ops; the LSTM cell state marked as a recurrent state). Returns what the cell
+    returns: ``(h, c)`` or ``h``, unbatched (1-D) inputs included; no state given is a zero state."""
+    lstm = isinstance(mod, nn.LSTMCell)
+    unbatched = x.dim() == 1
+    if unbatched:
+        x = x.unsqueeze(0)
+        hx = None if hx is None else tuple(h.unsqueeze(0) for h in hx) if lstm else hx.unsqueeze(0)
+    gi = F.linear(x, mod.weight_ih, mod.bias_ih)
+    if lstm:
+        h, c = (None, None) if hx is None else hx
+        out = _lstm_step(gi, h, c, mod.weight_hh, mod.bias_hh, None)
+    elif isinstance(mod, nn.GRUCell):
+        out = _gru_step(gi, hx, mod.weight_hh, mod.bias_hh)
+    else:
+        act = torch.relu if mod.nonlinearity == "relu" else torch.tanh
+        out = _rnn_step(gi, hx, mod.weight_hh, mod.bias_hh, act)
+    if unbatched:
+        out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
+    return out

@@ -6,7 +6,8 @@ function), the simulation against the float layer (SQNR), the integer model agai
 simulation, ONNX Runtime on the QDQ file (default optimisation level) against the simulation, the
 integer ONNX file against the integer model bit for bit; for two layers, both directions,
 ``batch_first`` either way, initial states given or not, ``proj_size``; the int8 template's
-int16 cell state; and the error a packed sequence raises.
+int16 cell state; the error a packed sequence raises; and ``nn.LSTMCell``/``GRUCell``/``RNNCell``
+called in the model's own loop over time.
 """
 import math
 
@@ -210,3 +211,80 @@ class Packed(nn.Module):
 def test_packed_sequence_names_the_layer():
     with pytest.raises(CaptureError, match=r"LSTM 'lstm' takes a packed sequence.*padded tensor"):
         eq.prepare(Packed().eval(), (torch.randn(B, T, F),), qconfig_setter=(T8,))
+
+
+# -- one-step cells in the user's own loop: nn.LSTMCell, nn.GRUCell, nn.RNNCell ------------------------------
+class CellLoop(nn.Module):
+    """A decoder-style loop over time calling a cell; explicit zero states or none."""
+
+    def __init__(self, cell, zeros):
+        super().__init__()
+        self.cell, self.zeros, self.out = cell, zeros, nn.Linear(H, 3)
+
+    def forward(self, x):
+        lstm = isinstance(self.cell, nn.LSTMCell)
+        state = None
+        if self.zeros:
+            h = torch.zeros(x.shape[0], H)
+            state = (h, torch.zeros_like(h)) if lstm else h
+        outs = []
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+            outs.append(self.out(state[0] if lstm else state))
+        return torch.stack(outs, 1), *(state if lstm else (state,))
+
+
+CELLS = {
+    "lstm_cell_none": (lambda: nn.LSTMCell(F, H), False),
+    "lstm_cell_zeros": (lambda: nn.LSTMCell(F, H), True),
+    "gru_cell": (lambda: nn.GRUCell(F, H), True),
+    "rnn_cell_relu": (lambda: nn.RNNCell(F, H, nonlinearity="relu"), False),
+    "rnn_cell_tanh_no_bias": (lambda: nn.RNNCell(F, H, bias=False), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_cell_loops_capture_the_cells_and_convert(name, tmp_path):
+    make, zeros = CELLS[name]
+    torch.manual_seed(0)
+    model = CellLoop(make(), zeros).eval()
+    xs = [torch.randn(B, T, F, generator=torch.Generator().manual_seed(s)) for s in range(5)]
+    gm = capture(model, (xs[0],))
+    assert not [n for n in gm.graph.nodes if n.op == "call_function" and "_cell" in str(n.target)]  # no aten.*_cell
+    with torch.no_grad():
+        for w, got in zip(model(xs[1]), gm(xs[1])):
+            torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+    cm = eq.prepare(model, (xs[0],), qconfig_setter=(T8,))
+    eq.calibrate(cm, [(x,) for x in xs[:4]])
+    g = eq.convert(eq.export(cm, (xs[0],)), "nash-e")
+    x = xs[4]
+    with torch.no_grad():
+        ref, sim = model(x), cm(x)
+    y = g(x)
+    assert _sqnr(y[0], ref[0]) > 20, _sqnr(y[0], ref[0])
+    assert _sqnr(y[0], sim[0]) > 35, _sqnr(y[0], sim[0])
+    if isinstance(model.cell, nn.LSTMCell):     # the cell state is a recurrent state: int16 under int8
+        assert "qint16" in {r["dtype"] for r in g.summary() if r["op"] == "add"}
+    path = tmp_path / f"{name}.onnx"
+    eq.export_onnx(g, path, (x,), flavour="integer")
+    for o, w in zip(_run(path, (x,)), y):
+        np.testing.assert_array_equal(o, w.numpy())
+
+
+def test_an_unbatched_cell_step():
+    torch.manual_seed(0)
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.LSTMCell(F, H)
+
+        def forward(self, x):
+            return self.cell(x)
+
+    model = One().eval()
+    x = torch.randn(F)
+    gm = capture(model, (x,))
+    for w, got in zip(model(x), gm(x)):
+        assert got.shape == w.shape == (H,)
+        torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
