@@ -224,7 +224,10 @@ def test_scalar_arithmetic_and_float_functions_equal_torch():
                          ("aten.log.default", [p]), ("aten.sqrt.default", [p]), ("aten.rsqrt.default", [p]),
                          ("aten.reciprocal.default", [p]), ("aten.silu.default", [X]), ("aten.hardswish.default", [X]),
                          ("aten.hardsigmoid.default", [X]), ("aten.erf.default", [X]),
-                         ("aten.pow.Tensor_Scalar", [p, 1.5])]:
+                         ("aten.pow.Tensor_Scalar", [p, 1.5]), ("aten.softplus.default", [X]),
+                         ("aten.softplus.default", [X, 2.0]), ("aten.elu.default", [X, 0.7]), ("aten.selu.default", [X]),
+                         ("aten.celu.default", [X, 1.3]), ("aten.log_sigmoid.default", [X]), ("aten.mish.default", [X]),
+                         ("aten.sin.default", [X]), ("aten.cos.default", [X])]:
         assert_same(target, args, atol=2e-6)
     for mode in (None, "trunc", "floor"):
         assert_same("aten.div.Tensor_mode", [X * 10, X.flip(0)], {"rounding_mode": mode}, atol=2e-5 if mode is None else 0)

@@ -124,6 +124,16 @@ SPECS = [
     _table("hardsigmoid", "aten.hardsigmoid.default", "ASYM"),
     _table("erf", "aten.erf.default", "CSYM"),
     _table("pow", "aten.pow.Tensor_Scalar", "ASYM"),
+    # smooth activations of detectors, audio and speech models (YOLOv4's mish, ELU/SELU/CELU, softplus,
+    # log-sigmoid) and the sin/cos of positional encodings computed from activations (NeRF-style)
+    _table("softplus", "aten.softplus.default", "ASYM"),
+    _table("mish", "aten.mish.default", "ASYM"),
+    _table("elu", "aten.elu.default", "ASYM"),
+    _table("selu", "aten.selu.default", "ASYM"),
+    _table("celu", "aten.celu.default", "ASYM"),
+    _table("log_sigmoid", "aten.log_sigmoid.default", "ASYM"),
+    _table("sin", "aten.sin.default", "CSYM"),
+    _table("cos", "aten.cos.default", "ASYM"),
     OpSpec("segment_lut", ("segment_lut",), table="table", python_call=True, lower=lower_lut),
     # int level only: what convert writes for the rows above (softmax and layer_norm keep their names)
     OpSpec("lut", (), table="table", kernel=k_lut, onnx_int="lut", quant_level=False, lut_record=_LUT_TABLE),
