@@ -16,6 +16,10 @@ the ops below that the graph calls (empty when none):
   cosine attention): ``sqrt(sum(x * x))``; order 1: ``sum(abs(x))``; other orders are kept (and
   refused by name);
 - ``baddbmm(input, b1, b2, beta, alpha)`` (BLOOM's ALiBi scores): ``bmm(b1, b2) * alpha + input * beta``;
+- ``square``: ``x * x``; ``var``/``std`` (any correction): ``sum((x - mean)^2) / (N - correction)``
+  and its ``sqrt``; ``cosine_similarity``: torch's formula in sums of products, a ``sqrt`` and a
+  division; ``tile``/``repeat_interleave`` (a number of repeats)/``channel_shuffle``: ``repeat``,
+  ``expand`` and reshapes (moves);
 - ``reshape_as``/``expand_as``: ``reshape``/``expand`` to the other tensor's shape; ``min``/``max``
   of two tensors: ``minimum``/``maximum``; ``type_as(x, other)``: ``x.to(other.dtype)`` (a cast to
   the same dtype is then dropped by capture; Funnel's and PointPillars' float masks).
@@ -71,7 +75,53 @@ def _baddbmm(x, b1, b2, *, beta=1, alpha=1):
     return prod + (x if beta == 1 else x * beta) if beta != 0 else prod
 
 
+def _reduced(x, dim) -> tuple[list[int] | None, int]:
+    """The dims a reduction over ``dim`` (None, an int or a list) covers, and how many elements."""
+    dims = list(range(x.dim())) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    return dims, n
+
+
+def _variance(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """``var`` as ``sum((x - mean)^2) / (N - correction)`` over ``dim`` (Bessel's correction by default)."""
+    dims, n = _reduced(x, dim)
+    c = correction if correction is not None else (0 if unbiased is False else 1)
+    d = x - x.mean(dims, keepdim=True)
+    return (d * d).sum(dims, keepdim=keepdim) / max(n - c, 1)
+
+
+def _repeat_interleave(x, repeats, dim=None, *, output_size=None):
+    if dim is None:
+        x, dim = x.reshape(-1), 0
+    dim = dim % x.dim()
+    shape = list(x.shape)
+    y = x.unsqueeze(dim + 1).expand(*shape[:dim + 1], repeats, *shape[dim + 1:])
+    return y.reshape(*shape[:dim], shape[dim] * repeats, *shape[dim + 1:])
+
+
+def _channel_shuffle(x, groups):
+    n, c = x.shape[0], x.shape[1]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+def _cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """torch's formula: ``sum(x1 x2) / sqrt(max(sum(x1^2) sum(x2^2), eps^2))``."""
+    num = (x1 * x2).sum(dim)
+    den = (x1 * x1).sum(dim) * (x2 * x2).sum(dim)
+    return num / torch.sqrt(torch.clamp_min(den, eps * eps))
+
+
 _DECOMPOSED = {
+    _A.square.default: lambda x: x * x,
+    _A.var.dim: _variance, _A.var.correction: _variance,
+    _A.std.dim: lambda *a, **k: torch.sqrt(_variance(*a, **k)),
+    _A.std.correction: lambda *a, **k: torch.sqrt(_variance(*a, **k)),
+    _A.tile.default: lambda x, dims: x.repeat([1] * (x.dim() - len(dims)) + list(dims)),
+    _A.repeat_interleave.self_int: _repeat_interleave,
+    _A.channel_shuffle.default: _channel_shuffle, _A.native_channel_shuffle.default: _channel_shuffle,
+    _A.cosine_similarity.default: _cosine_similarity,
     _A.group_norm.default: _group_norm, _A.instance_norm.default: _instance_norm,
     _A.baddbmm.default: _baddbmm,
     _A.reshape_as.default: lambda x, other: x.reshape(other.shape),

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import edgequant as eq
+from edgequant.capture import capture
 from edgequant.capture_decomp import _group_norm, _instance_norm
 from edgequant.metrics import sqnr
 from edgequant.qconfig_template import calibration_8bit_weight_16bit_act_qconfig_setter as T16, \
@@ -82,12 +83,45 @@ def test_decompositions_equal_torchs_kernels_in_float():
                                F.instance_norm(x, mean, var, w, b, use_input_stats=False), rtol=1e-5, atol=1e-5)
 
 
+class Statistics(nn.Module):
+    """Hand-written normalisations and moves: x.std / x.var, square, cosine similarity, tile,
+    repeat_interleave, channel_shuffle (capture writes them in ops edgequant quantizes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = (y - y.mean(1, keepdim=True)) / (y.std(1, keepdim=True) + 1e-3)
+        z = z + torch.square(y) * 0.1 + y.var((2, 3), unbiased=False, keepdim=True)
+        z = F.channel_shuffle(z, 2) + y.tile(1, 1, 1, 1) + y[:, :4].repeat_interleave(2, dim=1)
+        cos = F.cosine_similarity(y, z, dim=1).unsqueeze(1)
+        return self.out(z * cos)
+
+
+def test_statistics_and_moves_are_captured_exactly():
+    torch.manual_seed(0)
+    model = Statistics().eval()
+    gm = capture(model, (torch.randn(2, 3, 8, 8),))
+    left = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"} & {
+        "aten.std.correction", "aten.var.correction", "aten.square.default", "aten.cosine_similarity.default",
+        "aten.tile.default", "aten.repeat_interleave.self_int", "aten.channel_shuffle.default"}
+    assert not left
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 CASES = {
     "group_norm": lambda: GroupNormNet(),
     "group_norm_one_group_no_affine": lambda: GroupNormNet(groups=1, affine=False),
     "instance_norm_affine": lambda: InstanceNormNet(),
     "instance_norm_plain": lambda: InstanceNormNet(affine=False),
     "moves_and_fills": Moves,
+    "statistics_and_moves": Statistics,
 }
 
 
