@@ -16,6 +16,8 @@ the ops below that the graph calls (empty when none):
   cosine attention): ``sqrt(sum(x * x))``; order 1: ``sum(abs(x))``; other orders are kept (and
   refused by name);
 - ``baddbmm(input, b1, b2, beta, alpha)`` (BLOOM's ALiBi scores): ``bmm(b1, b2) * alpha + input * beta``;
+- ``adaptive_avg_pool3d`` to one value per channel (3-D CNNs' global pool): ``mean`` over the three
+  spatial dims;
 - ``square``: ``x * x``; ``var``/``std`` (any correction): ``sum((x - mean)^2) / (N - correction)``
   and its ``sqrt``; ``cosine_similarity``: torch's formula in sums of products, a ``sqrt`` and a
   division; ``tile``/``repeat_interleave`` (a number of repeats)/``channel_shuffle``: ``repeat``,
@@ -139,6 +141,8 @@ def decomp_table(ep) -> dict:
             continue
         if n.target in _DECOMPOSED:
             table[n.target] = _DECOMPOSED[n.target]
+        elif n.target is _A.adaptive_avg_pool3d.default and list(n.args[1]) == [1, 1, 1]:
+            table[n.target] = lambda x, size: x.mean((-3, -2, -1), keepdim=True)   # 3-D CNNs' global pool
         elif n.target is _A.linalg_vector_norm.default:
             order = n.args[1] if len(n.args) > 1 else n.kwargs.get("ord", 2)
             if order in (1, 2):

@@ -1,4 +1,5 @@
-"""conv3d (video and volumetric models): one row of the op table next to conv1d/conv2d.
+"""conv3d (video and volumetric models): one row of the op table next to conv1d/conv2d; with
+max_pool3d and the global AdaptiveAvgPool3d(1) of 3-D CNNs.
 
 A small 3-D CNN (strided stem, BatchNorm3d folded, ReLU fused, a depthwise 3-D conv, a residual
 add) goes float -> integer -> ONNX: the integer conv equals the plain-int reference sum
@@ -111,3 +112,34 @@ def test_conv3d_same_padding_is_explicit_and_converts():
     with torch.no_grad():
         ref, y = m(xs[0]), g(xs[0])
     assert y.shape == ref.shape and (y - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+class Pooled3d(nn.Module):
+    """An R3D/C3D-style stem: conv3d, max_pool3d, then AdaptiveAvgPool3d(1) and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv3d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool3d((1, 2, 2))
+        self.gap = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.gap(self.pool(torch.relu(self.c(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("flavour", ["qdq", "integer"])
+def test_max_pool3d_and_global_avg_pool3d(flavour, tmp_path):
+    torch.manual_seed(0)
+    m = Pooled3d().eval()
+    xs = [torch.randn(2, 3, 4, 8, 8) for _ in range(4)]
+    cm = eq.prepare(m, (xs[0],), qconfig_setter=(T8,))
+    eq.calibrate(cm, [(x,) for x in xs[:3]])
+    g = eq.convert(eq.export(cm, (xs[0],)), "nash-e")
+    assert {"max_pool", "mean"} <= {n.op for n in g.nodes}
+    with torch.no_grad():
+        ref, sim = m(xs[3]), cm(xs[3])
+    y = g(xs[3])
+    assert 10 * torch.log10(ref.pow(2).sum() / (y - ref).pow(2).sum()) > 35
+    assert (y - sim).abs().max() <= 1e-3 * ref.abs().max()
+    check_onnx_file(flavour, cm, g, xs[3], tmp_path / f"pool3d_{flavour}.onnx")

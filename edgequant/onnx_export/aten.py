@@ -325,7 +325,7 @@ ATEN = {
     "aten.tanh.default": _unary("Tanh"), "aten.exp.default": _unary("Exp"), "aten.gelu.default": float_gelu,
     "aten.hardtanh.default": clip(-1.0, 1.0), "aten.hardtanh_.default": clip(-1.0, 1.0),
     "aten.relu6.default": clip(0.0, 6.0), "aten.clamp.default": clip(),
-    "aten.max_pool2d.default": max_pool,
+    "aten.max_pool2d.default": max_pool, "aten.max_pool3d.default": max_pool,
     "aten.avg_pool2d.default": avg_pool, "aten.flatten.using_ints": flatten,
     "aten.view.default": view, "aten._unsafe_view.default": view, "aten.reshape.default": view,
     "aten.permute.default": permute, "aten.unsqueeze.default": unsqueeze,

@@ -6,7 +6,7 @@ kernels are integer only (int64), with qmath's half-to-even rounding.
 
 | op | integer form | LSB vs simulation |
 |---|---|---|
-| max_pool, adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
+| max_pool (1-D, 2-D, 3-D), adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
 | avg_pool, adaptive avg_pool | exact window sums of ``q - z`` (prefix sums, int64), then (A7) with a multiplier per output position ``s_in / (count * s_out)`` (count: torch's divisor, incl. ``count_include_pad``, ``divisor_override``, clipped windows) | <= 1 |
 | mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
 | cumsum | running sums of ``q - z`` in int64 (exact), then (A7) with ``s_in / s_out`` | <= 1 |
@@ -285,7 +285,7 @@ _BILINEAR_ATTRS = {"kernel": ("bilinear",), "taps": "taps", "drop": "right shift
                    "shift": "shift", **_GRID_ATTRS}
 _ZP = dict(int_zero_points=(("zp", 0),))
 SPECS = [
-    OpSpec("max_pool", ("aten.max_pool1d.default", "aten.max_pool2d.default",
+    OpSpec("max_pool", ("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool3d.default",
                         "aten.adaptive_max_pool2d.default"), rule="shared", lower=lower_move, kernel=k_carrier,
            onnx_int="max_pool"),
     OpSpec("max", ("aten.max.dim", "aten.max.default", "aten.amax.default",
