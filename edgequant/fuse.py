@@ -2,7 +2,7 @@
 
 Takes a captured ``GraphModule`` (see ``capture``); returns it changed in place:
 
-1. ``fold_batch_norms``: a weighted op (conv1d/conv2d/conv_transpose2d/linear: its row's
+1. ``fold_batch_norms``: a weighted op (conv1d/2d/3d, conv_transpose1d/2d (grouped too), linear: its row's
    ``weighted``) whose only user is an eval-mode batch norm gets the norm folded into its
    weight and bias (``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``,
    per output channel) and the batch-norm node disappears. The user's model is not touched: capture
@@ -86,9 +86,15 @@ def fold_batch_norms(gm: fx.GraphModule) -> int:
         factor = (gamma / torch.sqrt(var + eps)).detach()
         shape = [1] * w.dim()
         shape[spec.weight_ch_axis] = -1
-        if spec.transposed and w.shape[1] != c:  # grouped transpose: (in, out/g, ...)
-            continue
-        new_w = w.detach() * factor.reshape(shape)
+        if spec.transposed and w.shape[1] != c:  # grouped transpose: (in, out/g, k...), out channel g*(out/g)+j
+            groups = c // w.shape[1]
+            if groups * w.shape[1] != c or w.shape[0] % groups:
+                continue
+            k = [1] * (w.dim() - 2)
+            new_w = (w.detach().reshape(groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])
+                     * factor.reshape(groups, 1, w.shape[1], *k)).reshape(w.shape)
+        else:
+            new_w = w.detach() * factor.reshape(shape)
         new_b = ((b.detach() if b is not None else torch.zeros(c, device=var.device)) - mean) * factor + beta.detach()
         _set_param(gm, w_node.target, new_w)
         if b_node is None:

@@ -220,5 +220,6 @@ ATEN_SPATIAL = {
     "aten.adaptive_avg_pool2d.default": adaptive_avg_pool, "aten.adaptive_max_pool2d.default": adaptive_max_pool,
     "aten.upsample_nearest1d.vec": upsample_nearest, "aten.upsample_nearest2d.vec": upsample_nearest,
     "aten.upsample_bilinear2d.vec": upsample_bilinear, "aten.conv_transpose2d.input": conv_transpose,
+    "aten.conv_transpose1d.default": conv_transpose,
     "aten.batch_norm.default": batch_norm, "aten._native_batch_norm_legit_no_training.default": batch_norm,
 }

@@ -119,6 +119,7 @@ def ref_conv_transpose(x, w, a):
 
 _REFERENCE = {
     "conv1d": ref_conv, "conv2d": ref_conv, "conv3d": ref_conv, "conv_transpose2d": ref_conv_transpose,
+    "conv_transpose1d": ref_conv_transpose,
     "linear": lambda x, w, a: torch.matmul(x, w.t()),
     "matmul": lambda x, w, a: torch.matmul(x, w),
 }
@@ -129,6 +130,8 @@ _FAST = {
     "conv2d": lambda x, w, b, a: F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
     "conv3d": lambda x, w, b, a: F.conv3d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"]),
     "conv_transpose2d": lambda x, w, b, a: F.conv_transpose2d(x, w, b, a["stride"], a["padding"],
+                                                              a["output_padding"], a["groups"], a["dilation"]),
+    "conv_transpose1d": lambda x, w, b, a: F.conv_transpose1d(x, w, b, a["stride"], a["padding"],
                                                               a["output_padding"], a["groups"], a["dilation"]),
     "linear": lambda x, w, b, a: F.linear(x, w, b),
     "matmul": lambda x, w, b, a: torch.matmul(x, w),

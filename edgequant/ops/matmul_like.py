@@ -115,6 +115,7 @@ _CONV_ARGS = {
     "conv2d": (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     "conv3d": (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
     "conv_transpose2d": (("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
+    "conv_transpose1d": (("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)),
 }
 
 
@@ -445,6 +446,9 @@ SPECS = [
     OpSpec("conv3d", ("aten.conv3d.default",), spatial_dims=3, bias_correction=True, int_attrs=_CONV_ATTRS,
            **_CONV, **_R),
     OpSpec("conv_transpose2d", ("aten.conv_transpose2d.input",), weight_ch_axis=1, spatial_dims=2, transposed=True,
+           int_attrs={**_CONV_ATTRS, "output_padding": "paddings"}, **_CONV, **_R),
+    # audio decoders and vocoders (HiFi-GAN, EnCodec, Demucs): the same code, one spatial dim
+    OpSpec("conv_transpose1d", ("aten.conv_transpose1d.default",), weight_ch_axis=1, spatial_dims=1, transposed=True,
            int_attrs={**_CONV_ATTRS, "output_padding": "paddings"}, **_CONV, **_R),
     OpSpec("linear", ("aten.linear.default",), bias_correction=True, weight_transposed_in_product=True,
            int_attrs=_REDUCE_ATTRS, **_CONV, **_R),

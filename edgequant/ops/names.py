@@ -191,6 +191,8 @@ BOUNDED_ARGS: dict[str, tuple[tuple[int, str, str], ...]] = {
     "aten.conv3d.default": ((4, "padding", "pad"), (5, "dilation", "pad")),
     "aten.conv_transpose2d.input": ((3, "stride", "pad"), (4, "padding", "pad"), (5, "output_padding", "pad"),
                                     (7, "dilation", "pad")),
+    "aten.conv_transpose1d.default": ((3, "stride", "pad"), (4, "padding", "pad"), (5, "output_padding", "pad"),
+                                      (7, "dilation", "pad")),
     "aten.adaptive_avg_pool1d.default": ((1, "output_size", "pad"),),
     "aten.adaptive_avg_pool2d.default": ((1, "output_size", "pad"),),
     "aten.adaptive_max_pool2d.default": ((1, "output_size", "pad"),),
