@@ -18,6 +18,7 @@ the ops below that the graph calls (empty when none):
 - ``baddbmm(input, b1, b2, beta, alpha)`` (BLOOM's ALiBi scores): ``bmm(b1, b2) * alpha + input * beta``;
 - ``adaptive_avg_pool3d`` to one value per channel (3-D CNNs' global pool): ``mean`` over the three
   spatial dims;
+- ``log_softmax``: ``(x - max) - log(sum(exp(x - max)))`` (CTC and language-model heads);
 - ``square``: ``x * x``; ``var``/``std`` (any correction): ``sum((x - mean)^2) / (N - correction)``
   and its ``sqrt``; ``cosine_similarity``: torch's formula in sums of products, a ``sqrt`` and a
   division; ``tile``/``repeat_interleave`` (a number of repeats)/``channel_shuffle``: ``repeat``,
@@ -115,8 +116,16 @@ def _cosine_similarity(x1, x2, dim=1, eps=1e-8):
     return num / torch.sqrt(torch.clamp_min(den, eps * eps))
 
 
+def _log_softmax(x, dim, *rest):
+    """``(x - max) - log(sum(exp(x - max)))`` along ``dim``: a max, a subtraction, the exp and log
+    tables and a sum, each with an integer form (the row ``log_softmax`` had none)."""
+    shifted = x - torch.amax(x, dim, keepdim=True)
+    return shifted - torch.log(torch.sum(torch.exp(shifted), dim, keepdim=True))
+
+
 _DECOMPOSED = {
     _A.square.default: lambda x: x * x,
+    _A.log_softmax.int: _log_softmax, _A._log_softmax.default: _log_softmax,
     _A.var.dim: _variance, _A.var.correction: _variance,
     _A.std.dim: lambda *a, **k: torch.sqrt(_variance(*a, **k)),
     _A.std.correction: lambda *a, **k: torch.sqrt(_variance(*a, **k)),

@@ -101,6 +101,17 @@ class Statistics(nn.Module):
         return self.out(z * cos)
 
 
+class CtcHead(nn.Module):
+    """A CTC-style head: per-frame class log-probabilities (log_softmax has an integer form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+
+    def forward(self, x):
+        return F.log_softmax(self.conv(x).flatten(2), dim=1)
+
+
 def test_statistics_and_moves_are_captured_exactly():
     torch.manual_seed(0)
     model = Statistics().eval()
@@ -122,6 +133,7 @@ CASES = {
     "instance_norm_plain": lambda: InstanceNormNet(affine=False),
     "moves_and_fills": Moves,
     "statistics_and_moves": Statistics,
+    "log_softmax_head": CtcHead,
 }
 
 

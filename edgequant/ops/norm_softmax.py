@@ -15,8 +15,9 @@ simulation: <= 1 LSB (the fold is computed in float64 from the float32 parameter
 
 ``layer_norm`` and ``softmax`` run as lookup-table kernels (``edgequant.lut.composite``): prepare
 simulates them with tables, and ``convert`` lowers a node that carries them (``attrs["lut"]``)
-through ``ops/nonlinear.lower_lut``; a node without tables (a per-channel input) and
-``log_softmax`` have no lowering, and ``convert`` refuses them by node name.
+through ``ops/nonlinear.lower_lut``; a node without tables (a per-channel input) has no
+lowering, and ``convert`` refuses it by node name. Capture writes ``log_softmax`` in ops with
+integer forms (``capture_decomp``); its row stays for graphs read from files.
 """
 from __future__ import annotations
 
