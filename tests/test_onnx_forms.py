@@ -156,10 +156,15 @@ def test_selections_and_comparisons_equal_torch(x):
                                  {"output_size": [7, 9]}, {"output_size": [3, 2]}], ids=str)
 def test_nearest_resizing_equals_torch(x, how):
     args = [x, how.get("output_size"), how.get("scale_factors")]
+    args1 = [x[0], how.get("output_size", [None])[:1] if "output_size" in how else None,
+             how.get("scale_factors", [None])[:1] if "scale_factors" in how else None]
     assert_same("aten.upsample_nearest2d.vec", args)
-    assert_same("aten.upsample_nearest1d.vec", [x[0], how.get("output_size", [None])[:1] if "output_size" in how
-                                                else None, how.get("scale_factors", [None])[:1] if "scale_factors" in how
-                                                else None])
+    assert_same("aten.upsample_nearest1d.vec", args1)
+    assert_same("aten._upsample_nearest_exact2d.vec", args)
+    assert_same("aten._upsample_nearest_exact1d.vec", args1)
+    args3 = [x.unsqueeze(2).expand(-1, -1, 3, -1, -1).contiguous(), [5] + how["output_size"] if "output_size" in how
+             else None, [2.0] + how["scale_factors"] if "scale_factors" in how else None]
+    assert_same("aten.upsample_nearest3d.vec", args3)
 
 
 @pytest.mark.parametrize("align", [False, True])

@@ -134,27 +134,30 @@ def _resize_args(c: Ctx, x: str, k: int, sizes, scales):
     return [x, "", "", c.b.op("Concat", [keep, c.b.i64([int(v) for v in as_list(sizes, k)])], axis=0)]
 
 
-def _nearest_index(n_in: int, n_out: int, scale) -> np.ndarray:
-    """The source index of every output position by torch's own nearest rule (its CPU kernel)."""
+def _nearest_index(n_in: int, n_out: int, scale, exact: bool = False) -> np.ndarray:
+    """The source index of every output position by torch's own nearest (or nearest-exact) rule."""
     src = torch.arange(n_in, dtype=torch.float32).reshape(1, 1, n_in)
-    idx = torch.ops.aten.upsample_nearest1d.vec(src, None if scale is not None else [n_out],
-                                                [float(scale)] if scale is not None else None)
+    op = torch.ops.aten._upsample_nearest_exact1d.vec if exact else torch.ops.aten.upsample_nearest1d.vec
+    idx = op(src, None if scale is not None else [n_out], [float(scale)] if scale is not None else None)
     if idx.shape[-1] != n_out:
         raise ValueError(f"nearest resizing gives {idx.shape[-1]} positions, the graph {n_out}")
     return idx.reshape(-1).to(torch.int64).numpy()
 
 
 def upsample_nearest(c: Ctx, out):
-    """Float values: ``Resize`` (nearest, ``asymmetric``, ``floor``: torch's ``floor(dst * in / out)``).
-    Codes: ``Gather`` along each resized dim of the indices torch itself computes (exact)."""
+    """Float values: ``Resize`` (nearest, ``asymmetric``, ``floor``: torch's ``floor(dst * in / out)``;
+    nearest-exact: ``half_pixel``, ``round_prefer_ceil``: ``floor((dst + 0.5) * in / out)``), over
+    1, 2 or 3 dims. Codes: ``Gather`` along each resized dim of the indices torch itself computes (exact)."""
     args, kw = c.args()
     x, sizes, scales = args[0], arg(args, kw, 1, "output_size"), arg(args, kw, 2, "scale_factors")
-    k = 1 if c.node.attrs["target"].startswith("aten.upsample_nearest1d") else 2
+    target = c.node.attrs["target"]
+    k, exact = (1 if "1d" in target else 3 if "3d" in target else 2), "exact" in target
     r = c.rank_of(x)
     axes = list(range(r - k, r))
     if c.dtype_of(x) in ("float32", "float64"):
-        return c.b.op("Resize", _resize_args(c, x, k, sizes, scales), out, mode="nearest",
-                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        mode = dict(coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil") if exact \
+            else dict(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return c.b.op("Resize", _resize_args(c, x, k, sizes, scales), out, mode="nearest", **mode)
     n_in = c.static_dims(x, axes, "nearest resizing of integer codes")
     n_out = [c.out_shapes[0][d] for d in axes] if c.out_shapes else None
     if n_out is None or not all(isinstance(n, int) for n in n_out):
@@ -162,7 +165,7 @@ def upsample_nearest(c: Ctx, out):
     y = x
     for i, d in enumerate(axes):
         s = as_list(scales, k)[i] if scales is not None else None
-        idx = c.b.i64(_nearest_index(n_in[i], n_out[i], s), "nearest_index")
+        idx = c.b.i64(_nearest_index(n_in[i], n_out[i], s, exact), "nearest_index")
         y = c.b.op("Gather", [y, idx], out if i == k - 1 else 1, axis=d)
     return y
 
@@ -219,6 +222,8 @@ ATEN_SPATIAL = {
     "aten.avg_pool1d.default": avg_pool1d, "aten.adaptive_avg_pool1d.default": adaptive_avg_pool,
     "aten.adaptive_avg_pool2d.default": adaptive_avg_pool, "aten.adaptive_max_pool2d.default": adaptive_max_pool,
     "aten.upsample_nearest1d.vec": upsample_nearest, "aten.upsample_nearest2d.vec": upsample_nearest,
+    "aten.upsample_nearest3d.vec": upsample_nearest, "aten._upsample_nearest_exact1d.vec": upsample_nearest,
+    "aten._upsample_nearest_exact2d.vec": upsample_nearest,
     "aten.upsample_bilinear2d.vec": upsample_bilinear, "aten.conv_transpose2d.input": conv_transpose,
     "aten.conv_transpose1d.default": conv_transpose,
     "aten.batch_norm.default": batch_norm, "aten._native_batch_norm_legit_no_training.default": batch_norm,

@@ -6,7 +6,7 @@ kernels are integer only (int64), with qmath's half-to-even rounding.
 
 | op | integer form | LSB vs simulation |
 |---|---|---|
-| max_pool (1-D, 2-D, 3-D), adaptive max pool, max/min/amax/amin, nearest interpolation | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
+| max_pool (1-D, 2-D, 3-D), adaptive max pool, max/min/amax/amin, nearest and nearest-exact interpolation (1-D to 3-D) | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
 | avg_pool, adaptive avg_pool | exact window sums of ``q - z`` (prefix sums, int64), then (A7) with a multiplier per output position ``s_in / (count * s_out)`` (count: torch's divisor, incl. ``count_include_pad``, ``divisor_override``, clipped windows) | <= 1 |
 | mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
 | cumsum | running sums of ``q - z`` in int64 (exact), then (A7) with ``s_in / s_out`` | <= 1 |
@@ -300,7 +300,9 @@ SPECS = [
            int_attrs=_REDUCE_SUM_ATTRS, int_inputs=("x",), **_ZP),
     OpSpec("cumsum", ("aten.cumsum.default",), lower=lower_cumsum, kernel=k_cumsum, int_attrs=_CUMSUM_ATTRS,
            int_inputs=("x",), onnx={"aten.cumsum.default": onnx_cumsum}, **_ZP),
-    OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec"), rule="shared",
+    OpSpec("interpolate_nearest", ("aten.upsample_nearest1d.vec", "aten.upsample_nearest2d.vec",
+                                   "aten.upsample_nearest3d.vec", "aten._upsample_nearest_exact1d.vec",
+                                   "aten._upsample_nearest_exact2d.vec"), rule="shared",
            lower=lower_move, kernel=k_carrier),
     OpSpec("interpolate_bilinear", ("aten.upsample_bilinear2d.vec",), lower=lower_bilinear, kernel=k_bilinear,
            int_attrs=_BILINEAR_ATTRS, int_inputs=("x",)),
