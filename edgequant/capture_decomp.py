@@ -18,6 +18,8 @@ the ops below that the graph calls (empty when none):
 - ``baddbmm(input, b1, b2, beta, alpha)`` (BLOOM's ALiBi scores): ``bmm(b1, b2) * alpha + input * beta``;
 - ``adaptive_avg_pool3d`` to one value per channel (3-D CNNs' global pool): ``mean`` over the three
   spatial dims;
+- aliases torch.export keeps by their own names: ``multiply``, ``subtract``, ``divide``,
+  ``true_divide``, ``concat``/``concatenate``, ``clip``, ``negative``, ``absolute``: their canonical op;
 - ``log_softmax``: ``(x - max) - log(sum(exp(x - max)))`` (CTC and language-model heads);
 - ``square``: ``x * x``; ``var``/``std`` (any correction): ``sum((x - mean)^2) / (N - correction)``
   and its ``sqrt``; ``cosine_similarity``: torch's formula in sums of products, a ``sqrt`` and a
@@ -124,6 +126,12 @@ def _log_softmax(x, dim, *rest):
 
 
 _DECOMPOSED = {
+    # aliases torch.export keeps under their own names (torch.multiply, torch.concat, torch.clip, ...)
+    _A.multiply.Tensor: torch.mul, _A.multiply.Scalar: torch.mul, _A.subtract.Tensor: torch.sub,
+    _A.subtract.Scalar: torch.sub, _A.divide.Tensor: torch.div, _A.divide.Scalar: torch.div,
+    _A.true_divide.Tensor: torch.div, _A.true_divide.Scalar: torch.div, _A.concat.default: torch.cat,
+    _A.concatenate.default: torch.cat, _A.clip.default: torch.clamp, _A.negative.default: torch.neg,
+    _A.absolute.default: torch.abs,
     _A.square.default: lambda x: x * x,
     _A.log_softmax.int: _log_softmax, _A._log_softmax.default: _log_softmax,
     _A.var.dim: _variance, _A.var.correction: _variance,

@@ -183,3 +183,34 @@ def test_batch_shaped_fills_follow_the_batch():
 def test_onnx_runtime_runs_them(case, flavour, tmp_path):
     cm, g, x = _converted(CASES[case](), T8)
     check_onnx_file(flavour, cm, g, x, tmp_path / f"{case}_{flavour}.onnx")
+
+
+class Aliases(nn.Module):
+    """torch.multiply/subtract/divide/true_divide/clip/negative/absolute/concat/concatenate (ConvBERT's
+    torch.multiply, RT-DETR's torch.concat): torch.export keeps them under their own names."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        z = torch.multiply(y, y.flip(1)) + torch.subtract(y, 0.5) + torch.divide(y, 3.0) + torch.true_divide(y, 2)
+        z = torch.clip(z, -1, 1) + torch.negative(torch.absolute(y))
+        return torch.concat([z, y], 1) + torch.concatenate([y, z], 1)
+
+
+def test_aliases_are_captured_as_their_ops_and_convert():
+    torch.manual_seed(0)
+    model = Aliases().eval()
+    x = torch.randn(2, 3, 8, 8)
+    gm = capture(model, (x,))
+    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert not {t for t in targets if t.split(".")[1] in (
+        "multiply", "subtract", "divide", "true_divide", "clip", "negative", "absolute", "concat", "concatenate")}
+    assert torch.equal(gm(x), model(x))
+    cm, g, x = _converted(model, T8)
+    with torch.no_grad():
+        ref, sim = model(x), cm(x)
+    assert (g(x) - sim).abs().max() <= 0.02 * ref.abs().max()
+    assert (sim - ref).abs().max() <= 0.05 * ref.abs().max()

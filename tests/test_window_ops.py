@@ -166,3 +166,35 @@ def test_mobilevit_v2_end_to_end(tmp_path):
     assert sqnr > 25, float(sqnr)
     assert (y - sim).abs().max() <= 0.01 * sim.abs().max()
     check_onnx_file("integer", cm, g, x, tmp_path / "mobilevitv2.onnx")
+
+
+class SequenceUnfold(nn.Module):
+    """ConvBERT's span-based convolution: unfold over the (dynamic) sequence of a text model."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.proj = nn.Embedding(50, 8), nn.Linear(8, 8)
+        self.mix = nn.Linear(8 * 3, 8)
+
+    def forward(self, ids):                                   # (N, T) token ids: T stays dynamic
+        y = self.proj(self.emb(ids)).transpose(1, 2).unsqueeze(-1)   # (N, 8, T, 1)
+        cols = F.unfold(y, kernel_size=[3, 1], padding=[1, 0])  # (N, 24, T)
+        return self.mix(cols.transpose(1, 2))
+
+
+def test_unfold_over_a_dynamic_sequence(tmp_path):
+    torch.manual_seed(0)
+    model = SequenceUnfold().eval()
+    xs = [torch.randint(0, 50, (2, 12)) for _ in range(4)]
+    cm = eq.prepare(model, (xs[0],), qconfig_setter=(T8,))
+    eq.calibrate(cm, [(x,) for x in xs])
+    g = eq.convert(eq.export(cm, (xs[0],)), "nash-e")
+    node = next(n for n in g.nodes if n.op == "im2col")
+    assert not isinstance(g.values[node.inputs[0]].shape[2], int)      # the sequence stays dynamic
+    for t in (12, 7):                                                  # another length than traced
+        x = torch.randint(0, 50, (2, t))
+        with torch.no_grad():
+            ref, sim = model(x), cm(x)
+        y = g(x)
+        assert y.shape == ref.shape and (y - sim).abs().max() <= 0.01 * sim.abs().max()
+        check_onnx_file("integer", cm, g, x, tmp_path / f"seq{t}.onnx")

@@ -12,14 +12,15 @@ no two windows share an output position (MobileViT-v2's patch folding: stride = 
 overlapping fold is refused at convert, naming the node. Padding and the positions no window
 covers hold 0.0, which is the zero point on the input's grid: exact.
 
-Both forms read one index table (``window_index``): for each output element, its position in
-the flattened input, or the position of one extra element that holds the fill code. The int
-kernel gathers the codes with it and ONNX writes ``Reshape`` / ``Pad`` (the extra element) /
-``Gather`` / ``Reshape`` with the same table, so the integer model, the integer ONNX file and
-the simulation (torch's own unfold/fold on the fake-quantized floats) agree bit for bit (0 LSB).
-Channels, height and width must be static; the table has one entry per output element of one
-batch item, at most ``MAX_ELEMENTS`` or 64 times the input's (a file cannot make a run allocate
-more than its tensors back).
+The int kernel reads one index table (``window_index``): for each output element, its position
+in the flattened input, or the position of one extra element that holds the fill code; the table
+has one entry per output element of one batch item, at most ``MAX_ELEMENTS`` or 64 times the
+input's (a file cannot make a run allocate more than its tensors back). ONNX writes fold as
+``Reshape`` / ``Pad`` (the extra element) / ``Gather`` / ``Reshape`` with the same table (static
+sizes), and unfold as ``Pad`` and one strided ``Slice`` per kernel offset, ``Concat``, ``Reshape``
+(static channels; height and width may be dynamic, as a text model's sequence is). The integer
+model, the integer ONNX file and the simulation (torch's own unfold/fold on the fake-quantized
+floats) agree bit for bit (0 LSB).
 """
 from __future__ import annotations
 
@@ -134,10 +135,11 @@ def lower_window(ctx, node: Node) -> None:
     if qp is None:
         raise ctx.error(node, "its input is not quantized")
     shape = ctx.q.values[src].shape
-    if not all(type(d) is int for d in shape[1:]):
-        raise ctx.error(node, f"unfold/fold need static channels, height and width; the input has shape {shape}")
-    try:
-        _, _, overlapping = _index_of(node, tuple(shape))
+    dynamic = not all(type(d) is int for d in shape[1:])
+    if dynamic and (node.attrs["target"] == _COL2IM or type(shape[1]) is not int):
+        raise ctx.error(node, f"fold needs static sizes, unfold static channels; the input has shape {shape}")
+    try:   # an unfold over a dynamic height or width (a text model's sequence) is checked when it runs
+        overlapping = False if dynamic else _index_of(node, tuple(shape))[2]
     except ValueError as exc:
         raise ctx.error(node, str(exc)) from None
     if overlapping:
@@ -155,8 +157,10 @@ def onnx_window(c, outs):
     args, kwargs = c.args()
     x = args[0]
     shape = c.shape_of(x)
+    if c.node.attrs["target"] == _IM2COL:
+        return _onnx_im2col(c, x, shape, outs)
     if not all(type(d) is int for d in shape[1:]):
-        raise c.fail(f"unfold/fold's ONNX form needs static channels, height and width, got {shape}")
+        raise c.fail(f"fold's ONNX form needs static channels, height and width, got {shape}")
     index, out_shape, overlapping = window_index(c.node.attrs["target"], tuple(shape), c.node.attrs.get("args", []),
                                                  c.node.attrs.get("kwargs", {}))
     if overlapping:
@@ -175,6 +179,33 @@ def onnx_window(c, outs):
     from onnx import TensorProto
 
     return c.b.op("Cast", [out], outs, to=getattr(TensorProto, back.upper()))   # off the int32 carrier
+
+
+def _onnx_im2col(c, x, shape, outs):
+    """unfold as ``Pad`` (the fill), then per kernel offset a strided ``Slice`` of the block grid
+    (its end counted from the back, so height and width may be dynamic), ``Concat`` of the offsets
+    and ``Reshape`` to ``(N, C*kh*kw, L)``; channels must be static."""
+    from onnx import TensorProto
+
+    g = _geometry(_IM2COL, c.node.attrs.get("args", []), c.node.attrs.get("kwargs", {}))
+    if type(shape[1]) is not int:
+        raise c.fail(f"unfold's ONNX form needs static channels, got {shape}")
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = g["kernel_size"], g["dilation"], g["padding"], g["stride"]
+    (x,), back = c.carried([x])
+    if ph or pw:
+        fill = c.scalar(c.node.attrs.get("fill", 0), x)
+        x = c.on_grid(c.b.op("Pad", [x, c.b.i64([0, 0, ph, pw, 0, 0, ph, pw]), fill], mode="constant"), 0)
+    big = (1 << 63) - 1
+    parts = []
+    for i in range(kh):
+        for j in range(kw):
+            ends = [-(kh - 1 - i) * dh or big, -(kw - 1 - j) * dw or big]
+            part = c.b.op("Slice", [x, c.b.i64([i * dh, j * dw]), c.b.i64(ends), c.b.i64([2, 3]), c.b.i64([sh, sw])])
+            parts.append(c.on_grid(c.b.op("Unsqueeze", [part, c.b.i64([2])]), 0))   # (N, C, 1, bh, bw)
+    stacked = c.on_grid(c.b.op("Concat", parts, axis=2), 0) if len(parts) > 1 else parts[0]
+    out = c.b.op("Reshape", [stacked, c.b.i64([0, shape[1] * kh * kw, -1])], outs if back is None else 1)
+    return out if back is None else c.b.op("Cast", [out], outs, to=getattr(TensorProto, back.upper()))
+
 
 SPECS = [
     OpSpec("im2col", (_IM2COL,), rule="shared", lower=lower_window, kernel=k_window, onnx={_IM2COL: onnx_window},
