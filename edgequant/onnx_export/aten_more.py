@@ -420,25 +420,24 @@ def silu(c: Ctx, out):
     return c.b.op("Mul", [x, c.b.op("Sigmoid", [x])], out)
 
 
-def smooth(kind: str):
-    """softplus(beta), elu(alpha; scale and input_scale 1), selu, celu(alpha), log-sigmoid."""
-    def f(c: Ctx, out):
-        args, kw = c.args()
-        x = args[0]
-        if kind == "softplus":   # torch: x past threshold / beta; log(1 + exp) equals it there in float32
-            beta = float(arg(args, kw, 1, "beta", 1.0))
-            sx = x if beta == 1 else c.b.op("Mul", [x, c.scalar(beta, x)])
-            return c.b.op("Softplus", [sx], out) if beta == 1 else c.b.op("Div", [c.b.op("Softplus", [sx]), c.scalar(beta, x)], out)
-        if kind == "elu":
-            if float(arg(args, kw, 2, "scale", 1.0)) != 1 or float(arg(args, kw, 3, "input_scale", 1.0)) != 1:
-                raise c.fail("elu with scale or input_scale other than 1 has no ONNX form here")
-            return c.b.op("Elu", [x], out, alpha=float(arg(args, kw, 1, "alpha", 1.0)))
-        if kind == "celu":
-            return c.b.op("Celu", [x], out, alpha=float(arg(args, kw, 1, "alpha", 1.0)))
-        if kind == "selu":
-            return c.b.op("Selu", [x], out, alpha=1.6732632423543772, gamma=1.0507009873554805)
-        return c.b.op("Neg", [c.b.op("Softplus", [c.b.op("Neg", [x])])], out)   # log_sigmoid
-    return f
+def softplus(c: Ctx, out):   # torch's x past threshold / beta is log(1 + exp) there, in float32
+    args, kw = c.args()
+    x, beta = args[0], float(arg(args, kw, 1, "beta", 1.0))
+    if beta == 1:
+        return c.b.op("Softplus", [x], out)
+    return c.b.op("Div", [c.b.op("Softplus", [c.b.op("Mul", [x, c.scalar(beta, x)])]), c.scalar(beta, x)], out)
+
+
+def elu(c: Ctx, out):
+    args, kw = c.args()
+    if float(arg(args, kw, 2, "scale", 1.0)) != 1 or float(arg(args, kw, 3, "input_scale", 1.0)) != 1:
+        raise c.fail("elu with scale or input_scale other than 1 has no ONNX form here")
+    return c.b.op("Elu", [args[0]], out, alpha=float(arg(args, kw, 1, "alpha", 1.0)))
+
+
+def celu(c: Ctx, out):
+    args, kw = c.args()
+    return c.b.op("Celu", [args[0]], out, alpha=float(arg(args, kw, 1, "alpha", 1.0)))
 
 
 def pow_scalar(c: Ctx, out):
@@ -478,9 +477,9 @@ ATEN_MORE = {
     "aten.silu.default": silu, "aten.hardswish.default": _unary("HardSwish"),
     "aten.hardsigmoid.default": _unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5), "aten.erf.default": _unary("Erf"),
     "aten.pow.Tensor_Scalar": pow_scalar, "aten.cos.default": _unary("Cos"), "aten.sin.default": _unary("Sin"),
-    "aten.softplus.default": smooth("softplus"), "aten.elu.default": smooth("elu"), "aten.selu.default": smooth("selu"),
-    "aten.celu.default": smooth("celu"), "aten.log_sigmoid.default": smooth("log_sigmoid"),
-    "aten.mish.default": _unary("Mish"),
+    "aten.softplus.default": softplus, "aten.elu.default": elu, "aten.celu.default": celu,
+    "aten.selu.default": _unary("Selu", alpha=1.6732632423543772, gamma=1.0507009873554805),
+    "aten.log_sigmoid.default": _unary("Neg", "Softplus", "Neg"), "aten.mish.default": _unary("Mish"),
     "aten.pow.Tensor_Tensor": _elementwise("Pow"), "aten.pow.Scalar": pow_scalar_base,
     "_operator.add": _sym_operator("Add"), "_operator.sub": _sym_operator("Sub"), "_operator.mul": _sym_operator("Mul"),
     "_operator.floordiv": _sym_operator("FloorDiv"), "_operator.truediv": _sym_operator("TrueDiv"),
