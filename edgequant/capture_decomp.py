@@ -80,7 +80,7 @@ def _baddbmm(x, b1, b2, *, beta=1, alpha=1):
     return prod + (x if beta == 1 else x * beta) if beta != 0 else prod
 
 
-def _reduced(x, dim) -> tuple[list[int] | None, int]:
+def _reduced(x, dim) -> tuple[list[int], int]:
     """The dims a reduction over ``dim`` (None, an int or a list) covers, and how many elements."""
     dims = list(range(x.dim())) if dim is None else [dim] if isinstance(dim, int) else list(dim)
     n = 1

@@ -288,9 +288,7 @@ def pad(c: Ctx, out):
     if mode == "constant" and value:
         inputs.append(c.scalar(value, x))
     mode = {"replicate": "edge"}.get(mode, mode)
-    if back is None:
-        return c.b.op("Pad", inputs, out, mode=mode)
-    return c.b.op("Cast", [c.b.op("Pad", inputs, mode=mode)], out, to=_ONNX_DTYPE[back])
+    return c.emit("Pad", inputs, out, back, mode=mode)
 
 
 def float_softmax(c: Ctx, out):

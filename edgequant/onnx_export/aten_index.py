@@ -106,8 +106,7 @@ def masked_fill_tensor(c: Ctx, out):
     args, _ = c.args()
     x, mask, v = args
     (x, v), back = c.carried([x, v])
-    y = c.b.op("Where", [mask, c.b.op("CastLike", [v, x]), x], 1 if back else out)
-    return c.b.op("Cast", [y], out, to=ONNX_DTYPE[back]) if back else y
+    return c.emit("Where", [mask, c.b.op("CastLike", [v, x]), x], out, back)
 
 
 def trilu(upper: int):

@@ -22,13 +22,6 @@ from .ctx import INT64_MAX, ONNX_DTYPE, Ctx, Ref, arg, as_list
 INT64_MIN = -(1 << 63)
 
 
-def _emit(c: Ctx, op_type: str, inputs, out, back: str | None, **attrs):
-    """``op_type`` writing ``out``; cast back from the int32 carrier to ``back`` when given."""
-    if back is None:
-        return c.b.op(op_type, inputs, out, **attrs)
-    return c.b.op("Cast", [c.b.op(op_type, inputs, **attrs)], out, to=ONNX_DTYPE[back])
-
-
 def _const_like(c: Ctx, v, like: str) -> str:
     return v if isinstance(v, Ref) else c.scalar(v, like)
 
@@ -166,7 +159,7 @@ def constant_pad_nd(c: Ctx, out):
     ends = [0] * (r - k) + [p[2 * (k - 1 - i) + 1] for i in range(k)]
     (x,), back = c.carried([x])
     inputs = [x, c.b.i64(begins + ends)] + ([c.scalar(value, x)] if value else [])
-    return _emit(c, "Pad", inputs, out, back, mode="constant")
+    return c.emit("Pad", inputs, out, back, mode="constant")
 
 
 # -- selections and comparisons of values (exact on codes) ----------------------------------------------
@@ -181,7 +174,7 @@ def _elementwise(op_type: str):
     def f(c: Ctx, out):
         args, _ = c.args()
         xs, back = c.carried([args[0], args[1]])
-        return _emit(c, op_type, xs, out, back)
+        return c.emit(op_type, xs, out, back)
     return f
 
 
@@ -190,7 +183,7 @@ def _bound(op_type: str, key: str):
     def f(c: Ctx, out):
         args, kw = c.args()
         (x, v), back = c.carried([args[0], arg(args, kw, 1, key)])
-        return _emit(c, op_type, [x, _const_like(c, v, x)], out, back)
+        return c.emit(op_type, [x, _const_like(c, v, x)], out, back)
     return f
 
 
@@ -201,7 +194,7 @@ def clamp_tensor(c: Ctx, out):
         x = c.b.op("Max", [x, _const_like(c, lo, x)])
     if hi is not None:
         x = c.b.op("Min", [x, _const_like(c, hi, x)])
-    return _emit(c, "Identity", [x], out, back)
+    return c.emit("Identity", [x], out, back)
 
 
 def where(c: Ctx, out):
@@ -209,7 +202,7 @@ def where(c: Ctx, out):
     cond = args[0]
     (a, b), back = c.carried([args[1], args[2]])
     like = a if isinstance(a, Ref) else b
-    return _emit(c, "Where", [cond, _const_like(c, a, like), _const_like(c, b, like)], out, back)
+    return c.emit("Where", [cond, _const_like(c, a, like), _const_like(c, b, like)], out, back)
 
 
 def _extreme(op_type: str):
@@ -220,14 +213,14 @@ def _extreme(op_type: str):
         (x,), back = c.carried([args[0]])
         if target.endswith(".dim"):
             d, keep = int(args[1]), int(bool(arg(args, kw, 2, "keepdim", False)))
-            vals = _emit(c, f"Reduce{op_type}", [x, c.b.i64([d])], out[:1], back, keepdims=keep)
+            vals = c.emit(f"Reduce{op_type}", [x, c.b.i64([d])], out[:1], back, keepdims=keep)
             if len(out) > 1:
                 c.b.op(f"Arg{op_type}", [x], out[1:2], axis=d, keepdims=keep)
             return vals
         dims = as_list(arg(args, kw, 1, "dim", []), 1) if target.startswith("aten.am") else []
         keep = int(bool(arg(args, kw, 2, "keepdim", False))) if target.startswith("aten.am") else 0
         inputs = [x, c.b.i64([int(d) for d in dims])] if dims else [x]
-        return _emit(c, f"Reduce{op_type}", inputs, out, back, keepdims=keep)
+        return c.emit(f"Reduce{op_type}", inputs, out, back, keepdims=keep)
     return f
 
 

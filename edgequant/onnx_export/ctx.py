@@ -98,6 +98,12 @@ class Ctx:
                  for i in items]
         return self.b.op("Concat", parts, axis=0)
 
+    def emit(self, op_type: str, inputs, out, back: str | None, **attrs):
+        """``op_type`` writing ``out``; cast back from ``carried``'s int32 carrier to ``back`` when given."""
+        if back is None:
+            return self.b.op(op_type, inputs, out, **attrs)
+        return self.b.op("Cast", [self.b.op(op_type, inputs, **attrs)], out, to=ONNX_DTYPE[back])
+
     def carried(self, xs: list) -> tuple[list, str | None]:
         """``xs`` (tensor names or numbers) with 8/16-bit integer tensors cast to an exact int32
         carrier (ONNX Runtime has no 8/16-bit Max, Min, Where, ReduceMax, ... kernels), and the

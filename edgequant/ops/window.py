@@ -1,7 +1,7 @@
 """Sliding-window moves: ``F.unfold`` (``aten.im2col``) and ``F.fold`` (``aten.col2im``).
 
 Stage: ``convert`` (the rows' ``lower``), ``run`` at level "int" (``k_window``) and both ONNX
-flavours (``onnx_window``). Takes a rank-4 ``(N, C, H, W)`` tensor (im2col) or a rank-3
+flavours (``onnx_im2col``, ``onnx_col2im``). Takes a rank-4 ``(N, C, H, W)`` tensor (im2col) or a rank-3
 ``(N, C*kh*kw, L)`` one (col2im) quantized per tensor; returns the same codes moved, on the
 input's grid.
 
@@ -23,6 +23,9 @@ model, the integer ONNX file and the simulation (torch's own unfold/fold on the 
 floats) agree bit for bit (0 LSB).
 """
 from __future__ import annotations
+
+import functools
+import json
 
 import torch
 
@@ -89,11 +92,10 @@ def window_index(target: str, in_shape: tuple, args: list, kwargs: dict) -> tupl
     rows = oi.view(1, 1, -1, 1) * g["stride"][0] + ki.view(-1, 1, 1, 1) * g["dilation"][0] - g["padding"][0]
     cols = oj.view(1, 1, 1, -1) * g["stride"][1] + kj.view(1, -1, 1, 1) * g["dilation"][1] - g["padding"][1]
     rows, cols = torch.broadcast_tensors(rows, cols)                     # (kh, kw, bh, bw)
-    inside = (rows >= 0) & (rows < size[0]) & (cols >= 0) & (cols < size[1])
+    inside = ((rows >= 0) & (rows < size[0]) & (cols >= 0) & (cols < size[1])).reshape(1, -1)
     plane = size[0] * size[1]
-    pos = torch.where(inside, rows * size[1] + cols, torch.full_like(rows, -1))
-    pos = pos.reshape(1, -1) + torch.arange(c).view(-1, 1) * plane        # (c, kh*kw*bh*bw)
-    pos = torch.where(inside.reshape(1, -1).expand_as(pos), pos, torch.full_like(pos, -1))
+    pos = (rows * size[1] + cols).reshape(1, -1) + torch.arange(c).view(-1, 1) * plane   # (c, kh*kw*bh*bw)
+    pos = torch.where(inside.expand_as(pos), pos, torch.full_like(pos, -1))
     if target == _IM2COL:
         numel = c * plane
         index = torch.where(pos >= 0, pos, torch.full_like(pos, numel)).reshape(-1)
@@ -108,8 +110,17 @@ def window_index(target: str, in_shape: tuple, args: list, kwargs: dict) -> tupl
     return index, (c, h, w), bool((counts > 1).any())
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_index(target: str, item_shape: tuple, call: str):
+    args, kwargs = json.loads(call)
+    return window_index(target, (None, *item_shape), args, kwargs)   # the table never reads the batch dim
+
+
 def _index_of(node: Node, in_shape: tuple):
-    return window_index(node.attrs["target"], in_shape, node.attrs.get("args", []), node.attrs.get("kwargs", {}))
+    """``window_index`` of the node's recorded call, built once per input shape (the integer model
+    runs ``k_window`` on every call)."""
+    call = json.dumps([node.attrs.get("args", []), node.attrs.get("kwargs", {})], sort_keys=True)
+    return _cached_index(node.attrs["target"], tuple(int(d) for d in in_shape[1:]), call)
 
 
 def gather_window(x: torch.Tensor, index: torch.Tensor, out_shape: tuple, fill) -> torch.Tensor:
@@ -150,19 +161,16 @@ def lower_window(ctx, node: Node) -> None:
     lower_move(ctx, Node(node.name, node.op, node.inputs, node.outputs, attrs, node.source))
 
 
-def onnx_window(c, outs):
-    """``Reshape`` to ``(N, numel)``, ``Pad`` one fill element at the end, ``Gather`` the window
-    table along axis 1, ``Reshape`` to the output (the integer flavour fills with the zero
+def onnx_col2im(c, outs):
+    """fold: ``Reshape`` to ``(N, numel)``, ``Pad`` one fill element at the end, ``Gather`` the
+    window table along axis 1, ``Reshape`` to the output (the integer flavour fills with the zero
     point's code, the QDQ one with 0.0)."""
     args, kwargs = c.args()
     x = args[0]
     shape = c.shape_of(x)
-    if c.node.attrs["target"] == _IM2COL:
-        return _onnx_im2col(c, x, shape, outs)
     if not all(type(d) is int for d in shape[1:]):
         raise c.fail(f"fold's ONNX form needs static channels, height and width, got {shape}")
-    index, out_shape, overlapping = window_index(c.node.attrs["target"], tuple(shape), c.node.attrs.get("args", []),
-                                                 c.node.attrs.get("kwargs", {}))
+    index, out_shape, overlapping = _index_of(c.node, tuple(shape))
     if overlapping:
         raise c.fail("a fold with overlapping windows sums them; it has no ONNX form here")
     (x,), back = c.carried([x])
@@ -173,23 +181,18 @@ def onnx_window(c, outs):
     fill = c.scalar(c.node.attrs.get("fill", 0), x)
     padded = c.on_grid(c.b.op("Pad", [flat, c.b.i64([0, 0, 0, 1]), fill], mode="constant"), 0)
     picked = c.on_grid(c.b.op("Gather", [padded, c.b.i64(index.tolist())], axis=1), 0)
-    out = c.b.op("Reshape", [picked, c.b.i64([0, *out_shape])], outs if back is None else 1)
-    if back is None:
-        return out
-    from onnx import TensorProto
-
-    return c.b.op("Cast", [out], outs, to=getattr(TensorProto, back.upper()))   # off the int32 carrier
+    return c.emit("Reshape", [picked, c.b.i64([0, *out_shape])], outs, back)
 
 
-def _onnx_im2col(c, x, shape, outs):
-    """unfold as ``Pad`` (the fill), then per kernel offset a strided ``Slice`` of the block grid
-    (its end counted from the back, so height and width may be dynamic), ``Concat`` of the offsets
-    and ``Reshape`` to ``(N, C*kh*kw, L)``; channels must be static."""
-    from onnx import TensorProto
-
-    g = _geometry(_IM2COL, c.node.attrs.get("args", []), c.node.attrs.get("kwargs", {}))
+def onnx_im2col(c, outs):
+    """unfold: ``Pad`` (the fill), then per kernel offset a strided ``Slice`` of the block grid (its
+    end counted from the back, so height and width may be dynamic), ``Concat`` of the offsets and
+    ``Reshape`` to ``(N, C*kh*kw, L)``; channels must be static."""
+    x = c.args()[0][0]
+    shape = c.shape_of(x)
     if type(shape[1]) is not int:
         raise c.fail(f"unfold's ONNX form needs static channels, got {shape}")
+    g = _geometry(_IM2COL, c.node.attrs.get("args", []), c.node.attrs.get("kwargs", {}))
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = g["kernel_size"], g["dilation"], g["padding"], g["stride"]
     (x,), back = c.carried([x])
     if ph or pw:
@@ -203,13 +206,12 @@ def _onnx_im2col(c, x, shape, outs):
             part = c.b.op("Slice", [x, c.b.i64([i * dh, j * dw]), c.b.i64(ends), c.b.i64([2, 3]), c.b.i64([sh, sw])])
             parts.append(c.on_grid(c.b.op("Unsqueeze", [part, c.b.i64([2])]), 0))   # (N, C, 1, bh, bw)
     stacked = c.on_grid(c.b.op("Concat", parts, axis=2), 0) if len(parts) > 1 else parts[0]
-    out = c.b.op("Reshape", [stacked, c.b.i64([0, shape[1] * kh * kw, -1])], outs if back is None else 1)
-    return out if back is None else c.b.op("Cast", [out], outs, to=getattr(TensorProto, back.upper()))
+    return c.emit("Reshape", [stacked, c.b.i64([0, shape[1] * kh * kw, -1])], outs, back)
 
 
 SPECS = [
-    OpSpec("im2col", (_IM2COL,), rule="shared", lower=lower_window, kernel=k_window, onnx={_IM2COL: onnx_window},
+    OpSpec("im2col", (_IM2COL,), rule="shared", lower=lower_window, kernel=k_window, onnx={_IM2COL: onnx_im2col},
            int_attrs={"fill": "int"}),
-    OpSpec("col2im", (_COL2IM,), rule="shared", lower=lower_window, kernel=k_window, onnx={_COL2IM: onnx_window},
+    OpSpec("col2im", (_COL2IM,), rule="shared", lower=lower_window, kernel=k_window, onnx={_COL2IM: onnx_col2im},
            int_attrs={"fill": "int"}),
 ]
