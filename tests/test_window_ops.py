@@ -198,3 +198,36 @@ def test_unfold_over_a_dynamic_sequence(tmp_path):
         y = g(x)
         assert y.shape == ref.shape and (y - sim).abs().max() <= 0.01 * sim.abs().max()
         check_onnx_file("integer", cm, g, x, tmp_path / f"seq{t}.onnx")
+
+
+class Unbatched(nn.Module):
+    """unfold and fold of an unbatched (C, H, W) / (C*kh*kw, L) tensor, which torch also takes."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.dq = eq.QuantStub(), eq.DeQuantStub()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(self.q(x))[0] + 1.0                       # (4, 8, 8), zero point off 0
+        cols = F.unfold(y, 3, padding=1, stride=2)              # (36, 16)
+        back = F.fold(F.unfold(y, 2, stride=2), (8, 8), 2, stride=2)
+        return self.dq(cols.sum(0) + back.flatten()[:16])
+
+
+@pytest.mark.parametrize("flavour", ["qdq", "integer"])
+def test_unbatched_unfold_and_fold(flavour, tmp_path):
+    torch.manual_seed(0)
+    model = Unbatched().eval()
+    xs = [torch.randn(2, 3, 8, 8) for _ in range(4)]
+    cm = eq.prepare(model, (xs[0],), qconfig_setter=(T8,))
+    eq.calibrate(cm, [(x,) for x in xs[:3]])
+    g = eq.convert(eq.export(cm, (xs[0],)), "nash-e")
+    _, env = g(xs[3], return_intermediates=True)
+    for n in (n for n in g.nodes if n.op in ("im2col", "col2im")):
+        a, z = n.attrs["args"], n.attrs["fill"]
+        codes_in = env[n.inputs[0]].double() - z
+        want = (F.unfold(codes_in, a[1], dilation=a[2], padding=a[3], stride=a[4]) if n.op == "im2col"
+                else F.fold(codes_in, a[1], a[2], dilation=a[3], padding=a[4], stride=a[5])) + z
+        assert torch.equal(env[n.outputs[0]].double(), want), n.name
+    check_onnx_file(flavour, cm, g, xs[3], tmp_path / f"unbatched_{flavour}.onnx")

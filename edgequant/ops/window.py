@@ -2,8 +2,8 @@
 
 Stage: ``convert`` (the rows' ``lower``), ``run`` at level "int" (``k_window``) and both ONNX
 flavours (``onnx_im2col``, ``onnx_col2im``). Takes a rank-4 ``(N, C, H, W)`` tensor (im2col) or a rank-3
-``(N, C*kh*kw, L)`` one (col2im) quantized per tensor; returns the same codes moved, on the
-input's grid.
+``(N, C*kh*kw, L)`` one (col2im), or the same without the batch dim, quantized per tensor; returns
+the same codes moved, on the input's grid.
 
 Both ops only move values: every output element is one input element or padding. im2col
 copies each window of the zero-padded input into a column; col2im puts each column back into
@@ -116,11 +116,21 @@ def _cached_index(target: str, item_shape: tuple, call: str):
     return window_index(target, (None, *item_shape), args, kwargs)   # the table never reads the batch dim
 
 
+def _item(target: str, shape) -> tuple:
+    """The dims of one batch item: ``(C, H, W)`` for im2col, ``(C*kh*kw, L)`` for col2im (torch also
+    takes an input without the batch dim, which is then the whole shape)."""
+    return tuple(shape[-3:] if target == _IM2COL else shape[-2:])
+
+
+def _unbatched(target: str, shape) -> bool:
+    return len(shape) == len(_item(target, shape)) == (3 if target == _IM2COL else 2)
+
+
 def _index_of(node: Node, in_shape: tuple):
     """``window_index`` of the node's recorded call, built once per input shape (the integer model
     runs ``k_window`` on every call)."""
     call = json.dumps([node.attrs.get("args", []), node.attrs.get("kwargs", {})], sort_keys=True)
-    return _cached_index(node.attrs["target"], tuple(int(d) for d in in_shape[1:]), call)
+    return _cached_index(node.attrs["target"], tuple(int(d) for d in _item(node.attrs["target"], in_shape)), call)
 
 
 def gather_window(x: torch.Tensor, index: torch.Tensor, out_shape: tuple, fill) -> torch.Tensor:
@@ -135,6 +145,8 @@ def k_window(g, node: Node, args):
     """The int-level kernel: the codes gathered by the window table, padding = ``attrs['fill']``."""
     x = args[0]
     index, out_shape, _ = _index_of(node, tuple(x.shape))
+    if _unbatched(node.attrs["target"], x.shape):
+        return gather_window(x.unsqueeze(0), index, out_shape, int(node.attrs["fill"]))[0]
     return gather_window(x, index, out_shape, int(node.attrs["fill"]))
 
 
@@ -146,8 +158,9 @@ def lower_window(ctx, node: Node) -> None:
     if qp is None:
         raise ctx.error(node, "its input is not quantized")
     shape = ctx.q.values[src].shape
-    dynamic = not all(type(d) is int for d in shape[1:])
-    if dynamic and (node.attrs["target"] == _COL2IM or type(shape[1]) is not int):
+    item = _item(node.attrs["target"], shape)
+    dynamic = not all(type(d) is int for d in item)
+    if dynamic and (node.attrs["target"] == _COL2IM or type(item[0]) is not int):
         raise ctx.error(node, f"fold needs static sizes, unfold static channels; the input has shape {shape}")
     try:   # an unfold over a dynamic height or width (a text model's sequence) is checked when it runs
         overlapping = False if dynamic else _index_of(node, tuple(shape))[2]
@@ -168,20 +181,22 @@ def onnx_col2im(c, outs):
     args, kwargs = c.args()
     x = args[0]
     shape = c.shape_of(x)
-    if not all(type(d) is int for d in shape[1:]):
+    item, lead = _item(_COL2IM, shape), [] if _unbatched(_COL2IM, shape) else [0]   # Reshape's 0: the batch
+    if not all(type(d) is int for d in item):
         raise c.fail(f"fold's ONNX form needs static channels, height and width, got {shape}")
     index, out_shape, overlapping = _index_of(c.node, tuple(shape))
     if overlapping:
         raise c.fail("a fold with overlapping windows sums them; it has no ONNX form here")
     (x,), back = c.carried([x])
-    numel = int(torch.tensor(shape[1:]).prod())
+    numel = int(torch.tensor(item).prod())
     # each step only moves values: the QDQ flavour puts each back on the input's grid (c.on_grid),
     # which ONNX Runtime's QDQ transforms expect after every moved quantized tensor
-    flat = c.on_grid(c.b.op("Reshape", [x, c.b.i64([0, numel])]), 0)
+    flat = c.on_grid(c.b.op("Reshape", [x, c.b.i64([*lead, numel])]), 0)
     fill = c.scalar(c.node.attrs.get("fill", 0), x)
-    padded = c.on_grid(c.b.op("Pad", [flat, c.b.i64([0, 0, 0, 1]), fill], mode="constant"), 0)
-    picked = c.on_grid(c.b.op("Gather", [padded, c.b.i64(index.tolist())], axis=1), 0)
-    return c.emit("Reshape", [picked, c.b.i64([0, *out_shape])], outs, back)
+    padded = c.on_grid(c.b.op("Pad", [flat, c.b.i64([0] * len(lead) + [0] + [0] * len(lead) + [1]), fill],
+                              mode="constant"), 0)
+    picked = c.on_grid(c.b.op("Gather", [padded, c.b.i64(index.tolist())], axis=len(lead)), 0)
+    return c.emit("Reshape", [picked, c.b.i64([*lead, *out_shape])], outs, back)
 
 
 def onnx_im2col(c, outs):
@@ -190,23 +205,26 @@ def onnx_im2col(c, outs):
     ``Reshape`` to ``(N, C*kh*kw, L)``; channels must be static."""
     x = c.args()[0][0]
     shape = c.shape_of(x)
-    if type(shape[1]) is not int:
+    item, b = _item(_IM2COL, shape), 0 if _unbatched(_IM2COL, shape) else 1   # b: the batch dims before C
+    if type(item[0]) is not int:
         raise c.fail(f"unfold's ONNX form needs static channels, got {shape}")
     g = _geometry(_IM2COL, c.node.attrs.get("args", []), c.node.attrs.get("kwargs", {}))
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = g["kernel_size"], g["dilation"], g["padding"], g["stride"]
     (x,), back = c.carried([x])
     if ph or pw:
         fill = c.scalar(c.node.attrs.get("fill", 0), x)
-        x = c.on_grid(c.b.op("Pad", [x, c.b.i64([0, 0, ph, pw, 0, 0, ph, pw]), fill], mode="constant"), 0)
+        x = c.on_grid(c.b.op("Pad", [x, c.b.i64([0] * (b + 1) + [ph, pw] + [0] * (b + 1) + [ph, pw]), fill],
+                             mode="constant"), 0)
     big = (1 << 63) - 1
     parts = []
     for i in range(kh):
         for j in range(kw):
             ends = [-(kh - 1 - i) * dh or big, -(kw - 1 - j) * dw or big]
-            part = c.b.op("Slice", [x, c.b.i64([i * dh, j * dw]), c.b.i64(ends), c.b.i64([2, 3]), c.b.i64([sh, sw])])
-            parts.append(c.on_grid(c.b.op("Unsqueeze", [part, c.b.i64([2])]), 0))   # (N, C, 1, bh, bw)
-    stacked = c.on_grid(c.b.op("Concat", parts, axis=2), 0) if len(parts) > 1 else parts[0]
-    return c.emit("Reshape", [stacked, c.b.i64([0, shape[1] * kh * kw, -1])], outs, back)
+            part = c.b.op("Slice", [x, c.b.i64([i * dh, j * dw]), c.b.i64(ends), c.b.i64([b + 1, b + 2]),
+                                    c.b.i64([sh, sw])])
+            parts.append(c.on_grid(c.b.op("Unsqueeze", [part, c.b.i64([b + 1])]), 0))   # (N, C, 1, bh, bw)
+    stacked = c.on_grid(c.b.op("Concat", parts, axis=b + 1), 0) if len(parts) > 1 else parts[0]
+    return c.emit("Reshape", [stacked, c.b.i64([0] * b + [item[0] * kh * kw, -1])], outs, back)
 
 
 SPECS = [
