@@ -49,7 +49,16 @@ class _HistogramObserver(Observer):
         raise NotImplementedError
 
     def _clip_range(self):
-        lo, hi = self._search()
+        # The search is the costly part, and a histogram that no longer changes gives the same range
+        # at every call (a table op's simulation asks at every forward in VALIDATION): the last range
+        # is kept with the statistics and settings it came from, and used again while both are equal.
+        key = (repr(self.config()), self.statistics())
+        hit = self.__dict__.get("_range_cache")
+        if hit is not None and hit[0][0] == key[0] and all(torch.equal(a, key[1][k]) for k, a in hit[0][1].items()):
+            lo, hi = hit[1]
+        else:
+            lo, hi = self._search()
+            self.__dict__["_range_cache"] = (key, (lo, hi))
         return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
 
     def statistics(self) -> dict[str, torch.Tensor]:
