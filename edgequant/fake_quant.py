@@ -47,7 +47,7 @@ from .nn.fake_cast import FakeCast
 from .observers.base import MASK_LIMIT
 from .ops import spec_of
 from .qmath import accumulator_scale, bias_dtype, bias_steps, fake_quantize, fake_quantize_learnable, quantize_bias
-from .saved_qparams import check_saved_dtype, check_saved_scale, dtype_code
+from .saved_qparams import dtype_code, loadable_state
 
 
 class FakeQuantState(str, Enum):
@@ -103,6 +103,9 @@ class FakeQuantize(nn.Module):
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         # ``[bits, signed]`` of ``dtype``: a state dict records what its scales were calibrated for
         self.register_buffer("qdtype", dtype_code(self.dtype))
+        # a weight whose rounding a pass chose (``ptq.gptq``, ``ptq.adaround``) holds the float weight the
+        # pass replaced, for FLOAT (the float model); empty otherwise, and dropped when QAT trains it
+        self.register_buffer("float_weight", torch.empty(0))
         if learnable:
             self.learned_scale = nn.Parameter(torch.ones(()))
 
@@ -122,6 +125,8 @@ class FakeQuantize(nn.Module):
             self.freeze_qparams()
         if state in (FakeQuantState.VALIDATION, FakeQuantState.QAT) and not bool(self.calibrated):
             self.freeze_qparams()  # the observer may have seen data through a loaded state dict
+        if state == FakeQuantState.QAT:
+            self.float_weight = torch.empty(0, device=self.float_weight.device)
         self.state = state
 
     def freeze_qparams(self) -> None:
@@ -168,6 +173,11 @@ class FakeQuantize(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
+        if state == FakeQuantState.FLOAT and self.float_weight.numel() and x.is_floating_point():
+            if self.float_weight.shape != x.shape:
+                raise ValueError(f"{self.name}: its float weight has shape {tuple(self.float_weight.shape)}, the "
+                                 f"weight {tuple(x.shape)}; the state dict loaded was saved from another model")
+            return self.float_weight.to(x.dtype)
         if state == FakeQuantState.FLOAT or not x.is_floating_point():
             return x
         if self.is_weight:
@@ -204,20 +214,7 @@ class FakeQuantize(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        if prefix + "qdtype" in state_dict:
-            check_saved_dtype(self, state_dict[prefix + "qdtype"], prefix)
-        else:  # saved before the dtype was recorded: nothing to compare, nothing missing
-            state_dict = dict(state_dict)
-            state_dict[prefix + "qdtype"] = dtype_code(self.dtype)
-        check_saved_scale(self, state_dict, prefix)
-        for key in ("scale", "zero_point"):
-            if prefix + key in state_dict:
-                getattr(self, key).resize_(state_dict[prefix + key].shape)
-        if self.learnable and prefix + "learned_scale" in state_dict:
-            self.learned_scale.data = torch.empty_like(state_dict[prefix + "learned_scale"])
-        elif self.learnable and prefix + "scale" in state_dict:
-            state_dict = dict(state_dict)
-            state_dict[prefix + "learned_scale"] = state_dict[prefix + "scale"].clone().float()
+        state_dict = loadable_state(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self.qdtype.copy_(dtype_code(self.dtype))

@@ -61,13 +61,14 @@ from .ops.elementwise import activation_range
 from .qconfig import FakeQuantSpec, QConfig
 from .param_subgraphs import parameter_only
 from .qat_bn import insert_outputs as _insert_bn_outputs, is_bn_weight, keep_batch_norms, keeps_batch_norms
-from .qconfig_template import OpSite, apply_setters
+from .qconfig_template import OpSite, apply_setters, qat_template, weight_rounding_of
+from .saved_qparams import FQ_CONTAINER, tolerate_observer_changes
 
-FQ_CONTAINER = "eq_fq"
 
 
 def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: Sequence[type] = (),
-            march: March | str | None = None, bias_correction: bool = True) -> fx.GraphModule:
+            march: March | str | None = None, bias_correction: bool = True,
+            weight_rounding: str | None = None) -> fx.GraphModule:
     """Return a new, fake-quantizable copy of ``model`` (see the module docstring).
 
     Args:
@@ -79,6 +80,8 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
         march: the target (default: ``set_march``'s).
         bias_correction: correct conv/linear biases for the mean shift of weight rounding,
             measured during calibration (see the module docstring).
+        weight_rounding: ``"gptq"`` or ``"nearest"``: how calibration's closing step rounds
+            conv/linear weights (default None: the template's, ``qconfig_template.weight_rounding_of``).
     """
     expect_module(model, "prepare", "model")
     expect_flag(bias_correction, "prepare", "bias_correction")
@@ -90,6 +93,7 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
                         f"of them, got {describe(qconfig_setter)}")
     if not qconfig_setter:
         raise ValueError("prepare needs qconfig_setter=(a template from edgequant.qconfig_template, ...)")
+    rounding = weight_rounding_of(qconfig_setter, weight_rounding)
     march = March(march) if march is not None else get_march()
     _check_float32(model, example_inputs)
     gm = capture(model, example_inputs, leaf_modules)
@@ -108,8 +112,9 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
     _insert_bn_outputs(gm)
     attach_tables(gm, march.value)           # table ops simulate their integer tables
     gm.meta["edgequant"] = {"march": march.value, "sites": [s.name for s in sites],
-                            "input_meta": _input_meta(example_inputs)}
-    gm._register_load_state_dict_pre_hook(_tolerate_observer_changes, with_module=True)
+                            "input_meta": _input_meta(example_inputs), "weight_rounding": rounding,
+                            "qat": qat_template(qconfig_setter)}
+    gm._register_load_state_dict_pre_hook(tolerate_observer_changes, with_module=True)
     add_call_check(gm)
     return _on_model_device(gm, model)
 
@@ -158,10 +163,6 @@ def _add_implicit_stubs(gm: fx.GraphModule) -> None:
     gm.graph.lint()
 
 
-def _inputs(node: fx.Node) -> list[fx.Node]:
-    return [a for a in node.all_input_nodes]
-
-
 def assign_domains(gm: fx.GraphModule) -> None:
     """Set ``meta["eq_domain"]`` to ``quant``, ``float`` or ``int`` for every node."""
     for node in gm.graph.nodes:
@@ -175,11 +176,11 @@ def assign_domains(gm: fx.GraphModule) -> None:
             dom = "float"
         elif node.op == "call_module":
             spec = node.meta.get("eq_spec")
-            quant_in = any(a.meta.get("eq_domain") == "quant" for a in _inputs(node))
+            quant_in = any(a.meta.get("eq_domain") == "quant" for a in node.all_input_nodes)
             dom = "quant" if spec is not None and spec.rule != "float" and quant_in else "float"   # FakeCast: float
         else:
             spec = node.meta.get("eq_spec")
-            quant_in = any(a.meta.get("eq_domain") == "quant" for a in _inputs(node))
+            quant_in = any(a.meta.get("eq_domain") == "quant" for a in node.all_input_nodes)
             if not is_float_value(node):
                 dom = "int"
             elif spec is not None and spec.rule == "source":
@@ -201,7 +202,7 @@ def _check_supported(gm: fx.GraphModule) -> None:
         raise CaptureError("edgequant cannot quantize complex-valued tensors (torch.fft, view_as_complex, ...):\n"
                            + "\n".join(lines) + "\nWrap the code that makes and uses them with @edgequant.wrap "
                            "(it then stays float; it must return real tensors), or compute it outside the model.")
-    bad = [n for n in unsupported_ops(gm) if any(a.meta.get("eq_domain") == "quant" for a in _inputs(n))]
+    bad = [n for n in unsupported_ops(gm) if any(a.meta.get("eq_domain") == "quant" for a in n.all_input_nodes)]
     if bad:
         lines = [f"  {n.meta.get('eq_name', n.name)} ({n.target}) at {n.meta.get('eq_source')}" for n in bad[:10]]
         raise CaptureError(
@@ -243,7 +244,7 @@ def _is_site(node: fx.Node) -> bool:
 def _absorbed(node: fx.Node) -> bool:
     """An activation fused into its producer is not a site of its own."""
     return any(a.meta.get("eq_fused_into") is node and a.meta["eq_spec"].fuse_activation
-               and node.meta["eq_spec"].activation for a in _inputs(node))
+               and node.meta["eq_spec"].activation for a in node.all_input_nodes)
 
 
 def op_sites(gm: fx.GraphModule) -> list[OpSite]:
@@ -471,7 +472,7 @@ def _insert_input_fqs(gm, node, qc: QConfig, name: str) -> None:
         return
     positions = [p for p in (spec.weight_arg, spec.bias_arg, *spec.param_args) if p is not None]
     skip = {node.args[p] for p in positions if p < len(node.args)}
-    for i, a in enumerate(_inputs(node)):
+    for i, a in enumerate(node.all_input_nodes):
         if a in skip or a.meta.get("eq_domain") != "float" or not is_float_value(a):
             continue
         iname = f"{name}.input{i}"
@@ -479,22 +480,3 @@ def _insert_input_fqs(gm, node, qc: QConfig, name: str) -> None:
         if _int16_arg(node, a) and act.dtype.bits < 16:   # grid_sample's grid: int16 whatever the op's output
             act = FakeQuantSpec(qint16, act.observer if issubclass(act.observer, MinMaxObserver) else MinMaxObserver)
         guard_entry(gm, _add_fq(gm, iname, act.build(iname), a, only_user=node), a)
-
-
-# -- state dicts across templates ----------------------------------------------------------------------
-def _tolerate_observer_changes(module, state_dict, prefix, local_metadata, strict, missing_keys,
-                               unexpected_keys, error_msgs):
-    """Loading a calibrated state dict into a model prepared with another template (e.g. the
-    fixed-scale QAT one) keeps the scales and drops observer statistics of other observer types."""
-    fqs = getattr(module, FQ_CONTAINER, None)
-    if fqs is None:
-        return
-    for key, fq in fqs.items():
-        base = f"{prefix}{FQ_CONTAINER}.{key}.observer."
-        theirs = {k for k in state_dict if k.startswith(base)}
-        ours = {base + k for k in fq.observer.state_dict()}
-        if theirs and theirs != ours:
-            for k in theirs:
-                del state_dict[k]
-            for k in ours:
-                state_dict[k] = fq.observer.state_dict()[k[len(base):]]

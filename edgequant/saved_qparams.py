@@ -8,6 +8,8 @@ another dtype (they would be off by the ratio of the two ranges) or a damaged re
 ``check_saved_scale`` a calibrated scale that is not finite and positive, a zero point outside
 the dtype's range, and per-channel scales where the fake-quant is per tensor (or the reverse,
 or another channel count). A state dict that calibrated nothing loads whatever its shapes.
+``loadable_state`` applies these checks for ``FakeQuantize._load_from_state_dict``, and
+``tolerate_observer_changes`` is the prepared model's pre-hook for observers of other types.
 """
 from __future__ import annotations
 
@@ -81,3 +83,69 @@ def check_saved_scale(fq, state_dict, prefix: str) -> None:
     want = "one scale (per tensor)" if fq.ch_axis is None else f"one scale per channel along axis {fq.ch_axis}"
     raise ValueError(f"{prefix}scale: the state dict holds {got}, but {fq.name} takes {want}; "
                      "the state dict comes from a differently prepared model")
+
+
+def loadable_state(fq, state_dict: dict, prefix: str) -> dict:
+    """The state dict ``fq`` (a ``FakeQuantize``) loads: its dtype record checked (or, saved before
+    it existed, filled in), its scales checked, its buffers resized to the saved shapes, the learned
+    scale of an LSQ fake-quant, and an empty ``float_weight`` where the file has none (saved before
+    it existed). ``state_dict`` is copied only where something is filled in."""
+    def filled(key, value):
+        nonlocal state_dict
+        state_dict = dict(state_dict)
+        state_dict[prefix + key] = value
+
+    if prefix + "qdtype" in state_dict:
+        check_saved_dtype(fq, state_dict[prefix + "qdtype"], prefix)
+    else:  # saved before the dtype was recorded: nothing to compare, nothing missing
+        filled("qdtype", dtype_code(fq.dtype))
+    check_saved_scale(fq, state_dict, prefix)
+    for key in ("scale", "zero_point"):
+        if prefix + key in state_dict:
+            getattr(fq, key).resize_(state_dict[prefix + key].shape)
+    if fq.learnable and prefix + "learned_scale" in state_dict:
+        fq.learned_scale.data = torch.empty_like(state_dict[prefix + "learned_scale"])
+    elif fq.learnable and prefix + "scale" in state_dict:
+        filled("learned_scale", state_dict[prefix + "scale"].clone().float())
+    if prefix + "float_weight" not in state_dict:
+        filled("float_weight", torch.empty(0))
+    saved = state_dict[prefix + "float_weight"]
+    if isinstance(saved, torch.Tensor) and saved.shape != fq.float_weight.shape:
+        fq.float_weight = torch.empty(saved.shape, dtype=fq.float_weight.dtype, device=fq.float_weight.device)
+    return state_dict
+
+
+FQ_CONTAINER = "eq_fq"   # the prepared model's container of its FakeQuantizes (``prepare``)
+
+
+def tolerate_observer_changes(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+    """The prepared model's ``load_state_dict`` pre-hook. Loading a calibrated state dict into a model
+    prepared with another template (e.g. the fixed-scale QAT one) keeps the scales and drops
+    observer statistics of other observer types. A weight whose grid a rounding pass fixed
+    (calibration's GPTQ step, ``ptq.gptq``, ``ptq.adaround``: a ``FixedScaleObserver`` holding
+    ``scale`` and ``zero_point``) stays fixed in a model prepared with a calibration template, so
+    that the loaded model computes and recalibrates as the saved one; a QAT template's weights
+    train, and their observers keep following them."""
+    from .observers import FixedScaleObserver
+
+    fqs = getattr(module, FQ_CONTAINER, None)
+    if fqs is None:
+        return
+    qat = getattr(module, "meta", {}).get("edgequant", {}).get("qat", False)
+    for key, fq in fqs.items():
+        base = f"{prefix}{FQ_CONTAINER}.{key}.observer."
+        theirs = {k for k in state_dict if k.startswith(base)}
+        if fq.is_weight and not qat and theirs == {base + "scale", base + "zero_point"} \
+                and not isinstance(fq.observer, FixedScaleObserver):
+            scale = state_dict[base + "scale"]
+            fixed = FixedScaleObserver(scale, zero_point=state_dict[base + "zero_point"], dtype=fq.dtype,
+                                       ch_axis=fq.ch_axis if scale.dim() else None)
+            fixed.name = getattr(fq.observer, "name", fixed.name)
+            fq.observer, fq.fixed_scale = fixed.to(scale.device), True
+        ours = {base + k for k in fq.observer.state_dict()}
+        if theirs and theirs != ours:
+            for k in theirs:
+                del state_dict[k]
+            for k in ours:
+                state_dict[k] = fq.observer.state_dict()[k[len(base):]]

@@ -95,7 +95,8 @@ def test_gptq_is_between_the_best_rounding_and_round_to_nearest(seed):
 
 
 def _calibrated(model, xtr, setter):
-    cm = eq.prepare(model, xtr[:2], qconfig_setter=(setter,), bias_correction=False)
+    """Round-to-nearest weights (RTN), the reference GPTQ is measured against."""
+    cm = eq.prepare(model, xtr[:2], qconfig_setter=(setter,), bias_correction=False, weight_rounding="nearest")
     eq.calibrate(cm, list(xtr[:256].split(64)))
     return cm
 
@@ -161,23 +162,24 @@ def test_nan_in_the_data_is_refused_by_name_and_writes_no_weight(cnn):
 
 def test_gptq_keeps_round_to_nearest_where_it_takes_the_outputs_away_from_float():
     """Random-weight mnasnet (tests/zoo), int8: GPTQ lowers every layer's error on its inputs but
-    takes the model's outputs on the calibration batches further from float (53.3 -> 50.4 dB
-    measured), so the pass puts back every weight, grid and measured shift: the simulation's
-    outputs are bit for bit those before it, and the choice and both errors are recorded."""
+    takes the model's outputs on the calibration batches further from float (squared error 1.29x
+    round-to-nearest's measured, 1.1 dB), so the pass puts back every weight, grid and measured
+    shift: the simulation's outputs are bit for bit those before it, and the choice and both
+    errors are recorded."""
     from edgequant.ptq.sweep import float_leaves
     from zoo.models import ZOO
 
     entry = ZOO["mnasnet"]
     model, example = entry.build()
     calib = [entry.make_inputs(i) for i in range(1, 9)]
-    cm = eq.prepare(model, example, qconfig_setter=(T8,))
+    cm = eq.prepare(model, example, qconfig_setter=(T8,), weight_rounding="nearest")
     eq.calibrate(cm, calib)
     with torch.no_grad():
         before = [float_leaves(cm(*b)) for b in calib[:2]]
     gptq(cm, calib, QUIET)
     choice = cm.meta["eq_gptq_choice"]
     errors = choice["errors"]
-    assert choice["kept"] == "round-to-nearest" and errors["gptq"] > 1.5 * errors["round-to-nearest"], choice
+    assert choice["kept"] == "round-to-nearest" and errors["gptq"] > 1.2 * errors["round-to-nearest"], choice
     assert any(r["mse_gptq"] < r["mse_rtn"] for r in cm.meta["eq_gptq"].values() if "mse_rtn" in r)
     with torch.no_grad():
         after = [float_leaves(cm(*b)) for b in calib[:2]]
@@ -187,3 +189,94 @@ def test_gptq_keeps_round_to_nearest_where_it_takes_the_outputs_away_from_float(
         got, sim = float_leaves(qm(*calib[0]))[0], before[0][0]
     assert float(10 * torch.log10(sim.pow(2).sum() / (got - sim).pow(2).sum())) > 40
 
+
+
+# -- GPTQ as calibration's closing step (the calibration templates' ``weight_rounding="gptq"``) ---------
+def test_calibration_templates_end_calibration_with_gptq_on_the_batches_they_kept(cnn):
+    """``calibrate`` with the int8 template gives, bit for bit, the weights and shifts of an explicit
+    ``gptq`` call on the same batches after a round-to-nearest calibration; ``weight_rounding="nearest"``
+    and the QAT templates leave the weights float; a wrong value is refused by name."""
+    model, (xtr, _, _, _) = cnn
+    batches = list(xtr[:256].split(64))
+    auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    assert auto.meta["edgequant"]["weight_rounding"] == "gptq"
+    eq.calibrate(auto, batches)
+    rtn = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="nearest")
+    eq.calibrate(rtn, batches)
+    assert "eq_gptq_choice" not in rtn.meta and "eq_gptq_choice" in auto.meta
+    floats = {n: p.detach().clone() for n, p in rtn.named_parameters()}
+    gptq(rtn, batches, QUIET)
+    assert auto.meta["eq_gptq_choice"] == rtn.meta["eq_gptq_choice"]
+    assert auto.meta["eq_gptq_choice"]["kept"] == "gptq", auto.meta["eq_gptq_choice"]
+    for (n, a), b in zip(auto.named_parameters(), rtn.parameters()):
+        assert torch.equal(a, b), n
+    changed = [n for n, p in auto.named_parameters() if not torch.equal(p, floats[n])]
+    assert changed and all(n.endswith("weight") for n in changed)
+    with torch.no_grad():
+        assert torch.equal(auto(xtr[:64]), rtn(xtr[:64]))
+    qat = eq.prepare(model, xtr[:2], qconfig_setter=(eq.qconfig_template.default_qat_qconfig_setter,))
+    assert qat.meta["edgequant"]["weight_rounding"] == "nearest"
+    eq.calibrate(qat, batches[:1])
+    assert "eq_gptq_choice" not in qat.meta
+    assert all(torch.equal(p, floats[n]) for n, p in qat.named_parameters() if n in floats)
+    with pytest.raises(ValueError, match=r"prepare: weight_rounding must be one of \['gptq', 'nearest'\]"):
+        eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="adaround")
+
+
+def test_adaround_and_gptq_after_calibration_start_from_the_float_weights(cnn):
+    """Calibration's GPTQ step keeps the float weights: ``adaround`` on such a model learns what it
+    learns on a round-to-nearest one, and ``gptq`` again gives the same weights."""
+    from edgequant.ptq import adaround
+
+    model, (xtr, _, _, _) = cnn
+    batches = list(xtr[:256].split(64))
+    auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    eq.calibrate(auto, batches)
+    rounded = {n: p.detach().clone() for n, p in auto.named_parameters()}
+    gptq(auto, batches, QUIET)
+    assert all(torch.equal(p, rounded[n]) for n, p in auto.named_parameters())
+    rtn = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="nearest")
+    eq.calibrate(rtn, batches)
+    cfg = {**QUIET, "num_step": 20, "num_batches": 2}
+    torch.manual_seed(0)
+    adaround(auto, batches, cfg)
+    torch.manual_seed(0)
+    adaround(rtn, batches, cfg)
+    for (n, a), b in zip(auto.named_parameters(), rtn.parameters()):
+        assert torch.equal(a, b), n
+    assert any(not torch.equal(p, rounded[n]) for n, p in auto.named_parameters())
+
+
+def test_float_state_still_computes_the_float_model_and_a_state_dict_carries_it(cnn):
+    """GPTQ's weights replace the parameters, and each weight's FakeQuantize keeps the float weight:
+    FLOAT computes what it computed before calibration, bit for bit, also after a state dict round trip
+    into a freshly prepared model; a float weight of another shape is refused by name."""
+    model, (xtr, _, xte, _) = cnn
+    cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    with torch.no_grad():
+        before = cm(xte[:32])
+    eq.calibrate(cm, list(xtr[:256].split(64)))
+    assert cm.meta["eq_gptq_choice"]["kept"] == "gptq"
+    kept = [fq for fq in cm.eq_fq.values() if fq.float_weight.numel()]
+    assert kept and all(fq.is_weight for fq in kept)
+    fresh = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    fresh.load_state_dict(cm.state_dict())
+    for m in (cm, fresh):
+        eq.set_fake_quantize(m, eq.FakeQuantState.FLOAT)
+        with torch.no_grad():
+            assert torch.equal(m(xte[:32]), before)
+        eq.set_fake_quantize(m, eq.FakeQuantState.VALIDATION)
+    with torch.no_grad():
+        assert torch.equal(fresh(xte[:32]), cm(xte[:32]))
+    bad = cm.state_dict()
+    key = next(k for k, v in bad.items() if k.endswith(".float_weight") and v.numel())
+    bad[key] = torch.zeros(3)
+    hostile = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    hostile.load_state_dict(bad)
+    eq.set_fake_quantize(hostile, eq.FakeQuantState.FLOAT)
+    with pytest.raises(ValueError, match="its float weight has shape"):
+        hostile(xte[:2])
+    qat = eq.prepare(model, xtr[:2], qconfig_setter=(eq.qconfig_template.default_qat_qconfig_setter,))
+    qat.load_state_dict(cm.state_dict())
+    eq.set_fake_quantize(qat, eq.FakeQuantState.QAT)   # QAT trains the weights: the float copies go
+    assert not any(fq.float_weight.numel() for fq in qat.eq_fq.values())

@@ -72,7 +72,7 @@ def stage_kind(model) -> str:
 
 def _float_graph(model: nn.Module, xs: tuple) -> Graph:
     calib = prepare(model, xs, qconfig_setter=(calibration_8bit_weight_16bit_act_qconfig_setter,),
-                    bias_correction=False)
+                    bias_correction=False, weight_rounding="nearest")   # the float weights, as they are
     return export(calibrate(calib, [xs]))
 
 

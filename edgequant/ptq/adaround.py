@@ -145,6 +145,8 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     was_training = gm.training
     gm.eval()
     clear_empirical(gm)   # measured for round-to-nearest weights; measured again at the end
+    restore_float_weights(gm)   # calibration's GPTQ step: AdaRound learns from the float weights
+    floats = [(fq, gm.get_parameter(wq_node.args[0].target).detach().clone()) for _, _, wq_node, fq, _ in layers]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(layers) * int(cfg["num_step"]), desc="adaround", disable=not cfg["progress"])
@@ -167,6 +169,8 @@ def adaround(calib_model: fx.GraphModule, data, custom_config_dict: dict | None 
     finally:
         bar.close()
         gm.train(was_training)
+    for fq, value in floats:
+        keep_float_weight(fq, value)
     correct_biases(gm, kept_batches(batches))   # the mean shifts left with the learned rounding
     gm.meta.setdefault("eq_adaround", {}).update(report)
     return gm
@@ -241,6 +245,29 @@ def _round_layer(gm, op_node, wq_node, fq, widx, quant, cfg, bar, floats):
 def _owner(gm, target: str):
     path, _, name = target.rpartition(".")
     return (gm.get_submodule(path) if path else gm), name
+
+
+# A weight whose rounding a pass chose (calibration's GPTQ step, ``gptq``, ``adaround``) keeps the
+# float weight it replaced in its FakeQuantize (``float_weight``): FLOAT still computes the float
+# model (the reference of every pass and analysis), and a later pass starts again from it.
+def keep_float_weight(fq: FakeQuantize, value: torch.Tensor) -> None:
+    """Remember ``value`` as ``fq``'s float weight unless an earlier pass already did."""
+    if not fq.float_weight.numel():
+        fq.float_weight = value.detach().clone()
+
+
+def restore_float_weights(gm: fx.GraphModule) -> bool:
+    """Write back the float weights rounding passes replaced (their weight grids stay fixed as
+    calibrated); returns whether there were any."""
+    found = False
+    with torch.no_grad():
+        for _, _, wq_node, fq, _ in _layers(gm):
+            if fq.float_weight.numel():
+                owner, name = _owner(gm, wq_node.args[0].target)
+                getattr(owner, name).data.copy_(fq.float_weight)
+                fq.float_weight = torch.empty(0, device=fq.float_weight.device)
+                found = True
+    return found
 
 
 def _fix_scale(fq: FakeQuantize, scale, zp) -> None:

@@ -23,7 +23,9 @@ The search:
    with its own bias correction where calibration measured an empirical one (``edgequant.ptq.
    empirical_bias``: it depends on the activations' qparams; measured on the batches
    ``calibrate`` would keep, so each is the model an ordinary calibration with that observer
-   gives). The starting point is the one ``pick`` (step 4's rule) takes over ``"default"``: a
+   gives), and for the calibration templates (``prepare``'s ``weight_rounding="gptq"``) its own
+   GPTQ weights, rounded from the float weights for its activation qparams as calibration's last
+   step would; step 4 keeps the starting point's weights. The starting point is the one ``pick`` (step 4's rule) takes over ``"default"``: a
    strategy replaces the qconfig's observers only if it lowers every fold's error.
 4. The ops are visited in topological order (``sweep.op_units``) with the whole model quantized:
    earlier tensors as chosen, later ones as the starting point, biases as the starting point's.
@@ -33,7 +35,8 @@ The search:
    lowers the error of *every* fold (each by more than ``min_gain`` of that fold's error); of
    those the least total error wins. A change that fits some of the samples and hurts the others
    is refused, and as every change kept lowers every fold's error, the result is at least as
-   close to float as the starting point, hence as every single-strategy model, on every fold.
+   close to float as the starting point on every fold, hence as every single-strategy model
+   that lowers every fold's error (a model better in total but worse on one fold is refused).
 5. If tensors changed and the model has empirical bias corrections, they are measured again for
    the final qparams and kept only if no fold's error grows.
 
@@ -228,6 +231,7 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
         score = _Scorer(sweep, fold_pieces)
         set_states(gm, FakeQuantState.VALIDATION, FakeQuantState.VALIDATION)
         biases = _Biases(gm, batches)
+        weights = _Weights(gm, batches, biases)
         models, kept = {}, {}
         for name in (DEFAULT, *candidates):  # step 3: the whole-model comparison
             twin = next((k for k in models if all(_same(options[fq][k], options[fq][name]) for fq in searched)), None)
@@ -236,13 +240,19 @@ def auto_calibrate(calib_model: fx.GraphModule, data, candidates: Sequence[str] 
                 continue
             for fq in searched:
                 _apply(fq, options[fq][name])
-            kept[name] = biases.measure() if name != DEFAULT else biases.save()
+            if name == DEFAULT:
+                kept[name] = (weights.save(), biases.save())
+            elif weights.on:
+                kept[name] = weights.round()
+            else:
+                kept[name] = (weights.save(), biases.measure())
             limit = models[DEFAULT] * (1 - min_gain) if DEFAULT in models else None
             models[name] = score(None if limit is None else lambda e, limit=limit: bool((e < limit[: len(e)]).all()))
         start = pick(models, DEFAULT, min_gain)
         for fq in searched:
             _apply(fq, options[fq][start])
-        biases.load(kept[start])
+        weights.load(kept[start][0])
+        biases.load(kept[start][1])
         current = {fq: start for fq in searched}
         error = models[start]
         todo = set(searched)
@@ -286,10 +296,12 @@ class _Biases:
 
     def __init__(self, gm: fx.GraphModule, batches: list):
         self.gm = gm
+        # every correction is saved and loaded (a model's GPTQ step measures shifts of its own); the
+        # pass runs where calibration measured some
         self.bcs = [m for m in gm.modules() if isinstance(m, BiasCorrection)
-                    and isinstance(getattr(m, "empirical", None), torch.Tensor) and m.empirical.numel()]
+                    and isinstance(getattr(m, "empirical", None), torch.Tensor)]
         self.pass_ = empirical_bias
-        self.on = bool(self.bcs)
+        self.on = any(m.empirical.numel() for m in self.bcs)
         if self.on:  # the batches calibrate keeps for the pass (empirical_bias.record_inputs)
             placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
             self.batches = empirical_bias.kept_batches([tuple(Sweep._inputs(b, placeholders)) for b in batches])
@@ -306,6 +318,48 @@ class _Biases:
         if self.on:
             self.pass_.correct_biases(self.gm, self.batches)
         return self.save()
+
+
+class _Weights:
+    """The conv/linear weights of a model whose calibration ends with GPTQ (``prepare``'s
+    ``weight_rounding="gptq"``, the calibration templates): GPTQ fits them to the activations'
+    qparams, so each whole model rounds its own from the float weights, as ``calibrate`` with its
+    observers would (bias correction for round-to-nearest weights, then ``ptq.gptq`` on the same
+    kept batches)."""
+
+    def __init__(self, gm: fx.GraphModule, batches: list, biases: _Biases):
+        from .adaround import _layers, _owner
+
+        self.gm, self.biases = gm, biases
+        self.on = empirical_bias.rounds_weights(gm)
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.batches = empirical_bias.kept_batches([tuple(Sweep._inputs(b, placeholders)) for b in batches]) \
+            if self.on else []
+        layers = _layers(gm) if self.on else []
+        self.params = list({id(p): p for p in (getattr(*_owner(gm, w.args[0].target)) for _, _, w, _, _ in layers)}.values())
+        self.fqs = [fq for _, _, _, fq, _ in layers]
+
+    def save(self) -> tuple:
+        return [p.detach().clone() for p in self.params], [fq.float_weight.clone() for fq in self.fqs]
+
+    def load(self, saved: tuple) -> None:
+        values, floats = saved
+        with torch.no_grad():
+            for p, v in zip(self.params, values):
+                p.data.copy_(v)
+        for fq, f in zip(self.fqs, floats):
+            fq.float_weight = f.clone()
+
+    def round(self) -> tuple:
+        """Round the float weights for the qparams set now (biases measured as for them); returns
+        ``(save(), the biases' save())``."""
+        from .adaround import restore_float_weights
+        from .gptq import gptq
+
+        restore_float_weights(self.gm)
+        empirical_bias.correct_biases(self.gm, self.batches)   # as calibrate: the pass, then GPTQ
+        gptq(self.gm, self.batches, {"progress": False})
+        return self.save(), self.biases.save()
 
 
 def _entry(e: torch.Tensor) -> dict:

@@ -26,7 +26,9 @@ the choice (``strength`` 1 or 0) and both errors. The correction then becomes pa
 that export rounds to the accumulator grid, so the integer model applies exactly the same.
 
 ``calibrate`` (and ``set_fake_quantize`` leaving CALIBRATION for VALIDATION after a manual
-calibration loop) runs it on the first calibration batches the model saw: ``record_inputs``
+calibration loop) runs it on the first calibration batches the model saw, followed, for a model
+prepared with a calibration template (``prepare``'s ``weight_rounding="gptq"``), by
+``edgequant.ptq.gptq`` on the same batches: ``record_inputs``
 keeps up to ``CACHE_BATCHES`` of the model's inputs, at most ``CACHE_BYTES`` in all, while the
 model calibrates. Under torch.distributed each rank would measure its own data, so the pass is
 skipped there (the analytic weight-rounding correction stays). ``prepare(...,
@@ -66,7 +68,7 @@ def _detached(value):
 def record_inputs(model: nn.Module) -> None:
     """Start keeping the inputs of the prepared model's next calls (``CACHE_BATCHES``, ``CACHE_BYTES``)."""
     gm = _prepared(model)
-    if gm is None or not _corrections(gm):
+    if gm is None or not (_corrections(gm) or rounds_weights(gm)):
         return
     stop_recording(model)
     cache = {"batches": [], "bytes": 0}
@@ -201,12 +203,25 @@ def clear_empirical(gm: fx.GraphModule) -> None:
             m.empirical = torch.empty(0, device=m.empirical.device)
 
 
+# Steps run after the pass, ``step(model, kept batches)``: ``edgequant.ptq.gptq`` adds its own
+AFTER_CALIBRATION: list = []
+
+
+def rounds_weights(gm: fx.GraphModule) -> bool:
+    """Whether calibration ends with GPTQ weight rounding (``prepare``'s ``weight_rounding``)."""
+    return gm.meta.get("edgequant", {}).get("weight_rounding") == "gptq"
+
+
 def correct_after_calibration(model: nn.Module) -> None:
-    """``set_fake_quantize``'s step on leaving CALIBRATION for VALIDATION: the pass on the kept batches."""
+    """``set_fake_quantize``'s step on leaving CALIBRATION for VALIDATION: the pass on the kept
+    batches, then, for the calibration templates, GPTQ weight rounding on them (``ptq.gptq``: it
+    keeps the new weights only where the outputs come nearer float, and measures the shifts again)."""
     batches = stop_recording(model)
     gm = _prepared(model)
     if gm is not None and batches:
         correct_biases(gm, batches)
+        for step in AFTER_CALIBRATION:
+            step(gm, batches)
 
 
 def _after_state_change(model: nn.Module, state: FakeQuantState, ended_calibration: bool) -> None:
@@ -223,4 +238,4 @@ def _after_state_change(model: nn.Module, state: FakeQuantState, ended_calibrati
 
 STATE_HOOKS.append(_after_state_change)
 
-__all__ = ["correct_biases", "clear_empirical", "kept_batches", "record_inputs", "stop_recording", "CACHE_BATCHES", "CACHE_BYTES"]
+__all__ = ["correct_biases", "clear_empirical", "kept_batches", "rounds_weights", "AFTER_CALIBRATION", "record_inputs", "stop_recording", "CACHE_BATCHES", "CACHE_BYTES"]

@@ -37,6 +37,13 @@ started from, and keeps GPTQ only if it is nearer; otherwise every weight, weigh
 measured shift is put back as it was. ``model.meta["eq_gptq_choice"]`` records ``kept``
 (``"gptq"`` or ``"round-to-nearest"``) and both errors.
 
+The calibration templates run this pass as calibration's closing step, on the batches calibration
+kept (``qconfig_template.weight_rounding_of``; ``prepare(..., weight_rounding="nearest")`` opts
+out). The weights it rounds keep their float values in their FakeQuantizes (``float_weight``,
+``adaround.keep_float_weight``), so FLOAT still computes the float model (the reference of the
+bias correction, of this pass's own check and of every analysis), and a later ``gptq`` or
+``adaround`` call starts again from them.
+
 ``custom_config_dict`` keys (defaults): ``num_batches`` (10) batches of ``data`` used, ``damp``
 (0.01), ``act_order`` (True), ``block_size`` (128) columns updated together, ``exclude_prefix``
 (()) site names left as round-to-nearest, ``progress`` (True, tqdm). ``data`` is as for
@@ -50,8 +57,8 @@ from torch import fx
 
 from ..argcheck import describe, expect_batches, expect_prepared
 from ..fake_quant import BiasCorrection, FakeQuantState
-from .adaround import COUNT, _fix_scale, _owner, check_numbers, selected_layers
-from .empirical_bias import clear_empirical, correct_biases, kept_batches, sq_error
+from .adaround import COUNT, _fix_scale, _owner, check_numbers, keep_float_weight, restore_float_weights, selected_layers
+from .empirical_bias import AFTER_CALIBRATION, clear_empirical, correct_biases, kept_batches, rounds_weights, sq_error
 from .sweep import Sweep, batches_of, model_device, restore, set_states
 
 DEFAULTS = {"num_batches": 10, "damp": 0.01, "act_order": True, "block_size": 128, "exclude_prefix": (),
@@ -166,6 +173,8 @@ def gptq(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = No
     was_training = gm.training
     gm.eval()
     kept = kept_batches(batches)
+    if restore_float_weights(gm):   # rounded at calibration: start again from the float weights
+        correct_biases(gm, kept)
     want, rtn_error = _outputs_and_error(gm, kept)
     before = _snapshot(gm, layers)
     clear_empirical(gm)   # measured for round-to-nearest weights; measured again at the end
@@ -178,6 +187,10 @@ def gptq(calib_model: fx.GraphModule, data, custom_config_dict: dict | None = No
         for site, op_node, wq_node, fq, _ in tqdm(layers, desc="gptq", disable=not cfg["progress"]):
             sweep.advance(max(sweep.cursor, sweep.index[wq_node]))
             report[site] = _round_layer(gm, op_node, wq_node, fq, sweep.inputs_of(op_node), cfg, rounded)
+        for param in rounded:   # FLOAT keeps computing the float model
+            value, fqs = before["params"][param]
+            for fq, _, _ in fqs:
+                keep_float_weight(fq, value)
         correct_biases(gm, kept)   # the mean shifts left with the new rounding
         gptq_error = _outputs_and_error(gm, kept, want)[1]
         if gptq_error > rtn_error:
@@ -223,6 +236,7 @@ def _put_back(before: dict) -> None:
             param.data.copy_(value)
             for fq, observer, fixed in fqs:
                 fq.observer, fq.fixed_scale = observer, fixed
+                fq.float_weight = torch.empty(0, device=fq.float_weight.device)
     for m, shift in before["shifts"].items():
         m.empirical = shift
 
@@ -235,9 +249,11 @@ def _round_layer(gm, op_node, wq_node, fq, quant, cfg, rounded: set) -> dict:
         return {"skipped": "weight float or not quantized per output channel"}
     if param in rounded:   # a detector's shared head: the first call's inputs decided
         return {"skipped": "weight shared with an earlier call, rounded there"}
-    rounded.add(param)
     h, count = _hessian(op_node.meta["eq_spec"].spatial_dims, quant, w)
     del quant
+    if not count:   # only empty batches reached it: nothing to fit
+        return {"skipped": "no calibration inputs reached the layer"}
+    rounded.add(param)
     groups = h.shape[0]
     rows = w.shape[0] // groups
     scale, zp = fq.qparams()
@@ -254,3 +270,12 @@ def _round_layer(gm, op_node, wq_node, fq, quant, cfg, rounded: set) -> dict:
         param.data.copy_(q.reshape(w.shape).to(param.dtype))
     _fix_scale(fq, scale, zp)
     return report
+
+
+def _after_calibration(gm: fx.GraphModule, batches: list) -> None:
+    """Calibration's closing step for the calibration templates (``prepare``'s ``weight_rounding``)."""
+    if rounds_weights(gm):
+        gptq(gm, batches, {"progress": False})
+
+
+AFTER_CALIBRATION.append(_after_calibration)
