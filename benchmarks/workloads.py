@@ -60,7 +60,7 @@ import real_data  # noqa: E402
 
 import edgequant as eq  # noqa: E402
 from edgequant import qconfig_template  # noqa: E402
-from edgequant.ptq import gptq, smooth_quant  # noqa: E402
+from edgequant.ptq import smooth_quant  # noqa: E402
 from edgequant.qconfig_template import (  # noqa: E402
     calibration_8bit_weight_16bit_act_qconfig_setter,
     default_calibration_qconfig_setter,
@@ -74,7 +74,7 @@ TEMPLATES = {"int8": default_calibration_qconfig_setter, "int8 w / int16 act": c
 GEMM_TEMPLATE = "gemm int8 / int16 rest"
 TEMPLATES[GEMM_TEMPLATE] = qconfig_template.gemm_int8_calibration_qconfig_setter
 SMOOTHED = " + smooth_quant"   # the suffix of a template's rows run on ``ptq.smooth_quant``'s model
-GPTQ = " + GPTQ"               # the suffix of the int8 template's rows with ``ptq.gptq`` weights
+NEAREST = " (round-to-nearest weights)"   # the int8 template's rows with prepare(..., weight_rounding="nearest")
 
 
 @dataclass
@@ -196,15 +196,12 @@ WORKLOADS = {"efficientnet": efficientnet_lite0, "minilm": minilm, "cnn": mnist_
 def edgequant_calibrated(w: Workload, setter, smooth: bool = False, weights: str = "") -> torch.nn.Module:
     """``prepare`` with a template, calibration on ``w.calib``, VALIDATION (the simulation); with
     ``smooth``, of ``ptq.smooth_quant``'s model (outliers of the linears' inputs moved into the
-    weights, measured on the same calibration batches); with ``weights="gptq"``, then
-    ``ptq.gptq`` on the same batches."""
+    weights, measured on the same calibration batches); ``weights``: ``prepare``'s
+    ``weight_rounding`` ("": the template's, GPTQ for the calibration templates; "nearest")."""
     model = smooth_quant(w.model, w.calib) if smooth else w.model
     with torch.no_grad():
-        cm = eq.prepare(model, w.calib[0], qconfig_setter=(setter,))
-    cm = test_models.calibrate(cm, w.calib)
-    if weights == "gptq":
-        gptq(cm, w.calib, {"progress": False})
-    return cm
+        cm = eq.prepare(model, w.calib[0], qconfig_setter=(setter,), weight_rounding=weights or None)
+    return test_models.calibrate(cm, w.calib)
 
 
 def edgequant_integer(w: Workload, calibrated: torch.nn.Module):
