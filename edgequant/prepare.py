@@ -80,8 +80,8 @@ def prepare(model: nn.Module, example_inputs, qconfig_setter=(), leaf_modules: S
         march: the target (default: ``set_march``'s).
         bias_correction: correct conv/linear biases for the mean shift of weight rounding,
             measured during calibration (see the module docstring).
-        weight_rounding: ``"gptq"`` or ``"nearest"``: how calibration's closing step rounds
-            conv/linear weights (default None: the template's, ``qconfig_template.weight_rounding_of``).
+        weight_rounding: ``"gptq"`` (calibration ends with ``ptq.gptq`` on the batches it kept) or
+            ``"nearest"``; default None: the template's (``qconfig_template.weight_rounding_of``).
     """
     expect_module(model, "prepare", "model")
     expect_flag(bias_correction, "prepare", "bias_correction")

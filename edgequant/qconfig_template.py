@@ -12,8 +12,8 @@ path plus the op for functions and operators (``"layer1.0.add"``, ``"layer1.0.ad
 
 | template | activations | weights | observer |
 |---|---|---|---|
-| ``default_calibration_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel, GPTQ (**) | MSE (acts), min-max (weights) |
-| ``calibration_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel, GPTQ (**) | min-max |
+| ``default_calibration_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel | MSE (acts), min-max (weights) |
+| ``calibration_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | min-max |
 | ``default_qat_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel | moving-average min-max |
 | ``qat_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | moving-average min-max |
 | ``qat_8bit_weight_16bit_fixed_act_qconfig_setter`` | qint16, scales fixed | qint8 per channel | scales from calibration |
@@ -24,14 +24,13 @@ Float16 per module: ``ModuleNameQconfigSetter({"head": get_qconfig(out_dtype=tor
 after an integer template keeps ``head`` in float16 (``edgequant.float16``: the island's inputs,
 weights and outputs are rounded to float16, and ``convert`` runs it in float16 on NASH_P/NASH_H).
 
-(**) The calibration templates (these two and ``gemm_int8_calibration_qconfig_setter``) say
-``weight_rounding="gptq"``: calibration ends, after the empirical bias correction, with
-``edgequant.ptq.gptq`` on the batches it kept, which rounds each conv/linear weight so that the
-layer's output on those inputs moves least, and is kept only where the model's outputs come nearer
-float on them. EfficientNet-Lite0, held-out logit SQNR of the integer model (benchmarks/accuracy.py):
-int8 22.43 -> 24.37 dB, int16 activations 24.89 -> 27.30 dB. ``prepare(..., weight_rounding="nearest")``
-keeps round-to-nearest; QAT templates always do (their weights train from the float values), and
-``adaround``/``gptq`` called later start again from the float weights the step kept.
+``prepare(..., weight_rounding="gptq")`` ends calibration, after the empirical bias correction,
+with ``edgequant.ptq.gptq`` on the batches calibration kept (kept only where the model's outputs
+come nearer float on them). EfficientNet-Lite0, held-out logit SQNR of the integer model
+(benchmarks/accuracy.py): int8 22.43 -> 24.37 dB. It is not the templates' default: with it,
+``auto_calibrate`` on EfficientNet-Lite0 lost its held-out lead over the best single strategy
+(24.29 against 24.85 dB), and the test suite's calibrations cost about twice as long.
+QAT templates never run it (their weights train from the float values).
 
 The three QAT templates say so (``setter.qat``): a model in train mode when ``prepare`` is given one
 keeps each conv/linear + BatchNorm pair training, with the folded weight fake-quantized
@@ -220,12 +219,11 @@ def _qat(act_dtype, fix_scale=False):
 
 default_calibration_qconfig_setter = TemplateSetter(
     "default_calibration_qconfig_setter", _calibration(qint8),
-    "Post-training calibration: int8 activations (MSE observer), int8 per-channel weights (GPTQ-rounded).",
-    splits_gemm_inputs=RESIDUAL_NORMS, weight_rounding="gptq")
+    "Post-training calibration: int8 activations (MSE observer), int8 per-channel weights.",
+    splits_gemm_inputs=RESIDUAL_NORMS)
 calibration_8bit_weight_16bit_act_qconfig_setter = TemplateSetter(
     "calibration_8bit_weight_16bit_act_qconfig_setter", _calibration(qint16),
-    "Post-training calibration: int16 activations (min-max), int8 per-channel weights (GPTQ-rounded).",
-    weight_rounding="gptq")
+    "Post-training calibration: int16 activations (min-max), int8 per-channel weights.")
 default_qat_qconfig_setter = TemplateSetter(
     "default_qat_qconfig_setter", _qat(qint8),
     "QAT: int8 activations (moving-average min-max), int8 per-channel weights.", qat=True,
@@ -339,9 +337,9 @@ def weight_rounding_of(setters, override: str | None = None) -> str:
     """How calibration's closing step rounds the conv/linear weights of a model prepared with
     ``setters`` (``prepare(..., weight_rounding=override)``): ``override`` when given; else
     ``"nearest"`` when a QAT template is among them (its weights train from their float values),
-    ``"gptq"`` when one of them says so (the calibration templates: ``edgequant.ptq.gptq`` on the
-    batches calibration kept, kept only where it brings the outputs nearer float), and
-    ``"nearest"`` otherwise."""
+    ``"gptq"`` when one of them says so (``TemplateSetter(..., weight_rounding="gptq")``:
+    ``edgequant.ptq.gptq`` on the batches calibration kept, kept only where it brings the outputs
+    nearer float), and ``"nearest"`` otherwise (every template edgequant ships)."""
     if override is not None:
         if override not in WEIGHT_ROUNDINGS:
             raise ValueError(f"prepare: weight_rounding must be one of {list(WEIGHT_ROUNDINGS)} or None (the "
@@ -428,8 +426,7 @@ def _gemm_int8(int8_make, int16_make):
 gemm_int8_calibration_qconfig_setter = TemplateSetter(
     "gemm_int8_calibration_qconfig_setter", _gemm_int8(_calibration(qint8), _calibration(qint16)),
     "Post-training calibration: the inputs of conv/linear/matmul-like ops int8 (the int8 template's "
-    "observer, affine), every other activation int16 (min-max), int8 per-channel weights (GPTQ-rounded).",
-    splits_gemm_inputs=True, weight_rounding="gptq")
+    "observer, affine), every other activation int16 (min-max), int8 per-channel weights.", splits_gemm_inputs=True)
 gemm_int8_qat_qconfig_setter = TemplateSetter(
     "gemm_int8_qat_qconfig_setter", _gemm_int8(_qat(qint8), _qat(qint16)),
     "QAT: the inputs of conv/linear/matmul-like ops int8 (affine), every other activation int16 "

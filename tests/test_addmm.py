@@ -57,8 +57,7 @@ def _models():
 
 
 def _convert(model, template, xs):
-    # round-to-nearest weights: the two forms' codes are compared (GPTQ rounds linear weights, not addmm's)
-    cm = eq.prepare(model, (xs[0],), qconfig_setter=(template,), bias_correction=False, weight_rounding="nearest")
+    cm = eq.prepare(model, (xs[0],), qconfig_setter=(template,), bias_correction=False)
     eq.calibrate(cm, [(x,) for x in xs])
     ir = eq.export(cm, (xs[0],))
     return cm, ir, eq.convert(ir, "nash-e")

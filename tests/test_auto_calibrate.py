@@ -7,12 +7,12 @@ observer gives (prepare with the int8 template, every searched activation's obse
 the earlier tensors as chosen, the tensor itself with that option's qparams (those of the
 ordinary single-strategy calibration) and the later ones as the starting model; each choice
 follows the validation rule (``pick``); the result survives state_dict, export and convert, and
-it is at least as close to float as every single-strategy model on held-out test images, and on
-the calibration images as every one the validation rule accepts. The validation rule on its own:
-a change that lowers the calibration data's total error but raises one fold's is refused (``pick``
-on given errors, and a search on a small model built so). On EfficientNet-Lite0 (slow) the
-searched model is, on 16 held-out crops of other photographs, at least as close to float as the
-best single strategy, and on its 32 calibration crops as every one the rule accepts.
+it is at least as close to float as every single-strategy model on the calibration images and
+on held-out test images. The validation rule on its own: a change that lowers the calibration
+data's total error but raises one fold's is refused (``pick`` on given errors, and a search on a
+small model built so). On EfficientNet-Lite0 (slow) the searched model is, on its 32
+calibration crops and on 16 held-out crops of other photographs, at least as close to float as
+the best single strategy.
 """
 import copy
 import math
@@ -167,15 +167,7 @@ def test_cnn_search_is_at_least_as_close_to_float_as_every_single_strategy(cnn):
     auto = sqnr(ref_calib, run(cm, pieces)), sqnr(ref_test, run(cm, test))
     print(f"\nCNN logit SQNR (dB) on 64 calibration / 256 held-out images: auto {auto[0]:.2f} / {auto[1]:.2f}; "
           + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in scores.items()))
-    # on the calibration crops: at least as close as every single-strategy model the validation rule
-    # accepts (each fold below the qconfig's own, the start among them); one better in total but not on
-    # every fold is refused, as held-out crops say it should be (measured with GPTQ weights: min-max
-    # 25.12 dB on the calibration crops and 24.28 held-out, the start 24.67 / 24.41)
-    limit = [e * (1 - record["min_gain"]) for e in record["models"][DEFAULT]["fold_errors"]]
-    accepted = [k for k, e in record["models"].items() if k == DEFAULT or (
-        None not in e["fold_errors"] and all(a < b for a, b in zip(e["fold_errors"], limit)))]
-    assert record["start"] in accepted
-    assert auto[0] >= max(scores[k][0] for k in accepted) - 1e-6
+    assert auto[0] >= max(a for a, _ in scores.values())
     assert auto[1] >= max(b for _, b in scores.values())
 
 
@@ -240,13 +232,5 @@ def test_efficientnet_lite0_search_is_at_least_as_close_to_float_as_the_best_sin
     print(f"\nEfficientNet-Lite0 logit SQNR (dB) on the {len(calib)} calibration crops / {len(ref_test)} held-out crops: "
           f"auto {auto[0]:.2f} / {auto[1]:.2f} (start {record['start']}, {changed} tensors changed); "
           + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in scores.items()))
-    # on the calibration crops: at least as close as every single-strategy model the validation rule
-    # accepts (each fold below the qconfig's own, the start among them); one better in total but not on
-    # every fold is refused, as held-out crops say it should be (measured with GPTQ weights: min-max
-    # 25.12 dB on the calibration crops and 24.28 held-out, the start 24.67 / 24.41)
-    limit = [e * (1 - record["min_gain"]) for e in record["models"][DEFAULT]["fold_errors"]]
-    accepted = [k for k, e in record["models"].items() if k == DEFAULT or (
-        None not in e["fold_errors"] and all(a < b for a, b in zip(e["fold_errors"], limit)))]
-    assert record["start"] in accepted
-    assert auto[0] >= max(scores[k][0] for k in accepted) - 1e-6
+    assert auto[0] >= max(a for a, _ in scores.values())
     assert auto[1] >= max(b for _, b in scores.values())

@@ -192,13 +192,15 @@ def test_gptq_keeps_round_to_nearest_where_it_takes_the_outputs_away_from_float(
 
 
 # -- GPTQ as calibration's closing step (the calibration templates' ``weight_rounding="gptq"``) ---------
-def test_calibration_templates_end_calibration_with_gptq_on_the_batches_they_kept(cnn):
-    """``calibrate`` with the int8 template gives, bit for bit, the weights and shifts of an explicit
-    ``gptq`` call on the same batches after a round-to-nearest calibration; ``weight_rounding="nearest"``
-    and the QAT templates leave the weights float; a wrong value is refused by name."""
+def test_weight_rounding_gptq_ends_calibration_with_gptq_on_the_batches_it_kept(cnn):
+    """``calibrate`` after ``prepare(..., weight_rounding="gptq")`` gives, bit for bit, the weights and
+    shifts of an explicit ``gptq`` call on the same batches after a round-to-nearest calibration; the
+    templates' default (``"nearest"``) and the QAT templates leave the weights float; a wrong value is
+    refused by name."""
     model, (xtr, _, _, _) = cnn
     batches = list(xtr[:256].split(64))
-    auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    assert eq.prepare(model, xtr[:2], qconfig_setter=(T8,)).meta["edgequant"]["weight_rounding"] == "nearest"
+    auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="gptq")
     assert auto.meta["edgequant"]["weight_rounding"] == "gptq"
     eq.calibrate(auto, batches)
     rtn = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="nearest")
@@ -224,13 +226,13 @@ def test_calibration_templates_end_calibration_with_gptq_on_the_batches_they_kep
 
 
 def test_adaround_and_gptq_after_calibration_start_from_the_float_weights(cnn):
-    """Calibration's GPTQ step keeps the float weights: ``adaround`` on such a model learns what it
+    """Calibration's GPTQ step (``weight_rounding="gptq"``) keeps the float weights: ``adaround`` on such a model learns what it
     learns on a round-to-nearest one, and ``gptq`` again gives the same weights."""
     from edgequant.ptq import adaround
 
     model, (xtr, _, _, _) = cnn
     batches = list(xtr[:256].split(64))
-    auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="gptq")
     eq.calibrate(auto, batches)
     rounded = {n: p.detach().clone() for n, p in auto.named_parameters()}
     gptq(auto, batches, QUIET)
@@ -252,7 +254,7 @@ def test_float_state_still_computes_the_float_model_and_a_state_dict_carries_it(
     FLOAT computes what it computed before calibration, bit for bit, also after a state dict round trip
     into a freshly prepared model; a float weight of another shape is refused by name."""
     model, (xtr, _, xte, _) = cnn
-    cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,))
+    cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="gptq")
     with torch.no_grad():
         before = cm(xte[:32])
     eq.calibrate(cm, list(xtr[:256].split(64)))

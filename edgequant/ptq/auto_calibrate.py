@@ -23,8 +23,7 @@ The search:
    with its own bias correction where calibration measured an empirical one (``edgequant.ptq.
    empirical_bias``: it depends on the activations' qparams; measured on the batches
    ``calibrate`` would keep, so each is the model an ordinary calibration with that observer
-   gives), and for the calibration templates (``prepare``'s ``weight_rounding="gptq"``) its own
-   GPTQ weights, rounded from the float weights for its activation qparams as calibration's last
+   gives), and for a model prepared with ``weight_rounding="gptq"`` its own GPTQ weights, rounded from the float weights for its activation qparams as calibration's last
    step would; step 4 keeps the starting point's weights. The starting point is the one ``pick`` (step 4's rule) takes over ``"default"``: a
    strategy replaces the qconfig's observers only if it lowers every fold's error.
 4. The ops are visited in topological order (``sweep.op_units``) with the whole model quantized:
@@ -322,7 +321,7 @@ class _Biases:
 
 class _Weights:
     """The conv/linear weights of a model whose calibration ends with GPTQ (``prepare``'s
-    ``weight_rounding="gptq"``, the calibration templates): GPTQ fits them to the activations'
+    ``weight_rounding="gptq"``): GPTQ fits them to the activations'
     qparams, so each whole model rounds its own from the float weights, as ``calibrate`` with its
     observers would (bias correction for round-to-nearest weights, then ``ptq.gptq`` on the same
     kept batches)."""

@@ -27,8 +27,7 @@ that export rounds to the accumulator grid, so the integer model applies exactly
 
 ``calibrate`` (and ``set_fake_quantize`` leaving CALIBRATION for VALIDATION after a manual
 calibration loop) runs it on the first calibration batches the model saw, followed, for a model
-prepared with a calibration template (``prepare``'s ``weight_rounding="gptq"``), by
-``edgequant.ptq.gptq`` on the same batches: ``record_inputs``
+prepared with ``weight_rounding="gptq"``, by ``edgequant.ptq.gptq`` on the same batches: ``record_inputs``
 keeps up to ``CACHE_BATCHES`` of the model's inputs, at most ``CACHE_BYTES`` in all, while the
 model calibrates. Under torch.distributed each rank would measure its own data, so the pass is
 skipped there (the analytic weight-rounding correction stays). ``prepare(...,
@@ -214,7 +213,7 @@ def rounds_weights(gm: fx.GraphModule) -> bool:
 
 def correct_after_calibration(model: nn.Module) -> None:
     """``set_fake_quantize``'s step on leaving CALIBRATION for VALIDATION: the pass on the kept
-    batches, then, for the calibration templates, GPTQ weight rounding on them (``ptq.gptq``: it
+    batches, then, for a model prepared with weight_rounding="gptq", GPTQ weight rounding on them (``ptq.gptq``: it
     keeps the new weights only where the outputs come nearer float, and measures the shifts again)."""
     batches = stop_recording(model)
     gm = _prepared(model)

@@ -37,9 +37,9 @@ started from, and keeps GPTQ only if it is nearer; otherwise every weight, weigh
 measured shift is put back as it was. ``model.meta["eq_gptq_choice"]`` records ``kept``
 (``"gptq"`` or ``"round-to-nearest"``) and both errors.
 
-The calibration templates run this pass as calibration's closing step, on the batches calibration
-kept (``qconfig_template.weight_rounding_of``; ``prepare(..., weight_rounding="nearest")`` opts
-out). The weights it rounds keep their float values in their FakeQuantizes (``float_weight``,
+``prepare(..., weight_rounding="gptq")`` runs this pass as calibration's closing step, on the
+batches calibration kept (``qconfig_template.weight_rounding_of``; the templates' default is
+round-to-nearest). The weights it rounds keep their float values in their FakeQuantizes (``float_weight``,
 ``adaround.keep_float_weight``), so FLOAT still computes the float model (the reference of the
 bias correction, of this pass's own check and of every analysis), and a later ``gptq`` or
 ``adaround`` call starts again from them.
@@ -273,7 +273,7 @@ def _round_layer(gm, op_node, wq_node, fq, quant, cfg, rounded: set) -> dict:
 
 
 def _after_calibration(gm: fx.GraphModule, batches: list) -> None:
-    """Calibration's closing step for the calibration templates (``prepare``'s ``weight_rounding``)."""
+    """Calibration's closing step for a model prepared with ``weight_rounding="gptq"``."""
     if rounds_weights(gm):
         gptq(gm, batches, {"progress": False})
 
