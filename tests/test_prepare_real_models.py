@@ -164,9 +164,12 @@ def test_efficientnet_lite0_logits_track_float(efficientnet, setter, min_sqnr, m
 
 
 def test_efficientnet_lite0_int8_gptq_gains_over_round_to_nearest(efficientnet):
-    """Calibration with GPTQ (``weight_rounding="gptq"``): the held-out logits gain more than 1 dB
-    over the int8 template's round-to-nearest weights, in the simulation and in the integer model
-    (64 calibration crops here; benchmarks/accuracy.py's 32 crops: 22.43 -> 24.37 dB, integer model)."""
+    """Calibration with GPTQ (``weight_rounding="gptq"``): the held-out logits gain over the int8
+    template's round-to-nearest weights, in the simulation and in the integer model (64 calibration
+    crops here, measured: 22.68 -> 23.46 dB, integer model 23.55; benchmarks/accuracy.py's 32 crops:
+    22.43 -> 24.37 dB, integer model). The gain here was 1.2 dB while the empirical bias correction
+    after GPTQ took the rounded weights for the float ones (its reference now keeps the float
+    weights: it is the float model's mean it restores)."""
     model, calib, test, ref = efficientnet
     with torch.no_grad():
         rtn_model = eq.prepare(model, calib[:2], qconfig_setter=(T8,))
@@ -182,8 +185,8 @@ def test_efficientnet_lite0_int8_gptq_gains_over_round_to_nearest(efficientnet):
         got = sqnr_db(ref, torch.cat([integer(x) for x in test.split(28)]))
     print(f"\nEfficientNet-Lite0 int8, held-out logit SQNR: round-to-nearest {rtn:.2f} dB, GPTQ {sim:.2f} dB "
           f"(integer model {got:.2f} dB)")
-    assert sim >= rtn + 1.0 and got >= rtn + 1.0
-    assert min(sim, got) >= 23.5
+    assert sim >= rtn + 0.6 and got >= rtn + 0.6
+    assert min(sim, got) >= 23.3
 
 
 # -- the bias correction the results above rely on ----------------------------------------------------------
