@@ -43,6 +43,7 @@ from .argcheck import expect_flag
 from .fake_quant import expect_fake_quant
 from .fuse import _attr, _bn_node_of
 from .nn.bn_fold import BatchNormFold, bn_fold_units
+from .qconfig_template import qat_template
 
 CONTAINER = "eq_bn"
 
@@ -53,7 +54,7 @@ def keeps_batch_norms(model: nn.Module, setters) -> bool:
         setters = (setters,)
     if not isinstance(setters, (tuple, list)):
         return False   # apply_setters explains what qconfig_setter must be (an iterator is not consumed here)
-    return bool(model.training) and any(getattr(s, "qat", False) is True for s in setters)
+    return bool(model.training) and qat_template(setters)
 
 
 def _unit_key(name: str) -> str:

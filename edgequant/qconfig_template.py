@@ -327,10 +327,14 @@ def apply_setters(setters, sites: Sequence[OpSite]) -> dict:
 WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
 
+def _as_tuple(setters) -> tuple:
+    """``setters`` as ``prepare`` takes them (one setter, a tuple or a list) as a tuple."""
+    return tuple(setters) if isinstance(setters, (tuple, list)) else (setters,)
+
+
 def qat_template(setters) -> bool:
     """Whether a QAT template (``setter.qat``) is among ``setters`` (one setter or a tuple)."""
-    setters = tuple(setters) if isinstance(setters, (tuple, list)) else (setters,)
-    return any(getattr(s, "qat", False) is True for s in setters)
+    return any(getattr(s, "qat", False) is True for s in _as_tuple(setters))
 
 
 def weight_rounding_of(setters, override: str | None = None) -> str:
@@ -347,8 +351,7 @@ def weight_rounding_of(setters, override: str | None = None) -> str:
         return override
     if qat_template(setters):
         return "nearest"
-    setters = tuple(setters) if isinstance(setters, (tuple, list)) else (setters,)
-    return "gptq" if any(getattr(s, "weight_rounding", None) == "gptq" for s in setters) else "nearest"
+    return "gptq" if any(getattr(s, "weight_rounding", None) == "gptq" for s in _as_tuple(setters)) else "nearest"
 
 
 class QconfigSetterError(ValueError):

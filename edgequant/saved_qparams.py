@@ -89,7 +89,8 @@ def loadable_state(fq, state_dict: dict, prefix: str) -> dict:
     """The state dict ``fq`` (a ``FakeQuantize``) loads: its dtype record checked (or, saved before
     it existed, filled in), its scales checked, its buffers resized to the saved shapes, the learned
     scale of an LSQ fake-quant, and an empty ``float_weight`` where the file has none (saved before
-    it existed). ``state_dict`` is copied only where something is filled in."""
+    it existed). ``state_dict`` is copied only where something is filled in (a prepared model's
+    pre-hook, ``tolerate_observer_changes``, fills them in place for all its fake-quants at once)."""
     def filled(key, value):
         nonlocal state_dict
         state_dict = dict(state_dict)
@@ -115,6 +116,18 @@ def loadable_state(fq, state_dict: dict, prefix: str) -> dict:
     return state_dict
 
 
+def _fill_missing(fq, state_dict: dict, prefix: str) -> None:
+    """In place, the keys a file saved before they existed lacks for ``fq`` (as ``loadable_state``
+    fills them), where the file holds ``fq`` at all: done once per load instead of one copy of the
+    whole state dict per fake-quant."""
+    if prefix + "scale" not in state_dict:
+        return
+    state_dict.setdefault(prefix + "qdtype", dtype_code(fq.dtype))
+    state_dict.setdefault(prefix + "float_weight", torch.empty(0))
+    if fq.learnable and prefix + "learned_scale" not in state_dict:
+        state_dict[prefix + "learned_scale"] = state_dict[prefix + "scale"].clone().float()
+
+
 FQ_CONTAINER = "eq_fq"   # the prepared model's container of its FakeQuantizes (``prepare``)
 
 
@@ -134,6 +147,7 @@ def tolerate_observer_changes(module, state_dict, prefix, local_metadata, strict
         return
     qat = getattr(module, "meta", {}).get("edgequant", {}).get("qat", False)
     for key, fq in fqs.items():
+        _fill_missing(fq, state_dict, f"{prefix}{FQ_CONTAINER}.{key}.")
         base = f"{prefix}{FQ_CONTAINER}.{key}.observer."
         theirs = {k for k in state_dict if k.startswith(base)}
         if fq.is_weight and not qat and theirs == {base + "scale", base + "zero_point"} \

@@ -69,13 +69,22 @@ def test_the_same_template_loads_bit_for_bit_through_safetensors(cnn, tmp_path):
 def test_a_state_dict_saved_before_the_dtype_was_recorded_still_loads(cnn):
     _, _, xte = cnn
     a = _calibrated(cnn, T8)
-    old = {k: v for k, v in a.state_dict().items() if not k.endswith(".qdtype")}
+    # nor the float weights that rounding passes keep (``float_weight``)
+    old = {k: v for k, v in a.state_dict().items() if not k.endswith((".qdtype", ".float_weight"))}
     assert len(old) < len(a.state_dict())
+    keys = set(old)
     b = _fresh(cnn, T8)
     b.load_state_dict(old)                      # strict: no missing key either
+    assert set(old) == keys                     # the caller's dict is left as it was
     eq.set_fake_quantize(b, eq.FakeQuantState.VALIDATION)
     with torch.no_grad():
         assert torch.equal(a(xte[:50]), b(xte[:50]))
+    # one FakeQuantize on its own fills the same keys in
+    p = "eq_fq.stem__0__weight."
+    lone = _fresh(cnn, T8).eq_fq["stem__0__weight"]
+    lone.load_state_dict({k[len(p):]: v for k, v in old.items() if k.startswith(p)})
+    assert torch.equal(lone.scale, a.eq_fq["stem__0__weight"].scale) and lone.qdtype.tolist() == [8, 1]
+    assert lone.float_weight.numel() == 0
 
 
 def test_per_channel_and_per_tensor_scales_do_not_swap(cnn):
