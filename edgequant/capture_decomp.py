@@ -27,7 +27,9 @@ the ops below that the graph calls (empty when none):
   ``expand`` and reshapes (moves);
 - ``reshape_as``/``expand_as``: ``reshape``/``expand`` to the other tensor's shape; ``min``/``max``
   of two tensors: ``minimum``/``maximum``; ``type_as(x, other)``: ``x.to(other.dtype)`` (a cast to
-  the same dtype is then dropped by capture; Funnel's and PointPillars' float masks).
+  the same dtype is then dropped by capture; Funnel's and PointPillars' float masks);
+- ``logsumexp``: ``max + log(sum(exp(x - max)))``; ``glu``: ``a * sigmoid(b)`` of the two halves;
+  ``sign`` of a float tensor: ``(x > 0) - (x < 0)`` as masks cast to its dtype.
 
 Each is exact in float (float32 rounding apart: the layer norm's sum order differs from aten's
 group norm kernel by ~1e-7 relative).
@@ -125,6 +127,26 @@ def _log_softmax(x, dim, *rest):
     return shifted - torch.log(torch.sum(torch.exp(shifted), dim, keepdim=True))
 
 
+def _logsumexp(x, dim, keepdim=False):
+    """``max + log(sum(exp(x - max)))`` over ``dim`` (the max kept where ``keepdim`` is false too, then
+    squeezed): as ``log_softmax``, ops with an integer form."""
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    top = torch.amax(x, dims, keepdim=True)
+    out = top + torch.log(torch.sum(torch.exp(x - top), dims, keepdim=True))
+    return out if keepdim else out.squeeze(dims)
+
+
+def _glu(x, dim=-1):
+    """``a * sigmoid(b)`` of the two halves of ``x`` along ``dim`` (gated linear units)."""
+    a, b = x.chunk(2, dim)
+    return a * torch.sigmoid(b)
+
+
+def _sign(x):
+    """``(x > 0) - (x < 0)`` in ``x``'s dtype: two comparisons, casts of their masks and a subtraction."""
+    return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
+
+
 _DECOMPOSED = {
     # aliases torch.export keeps under their own names (torch.multiply, torch.concat, torch.clip, ...)
     _A.multiply.Tensor: torch.mul, _A.multiply.Scalar: torch.mul, _A.subtract.Tensor: torch.sub,
@@ -147,7 +169,13 @@ _DECOMPOSED = {
     _A.expand_as.default: lambda x, other: x.expand(other.shape),
     _A.min.other: torch.minimum, _A.max.other: torch.maximum,
     _A.type_as.default: lambda x, other: x.to(other.dtype),
+    _A.logsumexp.default: _logsumexp, _A.glu.default: _glu,
 }
+
+
+def _floating(n) -> bool:
+    val = n.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
 def decomp_table(ep) -> dict:
@@ -160,6 +188,8 @@ def decomp_table(ep) -> dict:
             table[n.target] = _DECOMPOSED[n.target]
         elif n.target is _A.adaptive_avg_pool3d.default and list(n.args[1]) == [1, 1, 1]:
             table[n.target] = lambda x, size: x.mean((-3, -2, -1), keepdim=True)   # 3-D CNNs' global pool
+        elif n.target is _A.sign.default and _floating(n):   # an index tensor's sign has its own row
+            table[n.target] = _sign
         elif n.target is _A.linalg_vector_norm.default:
             order = n.args[1] if len(n.args) > 1 else n.kwargs.get("ord", 2)
             if order in (1, 2):

@@ -1,7 +1,8 @@
 """Issue #20's smaller ops, end to end: ``group_norm`` and ``instance_norm`` (captured as a layer
 norm over channel groups, ``edgequant/capture_decomp.py``), ``pixel_unshuffle``, ``swapaxes`` /
-``swapdims`` / ``movedim`` (rows of ``edgequant/ops/shape.py``), and fills whose shape follows the
-batch (``y.new_ones(y.shape)``, ``torch.full_like``).
+``swapdims`` / ``movedim`` (rows of ``edgequant/ops/shape.py``), fills whose shape follows the
+batch (``y.new_ones(y.shape)``, ``torch.full_like``), and ``glu`` / ``logsumexp`` / ``sign`` (also
+written in other ops by capture).
 
 References: the float model (torch's own group/instance norm kernels), the simulation, ONNX
 Runtime (QDQ file) and the integer ONNX file. The decomposition itself is checked in float
@@ -112,6 +113,21 @@ class CtcHead(nn.Module):
         return F.log_softmax(self.conv(x).flatten(2), dim=1)
 
 
+class Gates(nn.Module):
+    """Gated linear units (``F.glu``), a log-sum-exp pooling and a sign (capture writes them in ops
+    with integer forms: halves, sigmoid and a product; max, exp, sum and log; masks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.glu(self.conv(x), dim=1)
+        pooled = torch.logsumexp(y, dim=(2, 3), keepdim=True) + torch.logsumexp(y, 1).unsqueeze(1)
+        return self.out(y * torch.sign(y - 0.1) + pooled)
+
+
 def test_statistics_and_moves_are_captured_exactly():
     torch.manual_seed(0)
     model = Statistics().eval()
@@ -126,6 +142,18 @@ def test_statistics_and_moves_are_captured_exactly():
             torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_gates_are_captured_exactly():
+    torch.manual_seed(0)
+    model = Gates().eval()
+    gm = capture(model, (torch.randn(2, 3, 8, 8),))
+    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert not targets & {"aten.glu.default", "aten.logsumexp.default", "aten.sign.default"}
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 CASES = {
     "group_norm": lambda: GroupNormNet(),
     "group_norm_one_group_no_affine": lambda: GroupNormNet(groups=1, affine=False),
@@ -134,6 +162,7 @@ CASES = {
     "moves_and_fills": Moves,
     "statistics_and_moves": Statistics,
     "log_softmax_head": CtcHead,
+    "glu_logsumexp_sign": Gates,
 }
 
 
@@ -179,7 +208,7 @@ def test_batch_shaped_fills_follow_the_batch():
 
 
 @pytest.mark.parametrize("flavour", ["qdq", "integer"])
-@pytest.mark.parametrize("case", ["group_norm", "instance_norm_affine", "moves_and_fills"])
+@pytest.mark.parametrize("case", ["group_norm", "instance_norm_affine", "moves_and_fills", "glu_logsumexp_sign"])
 def test_onnx_runtime_runs_them(case, flavour, tmp_path):
     cm, g, x = _converted(CASES[case](), T8)
     check_onnx_file(flavour, cm, g, x, tmp_path / f"{case}_{flavour}.onnx")

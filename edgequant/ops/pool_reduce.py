@@ -6,7 +6,7 @@ kernels are integer only (int64), with qmath's half-to-even rounding.
 
 | op | integer form | LSB vs simulation |
 |---|---|---|
-| max_pool (1-D, 2-D, 3-D), adaptive max pool, max/min/amax/amin, nearest and nearest-exact interpolation (1-D to 3-D) | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
+| max_pool (1-D, 2-D, 3-D), adaptive max pool, max/min/amax/amin, sort/topk (a stable sort: ties keep the lower index first, as ONNX's TopK), nearest and nearest-exact interpolation (1-D to 3-D) | the torch op on the codes (a float32/float64 carrier where torch has no integer kernel: exact, no arithmetic) | 0 |
 | avg_pool, adaptive avg_pool | exact window sums of ``q - z`` (prefix sums, int64), then (A7) with a multiplier per output position ``s_in / (count * s_out)`` (count: torch's divisor, incl. ``count_include_pad``, ``divisor_override``, clipped windows) | <= 1 |
 | mean, sum | ``sum(q - z)`` in int64, then (A7) with ``s_in / (N * s_out)`` (``N = 1`` for sum) | <= 1 |
 | cumsum | running sums of ``q - z`` in int64 (exact), then (A7) with ``s_in / s_out`` | <= 1 |
@@ -37,7 +37,7 @@ import torch
 from ..ir import Node
 from ..qmath import multiply_by_quantized_multiplier, rounding_shift_right, saturate
 from .affine import fixed_point, requant_bits, requant_multiplier
-from .call import call_target
+from .call import call_target, decode
 from .elementwise import output_grid
 from .operands import Operand, arg, emit_op, operand, scalar
 from .shape import lower_move
@@ -275,6 +275,46 @@ def k_carrier(g, node: Node, args):
     return out.to(x.dtype)
 
 
+# == sort, topk ==========================================================================================
+def _order_call(target: str, args, kw) -> tuple[int, bool, int | None]:
+    """``(dim, largest first, k)`` of a recorded sort/topk call (``k`` None: the whole dim)."""
+    def _at(args, kw, pos, key, default=None):
+        return args[pos] if len(args) > pos else kw.get(key, default)
+
+    if target == "aten.topk.default":
+        return (int(_at(args, kw, 2, "dim", -1)), bool(_at(args, kw, 3, "largest", True)),
+                int(_at(args, kw, 1, "k")))
+    if target == "aten.sort.stable":   # every argument keyword-only
+        return int(kw.get("dim", -1)), bool(kw.get("descending", False)), None
+    return int(_at(args, kw, 1, "dim", -1)), bool(_at(args, kw, 2, "descending", False)), None
+
+
+def k_order(g, node: Node, args):
+    """sort / topk of the codes: a stable sort (equal codes keep their order, the lower index first,
+    as ONNX's TopK orders ties), then the first ``k``; returns ``(values, indices)``."""
+    dim, largest, k = _order_call(node.attrs["target"], decode(node.attrs["args"], args),
+                                  decode(node.attrs["kwargs"], args))
+    x = args[0]
+    values, indices = torch.sort(x.to(torch.int64), dim=dim, descending=largest, stable=True)
+    if k is not None:
+        values, indices = values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
+    return values.to(x.dtype), indices
+
+
+def onnx_order(c, outs):
+    """sort / topk (both flavours): ONNX ``TopK`` (sorted; ties: the lower index first), with ``K``
+    the dim's size for a sort; integer codes through an int32 carrier."""
+    args, kw = c.args()
+    dim, largest, k = _order_call(c.node.attrs["target"], args, kw)
+    (x,), back = c.carried([args[0]])
+    count = c.b.i64([k]) if k is not None else c.b.op("Gather", [c.b.op("Shape", [x]), c.b.i64([dim])])
+    outs = list(outs)
+    values = c.b.fresh("topk_values") if back else outs[0]
+    indices = outs[1] if len(outs) > 1 else c.b.fresh("topk_indices")
+    c.b.op("TopK", [x, count], [values, indices], axis=dim, largest=int(largest), sorted=1)
+    return c.emit("Identity", [values], outs[:1], back) if back else values
+
+
 # int-level attrs (read by edgequant.check_attrs) as lower_avg_pool, lower_reduce and lower_bilinear write them
 _GRID_ATTRS = {"out_zp": "int", "lo": "int", "hi": "int", "out_dtype": "qdtype"}
 _AVG_POOL_ATTRS = {"kernel": ("window_sum",), "starts": "windows", "ends": "windows", "zp": "int", **_GRID_ATTRS}
@@ -290,6 +330,8 @@ SPECS = [
            onnx_int="max_pool"),
     OpSpec("max", ("aten.max.dim", "aten.max.default", "aten.amax.default",
                    "aten.min.dim", "aten.min.default", "aten.amin.default"), rule="shared", lower=lower_move),
+    OpSpec("sort", ("aten.sort.default", "aten.sort.stable", "aten.topk.default"), rule="shared", lower=lower_move,
+           kernel=k_order, onnx={t: onnx_order for t in ("aten.sort.default", "aten.sort.stable", "aten.topk.default")}),
     OpSpec("avg_pool", ("aten.avg_pool1d.default", "aten.avg_pool2d.default",
                         "aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default"),
            lower=lower_avg_pool, kernel=k_window_sum, int_attrs=_AVG_POOL_ATTRS, int_inputs=("x", "m0", "shift"),
