@@ -91,9 +91,9 @@ def rows_for(w: W.Workload, only: str = "") -> list[Row]:
 
     add("float", lambda: w.model)
     for tname, setter in W.TEMPLATES.items():
-        variants = [(False, "")] + ([(True, "")] if w.smooth else []) + ([(False, "gptq")] if tname == "int8" else [])
+        variants = [(False, "")] + ([(True, "")] if w.smooth else []) + ([(False, "nearest")] if tname == "int8" else [])
         for smooth, weights in variants:
-            label = f"edgequant {tname}{W.SMOOTHED if smooth else ''}{W.GPTQ if weights else ''}"
+            label = f"edgequant {tname}{W.SMOOTHED if smooth else ''}{W.NEAREST if weights else ''}"
             holder = {}
             if only and only not in f"{label}, simulation" + f"{label}, integer model":
                 continue
@@ -197,9 +197,9 @@ def verdict(w: W.Workload, rows: list[Row]) -> str:
         return text + f"; edgequant {tname} worst of simulation/integer (best of plain/{W.SMOOTHED.strip(' +')}) {mine:.5g} -> " + ("OK" if ok else "BELOW it")
 
     parts = [against("int8", ("every op",), "every op"), against(W.GEMM_TEMPLATE, ("GEMM only",), "GEMM inputs only")]
-    gptq_db = ours("int8", (W.GPTQ,))
-    if gptq_db is not None:
-        parts.append(f"int8{W.GPTQ} worst of simulation/integer {gptq_db:.5g}")
+    nearest_db = ours("int8", (W.NEAREST,))
+    if nearest_db is not None:
+        parts.append(f"int8{W.NEAREST} (no GPTQ step) worst of simulation/integer {nearest_db:.5g}")
     others = _best(got, ("modules only",))
     if others:
         parts.append(f"quantizing modules only (not compared): {others[1]:.5g} ({others[0]})")

@@ -6,7 +6,8 @@ tuples) and, for inputs whose size varies between batches, ONNX-style ``dynamic_
 the held-out batches, with ``setting`` (what was used and what was needed, one line), ``ops`` (per
 op kind: how many have a quantized input (torchao) or any quantizer (AIMET), of how many in the
 graph) and ``scope`` ("GEMM only" when only linear/matmul inputs are quantized, "modules only" for
-AIMET without ``prepare_model``, else "every op"). A peer that cannot handle a model raises; the
+AIMET without ``prepare_model``, "recurrent steps float" for AIMET on a model with an LSTM/GRU/RNN,
+else "every op"). A peer that cannot handle a model raises; the
 tables print the first line of the error. ``onnx_qdq_ops`` counts the same for ONNX Runtime's QDQ
 files (the bench runs ONNX Runtime itself: ``zoo.py``, ``workloads.py``).
 
@@ -352,6 +353,14 @@ def import_aimet():
     return prepare_model, fold_all_batch_norms, QuantizationSimModel, QuantScheme
 
 
+# AIMET's recurrent modules quantize the sequence input, the initial and final states and the
+# weights, and run torch's own LSTM/GRU/RNN kernel in float in between: every step's gates,
+# activations and states stay float (aimet_torch.nn.true_quant.QuantizedLSTM)
+AIMET_RECURRENT = {"QuantizedLSTM", "QuantizedGRU", "QuantizedRNN", "QuantizedLSTMCell", "QuantizedGRUCell",
+                   "QuantizedRNNCell"}
+RECURRENT_FLOAT = "recurrent steps float"
+
+
 def _aimet_ops(sim_model) -> dict[str, tuple[int, int]]:
     """For each quantized module class (``QuantizedConv2d`` -> ``conv2d``): (with an input, output or
     parameter quantizer, modules)."""
@@ -416,6 +425,8 @@ def aimet_sim(ready: tuple, example, calib, scheme: str = "tf_enhanced") -> Peer
             raise
         sim.compute_encodings(lambda m: _calibrate(m, calib))
     setting = f"QuantizationSimModel, default config (per-channel weights), {scheme}, {how}"
+    if scope is None and any(type(m).__name__ in AIMET_RECURRENT for m in sim.model.modules()):
+        scope = RECURRENT_FLOAT
     return Peer(sim.model.eval(), setting, _aimet_ops(sim.model), scope, op_level=False)
 
 

@@ -74,7 +74,8 @@ TEMPLATES = {"int8": default_calibration_qconfig_setter, "int8 w / int16 act": c
 GEMM_TEMPLATE = "gemm int8 / int16 rest"
 TEMPLATES[GEMM_TEMPLATE] = qconfig_template.gemm_int8_calibration_qconfig_setter
 SMOOTHED = " + smooth_quant"   # the suffix of a template's rows run on ``ptq.smooth_quant``'s model
-GPTQ = " + GPTQ"   # the int8 template's rows with prepare(..., weight_rounding="gptq") (ptq.gptq ends calibration)
+# the int8 template's rows with prepare(..., weight_rounding="nearest"): its calibration without the GPTQ step
+NEAREST = ", weights rounded to nearest"
 
 
 @dataclass
@@ -197,7 +198,7 @@ def edgequant_calibrated(w: Workload, setter, smooth: bool = False, weights: str
     """``prepare`` with a template, calibration on ``w.calib``, VALIDATION (the simulation); with
     ``smooth``, of ``ptq.smooth_quant``'s model (outliers of the linears' inputs moved into the
     weights, measured on the same calibration batches); ``weights``: ``prepare``'s
-    ``weight_rounding`` ("": the template's, round to nearest; "gptq")."""
+    ``weight_rounding`` ("": the template's: GPTQ for the int8 one, round to nearest for the others; "nearest"; "gptq")."""
     model = smooth_quant(w.model, w.calib) if smooth else w.model
     with torch.no_grad():
         cm = eq.prepare(model, w.calib[0], qconfig_setter=(setter,), weight_rounding=weights or None)

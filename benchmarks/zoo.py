@@ -418,7 +418,7 @@ def cell(tool: str, res: dict) -> str:
         parts.append(f"{cq}/{cn} ops")
     if parts:
         text += f" (quantized: {', '.join(parts)})"
-    if res.get("scope") in ("GEMM only", "modules only"):
+    if res.get("scope") in ("GEMM only", "modules only", P.RECURRENT_FLOAT):
         text += f" ({res['scope']})"
     if "non-strict export" in (res.get("setting") or ""):
         text += " (non-strict export)"
@@ -567,7 +567,8 @@ def main(argv=None) -> None:
           "An ORT/torchao/AIMET cell says when the peer left a conv/linear/matmul float, when it left more than "
           f"{1 - FULL_COVERAGE:.0%} of the ops computing on float tensors with neither a quantized input nor "
           "a quantized output (ORT: nodes of its QDQ file; torchao), or quantized only GEMM inputs or (AIMET) "
-          "modules only. The line \"Best "
+          "modules only, or (AIMET) ran its LSTM/GRU/RNN modules' steps float (recurrent steps float: it "
+          "quantizes their inputs, states and weights around torch's float kernel). The line \"Best "
           "peer per model\" counts the models where edgequant int8 reaches the best peer, and again counting only "
           "the peer cells without such a note. Stage seconds: one torch thread; "
           f"`run` is the integer model on the {args.eval} held-out batches. Per-model limit {args.seconds:.0f} s.\n")

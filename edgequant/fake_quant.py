@@ -349,8 +349,8 @@ class BiasCorrection(nn.Module):
         if self.state == FakeQuantState.CALIBRATION and not bool(self.trained):
             self._record(x, tuple(w.shape[2:]))
             return bias
-        if self.state != FakeQuantState.VALIDATION or wq is w:
-            return bias
+        if self.state != FakeQuantState.VALIDATION or wq is w or not self._weight_quantized():
+            return bias   # a float weight (FLOAT returns the float copy a rounding pass keeps) is not corrected
         if self.active():
             delta = self.shift(w, wq)
             if self.empirical.numel() and self.use_empirical and self._weight_quantized():

@@ -220,7 +220,7 @@ def _qat(act_dtype, fix_scale=False):
 default_calibration_qconfig_setter = TemplateSetter(
     "default_calibration_qconfig_setter", _calibration(qint8),
     "Post-training calibration: int8 activations (MSE observer), int8 per-channel weights.",
-    splits_gemm_inputs=RESIDUAL_NORMS)
+    splits_gemm_inputs=RESIDUAL_NORMS, weight_rounding="gptq")
 calibration_8bit_weight_16bit_act_qconfig_setter = TemplateSetter(
     "calibration_8bit_weight_16bit_act_qconfig_setter", _calibration(qint16),
     "Post-training calibration: int16 activations (min-max), int8 per-channel weights.")

@@ -195,11 +195,13 @@ def test_gptq_keeps_round_to_nearest_where_it_takes_the_outputs_away_from_float(
 def test_weight_rounding_gptq_ends_calibration_with_gptq_on_the_batches_it_kept(cnn):
     """``calibrate`` after ``prepare(..., weight_rounding="gptq")`` gives, bit for bit, the weights and
     shifts of an explicit ``gptq`` call on the same batches after a round-to-nearest calibration; the
-    templates' default (``"nearest"``) and the QAT templates leave the weights float; a wrong value is
-    refused by name."""
+    int8 template's default is ``"gptq"``, the int16-activation template's ``"nearest"``; the QAT
+    templates leave the weights float; a wrong value is refused by name."""
     model, (xtr, _, _, _) = cnn
     batches = list(xtr[:256].split(64))
-    assert eq.prepare(model, xtr[:2], qconfig_setter=(T8,)).meta["edgequant"]["weight_rounding"] == "nearest"
+    assert eq.prepare(model, xtr[:2], qconfig_setter=(T8,)).meta["edgequant"]["weight_rounding"] == "gptq"
+    t16 = eq.qconfig_template.calibration_8bit_weight_16bit_act_qconfig_setter
+    assert eq.prepare(model, xtr[:2], qconfig_setter=(t16,)).meta["edgequant"]["weight_rounding"] == "nearest"
     auto = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding="gptq")
     assert auto.meta["edgequant"]["weight_rounding"] == "gptq"
     eq.calibrate(auto, batches)
@@ -282,3 +284,31 @@ def test_float_state_still_computes_the_float_model_and_a_state_dict_carries_it(
     qat.load_state_dict(cm.state_dict())
     eq.set_fake_quantize(qat, eq.FakeQuantState.QAT)   # QAT trains the weights: the float copies go
     assert not any(fq.float_weight.numel() for fq in qat.eq_fq.values())
+
+
+def test_auto_calibrate_searches_with_round_to_nearest_weights_and_ends_with_gptq(cnn):
+    """auto_calibrate on a model whose calibration ends with GPTQ searches with its round-to-nearest
+    weights (the same choices and fold errors as on a round-to-nearest model: GPTQ's weights are
+    fitted to every fold), then rounds the chosen model's weights as calibration would: bit for bit
+    an explicit ``gptq`` call on the round-to-nearest model's search result."""
+    from edgequant.ptq import auto_calibrate
+
+    model, (xtr, _, xte, _) = cnn
+    batches = list(xtr[:128].split(64))
+    models = {}
+    for rounding in ("gptq", "nearest"):
+        cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding=rounding)
+        eq.calibrate(cm, batches)
+        models[rounding] = auto_calibrate(cm, batches, progress=False)
+    auto, rtn = models["gptq"], models["nearest"]
+    a, b = dict(auto.meta["eq_auto_calibrate_models"]), dict(rtn.meta["eq_auto_calibrate_models"])
+    assert a.pop("weight_rounding") in ("gptq", "round-to-nearest") and b.pop("weight_rounding") is None
+    assert a == b
+    assert auto.meta["eq_auto_calibrate"] == rtn.meta["eq_auto_calibrate"]
+    gptq(rtn, batches, QUIET)
+    assert auto.meta["eq_gptq_choice"] == rtn.meta["eq_gptq_choice"]
+    assert auto.meta["eq_auto_calibrate_models"]["weight_rounding"] == rtn.meta["eq_gptq_choice"]["kept"]
+    for (n, p), q in zip(auto.named_parameters(), rtn.parameters()):
+        assert torch.equal(p, q), n
+    with torch.no_grad():
+        assert torch.equal(auto(xte[:64]), rtn(xte[:64]))

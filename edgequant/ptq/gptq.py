@@ -2,7 +2,8 @@
 Generative Pre-trained Transformers", after Optimal Brain Quantization, Frantar & Alistarh 2022).
 
 Takes a calibrated model from ``prepare`` (its weight FakeQuantizes hold their per-channel
-scales) and calibration data; rounds every conv1d/conv2d/linear weight, in graph order, so that
+scales) and calibration data; rounds every conv1d/conv2d/linear weight (and addmm's, GPT-2's
+``Conv1D``: ``x @ w`` with ``w`` stored (in, out), rounded as the linear of ``w.T``), in graph order, so that
 the layer's output on the calibration inputs moves as little as possible, writes the rounded
 weights into the model in place and returns the same model.
 
@@ -245,8 +246,13 @@ def _round_layer(gm, op_node, wq_node, fq, quant, cfg, rounded: set) -> dict:
     owner, pname = _owner(gm, wq_node.args[0].target)
     param = getattr(owner, pname)
     w = param.detach().float()
-    if fq.ch_axis not in (0, None) or fq.state == FakeQuantState.FLOAT:
+    # addmm(bias, x, w) (GPT-2's Conv1D): x @ w with w (in, out), one scale per column: the rows of w.T
+    transposed = op_node.meta["eq_spec"].spatial_dims is None and fq.ch_axis == 1 and w.dim() == 2
+    if fq.ch_axis not in (0, None) and not transposed or fq.state == FakeQuantState.FLOAT:
         return {"skipped": "weight float or not quantized per output channel"}
+    if transposed:
+        w = w.t()
+        quant = [((args[op_node.meta["eq_spec"].weight_arg - 1],), rest) for args, rest in quant]
     if param in rounded:   # a detector's shared head: the first call's inputs decided
         return {"skipped": "weight shared with an earlier call, rounded there"}
     h, count = _hessian(op_node.meta["eq_spec"].spatial_dims, quant, w)
@@ -267,7 +273,8 @@ def _round_layer(gm, op_node, wq_node, fq, quant, cfg, rounded: set) -> dict:
     q = _round(wg, h, sg, zg, qmin, qmax, cfg)
     report = {"mse_rtn": _mse(rtn - wg, h, count), "mse_gptq": _mse(q - wg, h, count)}
     with torch.no_grad():
-        param.data.copy_(q.reshape(w.shape).to(param.dtype))
+        q = q.reshape(w.shape)
+        param.data.copy_((q.t() if transposed else q).to(param.dtype))
     _fix_scale(fq, scale, zp)
     return report
 
