@@ -12,7 +12,7 @@ path plus the op for functions and operators (``"layer1.0.add"``, ``"layer1.0.ad
 
 | template | activations | weights | observer |
 |---|---|---|---|
-| ``default_calibration_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel | MSE (acts), min-max (weights) |
+| ``default_calibration_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel, rounded by GPTQ | MSE (acts), min-max (weights) |
 | ``calibration_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | min-max |
 | ``default_qat_qconfig_setter`` | qint8; quint8 if non-negative (*) | qint8 per channel | moving-average min-max |
 | ``qat_8bit_weight_16bit_act_qconfig_setter`` | qint16 | qint8 per channel | moving-average min-max |
@@ -24,12 +24,12 @@ Float16 per module: ``ModuleNameQconfigSetter({"head": get_qconfig(out_dtype=tor
 after an integer template keeps ``head`` in float16 (``edgequant.float16``: the island's inputs,
 weights and outputs are rounded to float16, and ``convert`` runs it in float16 on NASH_P/NASH_H).
 
-``prepare(..., weight_rounding="gptq")`` ends calibration, after the empirical bias correction,
-with ``edgequant.ptq.gptq`` on the batches calibration kept (kept only where the model's outputs
-come nearer float on them). EfficientNet-Lite0, held-out logit SQNR of the integer model
-(benchmarks/accuracy.py): int8 22.43 -> 24.37 dB. It is not the templates' default: with it,
-``auto_calibrate`` on EfficientNet-Lite0 lost its held-out lead over the best single strategy
-(24.29 against 24.85 dB), and the test suite's calibrations cost about twice as long.
+The int8 template's calibration ends, after the empirical bias correction, with
+``edgequant.ptq.gptq`` on the batches calibration kept (its ``weight_rounding="gptq"``; kept only
+where the model's outputs come nearer float on them). EfficientNet-Lite0, held-out logit SQNR of
+the integer model (benchmarks/accuracy.py): 22.43 dB with round-to-nearest weights, 24.37 with
+the step; calibration takes about 4x as long there (31 s against 8 s). The other templates round
+to nearest; ``prepare(..., weight_rounding="gptq" | "nearest")`` chooses either way.
 QAT templates never run it (their weights train from the float values).
 
 The three QAT templates say so (``setter.qat``): a model in train mode when ``prepare`` is given one
@@ -341,9 +341,9 @@ def weight_rounding_of(setters, override: str | None = None) -> str:
     """How calibration's closing step rounds the conv/linear weights of a model prepared with
     ``setters`` (``prepare(..., weight_rounding=override)``): ``override`` when given; else
     ``"nearest"`` when a QAT template is among them (its weights train from their float values),
-    ``"gptq"`` when one of them says so (``TemplateSetter(..., weight_rounding="gptq")``:
-    ``edgequant.ptq.gptq`` on the batches calibration kept, kept only where it brings the outputs
-    nearer float), and ``"nearest"`` otherwise (every template edgequant ships)."""
+    ``"gptq"`` when one of them says so (``TemplateSetter(..., weight_rounding="gptq")``, as
+    ``default_calibration_qconfig_setter`` does: ``edgequant.ptq.gptq`` on the batches calibration
+    kept, kept only where it brings the outputs nearer float), and ``"nearest"`` otherwise."""
     if override is not None:
         if override not in WEIGHT_ROUNDINGS:
             raise ValueError(f"prepare: weight_rounding must be one of {list(WEIGHT_ROUNDINGS)} or None (the "

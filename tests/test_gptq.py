@@ -312,3 +312,22 @@ def test_auto_calibrate_searches_with_round_to_nearest_weights_and_ends_with_gpt
         assert torch.equal(p, q), n
     with torch.no_grad():
         assert torch.equal(auto(xte[:64]), rtn(xte[:64]))
+
+
+def test_a_float_weight_is_not_bias_corrected(cnn):
+    """Weights FLOAT (each FakeQuantize returns the float copy GPTQ kept), activations quantized: the
+    model computes what a round-to-nearest twin computes in the same states, bit for bit; the bias
+    corrections, which belong to the rounded weights, stay out (``op_sensitivity`` runs such mixes)."""
+    model, (xtr, _, xte, _) = cnn
+    batches = list(xtr[:128].split(64))
+    twins = {}
+    for rounding in ("gptq", "nearest"):
+        cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding=rounding)
+        eq.calibrate(cm, batches)
+        for fq in cm.eq_fq.values():
+            if fq.is_weight:
+                fq.state = eq.FakeQuantState.FLOAT
+        twins[rounding] = cm
+    assert twins["gptq"].meta["eq_gptq_choice"]["kept"] == "gptq"
+    with torch.no_grad():
+        assert torch.equal(twins["gptq"](xte[:64]), twins["nearest"](xte[:64]))
