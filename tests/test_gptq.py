@@ -286,6 +286,15 @@ def test_float_state_still_computes_the_float_model_and_a_state_dict_carries_it(
     assert not any(fq.float_weight.numel() for fq in qat.eq_fq.values())
 
 
+def _twins(model, xtr, batches):
+    """The int8 template's model calibrated on ``batches`` with GPTQ, and with round-to-nearest weights."""
+    out = []
+    for rounding in ("gptq", "nearest"):
+        cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding=rounding)
+        out.append(eq.calibrate(cm, batches) or cm)
+    return out
+
+
 def test_auto_calibrate_searches_with_round_to_nearest_weights_and_ends_with_gptq(cnn):
     """auto_calibrate on a model whose calibration ends with GPTQ searches with its round-to-nearest
     weights (the same choices and fold errors as on a round-to-nearest model: GPTQ's weights are
@@ -295,12 +304,7 @@ def test_auto_calibrate_searches_with_round_to_nearest_weights_and_ends_with_gpt
 
     model, (xtr, _, xte, _) = cnn
     batches = list(xtr[:128].split(64))
-    models = {}
-    for rounding in ("gptq", "nearest"):
-        cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding=rounding)
-        eq.calibrate(cm, batches)
-        models[rounding] = auto_calibrate(cm, batches, progress=False)
-    auto, rtn = models["gptq"], models["nearest"]
+    auto, rtn = (auto_calibrate(m, batches, progress=False) for m in _twins(model, xtr, batches))
     a, b = dict(auto.meta["eq_auto_calibrate_models"]), dict(rtn.meta["eq_auto_calibrate_models"])
     assert a.pop("weight_rounding") in ("gptq", "round-to-nearest") and b.pop("weight_rounding") is None
     assert a == b
@@ -319,15 +323,11 @@ def test_a_float_weight_is_not_bias_corrected(cnn):
     model computes what a round-to-nearest twin computes in the same states, bit for bit; the bias
     corrections, which belong to the rounded weights, stay out (``op_sensitivity`` runs such mixes)."""
     model, (xtr, _, xte, _) = cnn
-    batches = list(xtr[:128].split(64))
-    twins = {}
-    for rounding in ("gptq", "nearest"):
-        cm = eq.prepare(model, xtr[:2], qconfig_setter=(T8,), weight_rounding=rounding)
-        eq.calibrate(cm, batches)
+    rounded, rtn = _twins(model, xtr, list(xtr[:128].split(64)))
+    assert rounded.meta["eq_gptq_choice"]["kept"] == "gptq"
+    for cm in (rounded, rtn):
         for fq in cm.eq_fq.values():
             if fq.is_weight:
                 fq.state = eq.FakeQuantState.FLOAT
-        twins[rounding] = cm
-    assert twins["gptq"].meta["eq_gptq_choice"]["kept"] == "gptq"
     with torch.no_grad():
-        assert torch.equal(twins["gptq"](xte[:64]), twins["nearest"](xte[:64]))
+        assert torch.equal(rounded(xte[:64]), rtn(xte[:64]))
