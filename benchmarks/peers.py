@@ -74,9 +74,10 @@ class Peer:
     """A peer's quantized model: ``peer(*inputs)`` runs it; ``setting``, ``ops`` and ``scope`` say what it is."""
 
     def __init__(self, fn, setting: str, ops: dict[str, tuple[int, int]], scope: str | None = None,
-                 op_level: bool = True, input_kinds: frozenset | None = None):
+                 op_level: bool = True, input_kinds: frozenset | None = None, float_calls: int = 0):
         self.fn, self.setting, self.ops, self._scope, self.op_level = fn, setting, ops, scope, op_level
         self.input_kinds = input_kinds  # op kinds with a quantized input, where known (torchao)
+        self.float_calls = float_calls  # AIMET: compute ops its prepared graph calls as functions (float)
 
     def __call__(self, *args):
         with torch.no_grad():
@@ -100,8 +101,9 @@ class Peer:
         """(ops with a quantized input or output, ops counted in ``ops``); (0, 0) when ``ops`` counts
         modules (AIMET: a module fused with the next one, such as an add before a ReLU, or a max-pool
         has no quantizer of its own although its tensors are quantized, so the count says nothing)."""
-        if not self.op_level:
-            return 0, 0
+        if not self.op_level:   # AIMET: the ops it wraps (quantized, or fused into a neighbour) of
+            total = sum(n for _, n in self.ops.values())   # those plus the functions it left float
+            return (total - self.float_calls, total) if self.float_calls else (0, 0)
         return sum(q for q, _ in self.ops.values()), sum(n for _, n in self.ops.values())
 
     def ops_text(self) -> str:
@@ -379,6 +381,28 @@ def _aimet_ops(sim_model) -> dict[str, tuple[int, int]]:
     return {k: (quantized[k], n) for k, n in seen.items()}
 
 
+def _aimet_float_calls(sim_model) -> collections.Counter:
+    """Per kind, the compute ops the prepared graph calls as plain functions or tensor methods:
+    QuantizationSimModel quantizes modules only, so these run on float tensors (``prepare_model``
+    inlines a module it has no quantized twin for: torchvision's ``LayerNorm2d`` becomes a float
+    ``F.layer_norm``)."""
+    graph = getattr(sim_model, "graph", None)
+    found = collections.Counter()
+    for node in getattr(graph, "nodes", ()):
+        if node.op not in ("call_function", "call_method"):
+            continue
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        name = name.strip("_").lower()
+        if name and name not in MOVES and name not in NOT_COMPUTE and not name.startswith(("sym_", "size")):
+            found[name] += 1
+    return found
+
+
+# graph calls that compute nothing on float tensors (shapes, attribute reads, Python operators on sizes)
+NOT_COMPUTE = frozenset({"getattr", "size", "dim", "numel", "shape", "float", "int", "long", "bool", "new_zeros",
+                         "new_ones", "zeros", "ones", "arange", "full", "assert", "len", "floordiv", "mul_sym"})
+
+
 class PrepareFails(RuntimeError):
     """AIMET's ``prepare_model`` (torch.fx symbolic tracing) cannot trace the model."""
 
@@ -427,7 +451,10 @@ def aimet_sim(ready: tuple, example, calib, scheme: str = "tf_enhanced") -> Peer
     setting = f"QuantizationSimModel, default config (per-channel weights), {scheme}, {how}"
     if scope is None and any(type(m).__name__ in AIMET_RECURRENT for m in sim.model.modules()):
         scope = RECURRENT_FLOAT
-    return Peer(sim.model.eval(), setting, _aimet_ops(sim.model), scope, op_level=False)
+    ops, floats = _aimet_ops(sim.model), _aimet_float_calls(sim.model)
+    for kind, n in floats.items():
+        ops[f"{kind} (function)"] = (0, n)
+    return Peer(sim.model.eval(), setting, ops, scope, op_level=False, float_calls=sum(floats.values()))
 
 
 def aimet(model, example, calib, scheme: str = "tf_enhanced", prepare: bool = True) -> Peer:

@@ -568,7 +568,9 @@ def main(argv=None) -> None:
           f"{1 - FULL_COVERAGE:.0%} of the ops computing on float tensors with neither a quantized input nor "
           "a quantized output (ORT: nodes of its QDQ file; torchao), or quantized only GEMM inputs or (AIMET) "
           "modules only, or (AIMET) ran its LSTM/GRU/RNN modules' steps float (recurrent steps float: it "
-          "quantizes their inputs, states and weights around torch's float kernel). The line \"Best "
+          "quantizes their inputs, states and weights around torch's float kernel); AIMET's op count is its "
+          "wrapped modules against those plus the compute ops its prepared graph calls as plain functions, "
+          "which it leaves float (torchvision's LayerNorm2d becomes a float F.layer_norm). The line \"Best "
           "peer per model\" counts the models where edgequant int8 reaches the best peer, and again counting only "
           "the peer cells without such a note. Stage seconds: one torch thread; "
           f"`run` is the integer model on the {args.eval} held-out batches. Per-model limit {args.seconds:.0f} s.\n")
