@@ -113,8 +113,13 @@ class Peer:
         done = ", ".join(f"{k} {q}/{n}" for k, (q, n) in order if q) or "nothing"
         left = ", ".join(f"{k} {n}" for k, (q, n) in order if not q)
         kinds = f"; kinds with an int8 input: {', '.join(sorted(self.input_kinds))}" if self.input_kinds else ""
-        what = "float" if self.op_level else "no quantizer of their own"  # AIMET: fused into a neighbour, or float
-        return done + (f"; {what}: {left}" if left else "") + kinds
+        if self.op_level:
+            text = f"; float: {left}" if left else ""
+        else:   # AIMET: modules fused into a neighbour; functions its prepared graph calls, float
+            fused = ", ".join(f"{k} {n}" for k, (q, n) in order if not q and not k.endswith(" (function)"))
+            calls = ", ".join(f"{k.removesuffix(' (function)')} {n}" for k, (q, n) in order if k.endswith(" (function)"))
+            text = (f"; no quantizer of their own: {fused}" if fused else "") + (f"; float functions: {calls}" if calls else "")
+        return done + text + kinds
 
 
 @contextlib.contextmanager
@@ -382,25 +387,33 @@ def _aimet_ops(sim_model) -> dict[str, tuple[int, int]]:
 
 
 def _aimet_float_calls(sim_model) -> collections.Counter:
-    """Per kind, the compute ops the prepared graph calls as plain functions or tensor methods:
+    """Per kind, the arithmetic ops the prepared graph calls as torch functions or tensor methods:
     QuantizationSimModel quantizes modules only, so these run on float tensors (``prepare_model``
     inlines a module it has no quantized twin for: torchvision's ``LayerNorm2d`` becomes a float
-    ``F.layer_norm``)."""
+    ``F.layer_norm``). Only the kinds of ``FLOAT_COMPUTE`` count; Python operators (sizes,
+    asserts), creation ops and moves do not."""
     graph = getattr(sim_model, "graph", None)
     found = collections.Counter()
     for node in getattr(graph, "nodes", ()):
-        if node.op not in ("call_function", "call_method"):
+        if node.op == "call_method":
+            name = str(node.target)
+        elif node.op == "call_function" and getattr(node.target, "__module__", "") != "_operator":
+            name = getattr(node.target, "__name__", "")
+        else:
             continue
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-        name = name.strip("_").lower()
-        if name and name not in MOVES and name not in NOT_COMPUTE and not name.startswith(("sym_", "size")):
-            found[name] += 1
+        if name.lower() in FLOAT_COMPUTE:
+            found[name.lower()] += 1
     return found
 
 
-# graph calls that compute nothing on float tensors (shapes, attribute reads, Python operators on sizes)
-NOT_COMPUTE = frozenset({"getattr", "size", "dim", "numel", "shape", "float", "int", "long", "bool", "new_zeros",
-                         "new_ones", "zeros", "ones", "arange", "full", "assert", "len", "floordiv", "mul_sym"})
+# the ops that compute on float tensors (the quantized ops of the other peers' counts)
+FLOAT_COMPUTE = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear", "matmul", "bmm", "mm", "addmm",
+    "baddbmm", "einsum", "layer_norm", "group_norm", "instance_norm", "batch_norm", "rms_norm", "normalize",
+    "softmax", "log_softmax", "gelu", "silu", "relu", "relu6", "hardtanh", "sigmoid", "tanh", "hardswish",
+    "hardsigmoid", "mish", "elu", "leaky_relu", "softplus", "exp", "log", "sqrt", "rsqrt", "pow", "add", "sub",
+    "mul", "div", "mean", "sum", "cumsum", "interpolate", "avg_pool2d", "adaptive_avg_pool2d", "max_pool2d",
+    "scaled_dot_product_attention", "grid_sample", "clamp"})
 
 
 class PrepareFails(RuntimeError):

@@ -29,7 +29,9 @@ the ops below that the graph calls (empty when none):
   of two tensors: ``minimum``/``maximum``; ``type_as(x, other)``: ``x.to(other.dtype)`` (a cast to
   the same dtype is then dropped by capture; Funnel's and PointPillars' float masks);
 - ``logsumexp``: ``max + log(sum(exp(x - max)))``; ``glu``: ``a * sigmoid(b)`` of the two halves;
-  ``sign`` of a float tensor: ``(x > 0) - (x < 0)`` as masks cast to its dtype.
+  ``sign`` of a float tensor: ``(x > 0) - (x < 0)`` as masks cast to its dtype;
+- ``sort`` and ``topk``: a stable sort (and the first ``k``), so that tied values get the same
+  indices in the simulation, the integer model and ONNX's TopK.
 
 Each is exact in float (float32 rounding apart: the layer norm's sum order differs from aten's
 group norm kernel by ~1e-7 relative).
@@ -132,6 +134,7 @@ def _logsumexp(x, dim, keepdim=False):
     squeezed): as ``log_softmax``, ops with an integer form."""
     dims = [dim] if isinstance(dim, int) else list(dim)
     top = torch.amax(x, dims, keepdim=True)
+    top = top.masked_fill(top.abs() == float("inf"), 0.0)   # as aten: a row of -inf gives -inf, not NaN
     out = top + torch.log(torch.sum(torch.exp(x - top), dims, keepdim=True))
     return out if keepdim else out.squeeze(dims)
 
@@ -143,8 +146,24 @@ def _glu(x, dim=-1):
 
 
 def _sign(x):
-    """``(x > 0) - (x < 0)`` in ``x``'s dtype: two comparisons, casts of their masks and a subtraction."""
+    """``(x > 0) - (x < 0)`` in ``x``'s dtype: two comparisons, casts of their masks and a subtraction
+    (a graph with a float sign has all its signs written so: an integer one is the same numbers, a
+    boolean one is itself)."""
+    if x.dtype == torch.bool:
+        return x.clone()
     return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
+
+
+def _sort(x, dim=-1, descending=False):
+    """A stable sort: ties keep their order (the lower index first), in the simulation as in the
+    integer kernel and ONNX's TopK (torch's own sort and topk order tied values as they like)."""
+    return torch.sort(x, dim=dim, descending=descending, stable=True)
+
+
+def _topk(x, k, dim=-1, largest=True, sorted=True):
+    """The first ``k`` of the stable sort (``_sort``): equal codes give the same indices everywhere."""
+    values, indices = torch.sort(x, dim=dim, descending=largest, stable=True)
+    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
 
 
 _DECOMPOSED = {
@@ -169,7 +188,7 @@ _DECOMPOSED = {
     _A.expand_as.default: lambda x, other: x.expand(other.shape),
     _A.min.other: torch.minimum, _A.max.other: torch.maximum,
     _A.type_as.default: lambda x, other: x.to(other.dtype),
-    _A.logsumexp.default: _logsumexp, _A.glu.default: _glu,
+    _A.logsumexp.default: _logsumexp, _A.glu.default: _glu, _A.sort.default: _sort, _A.topk.default: _topk,
 }
 
 
@@ -188,7 +207,7 @@ def decomp_table(ep) -> dict:
             table[n.target] = _DECOMPOSED[n.target]
         elif n.target is _A.adaptive_avg_pool3d.default and list(n.args[1]) == [1, 1, 1]:
             table[n.target] = lambda x, size: x.mean((-3, -2, -1), keepdim=True)   # 3-D CNNs' global pool
-        elif n.target is _A.sign.default and _floating(n):   # an index tensor's sign has its own row
+        elif n.target is _A.sign.default and _floating(n):   # only index tensors' signs: kept (their own row)
             table[n.target] = _sign
         elif n.target is _A.linalg_vector_norm.default:
             order = n.args[1] if len(n.args) > 1 else n.kwargs.get("ord", 2)

@@ -95,7 +95,15 @@ def _record_histograms(gm: fx.GraphModule, fqs: list[FakeQuantize], batches: lis
     way (``calibrate``: observers, weights, bias correction) on the same batches."""
     if not all(bool(fq.calibrated) for fq in fqs):
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        calibrate(gm, [tuple(Sweep._inputs(b, placeholders)) for b in batches])
+        settings = gm.meta.get("edgequant", {})
+        rounding = settings.get("weight_rounding")
+        if rounding is not None:   # the search starts from round-to-nearest weights (step 6 rounds them)
+            settings["weight_rounding"] = "nearest"
+        try:
+            calibrate(gm, [tuple(Sweep._inputs(b, placeholders)) for b in batches])
+        finally:
+            if rounding is not None:
+                settings["weight_rounding"] = rounding
     recorders, hooks = {}, []
     for fq in fqs:
         rec = MixObserver(bins=bins, dtype=fq.dtype, symmetric=getattr(fq.observer, "symmetric", True))
