@@ -39,8 +39,8 @@ measured shift is put back as it was. ``model.meta["eq_gptq_choice"]`` records `
 (``"gptq"`` or ``"round-to-nearest"``) and both errors.
 
 ``prepare(..., weight_rounding="gptq")`` runs this pass as calibration's closing step, on the
-batches calibration kept (``qconfig_template.weight_rounding_of``; the templates' default is
-round-to-nearest). The weights it rounds keep their float values in their FakeQuantizes (``float_weight``,
+batches calibration kept (``qconfig_template.weight_rounding_of``: the int8 template's default;
+the other templates round to nearest). The weights it rounds keep their float values in their FakeQuantizes (``float_weight``,
 ``adaround.keep_float_weight``), so FLOAT still computes the float model (the reference of the
 bias correction, of this pass's own check and of every analysis), and a later ``gptq`` or
 ``adaround`` call starts again from them.
